@@ -1,0 +1,135 @@
+"""The ``msunet`` command line: the headless face of the same engine the napari plugin drives.
+
+Every command turns :class:`~napari_msunet.errors.MsunetError` into a one-line message on
+stderr and exit status 2, so scripts can tell bad input from a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from napari_msunet import __version__
+from napari_msunet.errors import MsunetError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _command(name: str):
+    def register(fn: Callable[[argparse.Namespace], int]):
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@_command("info")
+def _info(args: argparse.Namespace) -> int:
+    from napari_msunet.io.slide import open_slide
+
+    for path in args.slides:
+        with open_slide(path) as slide:
+            record = {
+                "path": str(slide.path),
+                "format": slide.format,
+                "width": slide.shape[1],
+                "height": slide.shape[0],
+                "mpp": slide.mpp,
+                "mpp_source": slide.mpp_source,
+                "magnification": slide.magnification,
+                "pyramidal": slide.pyramidal,
+                "levels": [
+                    {"height": h, "width": w, "downsample": round(d, 4), "mpp": m}
+                    for (h, w), d, m in zip(
+                        slide.level_shapes, slide.downsamples, slide.level_mpp, strict=True
+                    )
+                ],
+                "associated": {k: list(v.shape) for k, v in slide.associated.items()},
+            }
+        if args.json:
+            print(json.dumps(record))
+            continue
+        mpp = f"{slide.mpp:.4g} µm/px" if slide.mpp else slide.mpp_source
+        mag = f", {slide.magnification:g}x" if slide.magnification else ""
+        print(f"{slide.path}: {slide.format}, {slide.shape[1]} x {slide.shape[0]} px, {mpp}{mag}")
+        for i, lv in enumerate(record["levels"]):
+            m = f"{lv['mpp']:.4g} µm/px" if lv["mpp"] else "-"
+            print(f"  level {i}: {lv['width']} x {lv['height']}  /{lv['downsample']:g}  {m}")
+        for name, shape in record["associated"].items():
+            print(f"  {name}: {shape[1]} x {shape[0]}")
+    return 0
+
+
+@_command("synthetic")
+def _synthetic(args: argparse.Namespace) -> int:
+    from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise MsunetError(f"{out}: already exists (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = SyntheticSlideSpec(args.height or args.size, args.size, seed=args.seed, mpp=args.mpp)
+    write_synthetic_slide(out, spec, args.format, tile=args.tile, workers=args.workers)
+    geojson = out.with_name(_stem(out) + ".geojson")
+    spec.write_geojson(geojson)
+    print(f"wrote {out} and its ground truth {geojson}")
+    return 0
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msunet",
+        description="Multi-Scale U-Net segmentation of whole-slide images (napari-msunet).",
+    )
+    p.add_argument("--version", action="version", version=f"napari-msunet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="describe slides: levels, µm/px, magnification")
+    s.add_argument("slides", nargs="+", metavar="SLIDE")
+    s.add_argument("--json", action="store_true", help="one JSON record per slide")
+
+    s = sub.add_parser(
+        "synthetic",
+        help="write a synthetic pyramidal slide and its ground-truth GeoJSON (for tests/demos)",
+    )
+    s.add_argument("out", metavar="OUT", help="slide file to write (.svs, .ome.tif, .tif, .ndpi)")
+    s.add_argument("--size", type=int, default=8192, help="width in pixels (default 8192)")
+    s.add_argument("--height", type=int, default=None, help="height (default: same as width)")
+    s.add_argument(
+        "--format", choices=["svs", "ome-tiff", "tiff", "ndpi"], default="svs",
+        help="file layout (default svs)",
+    )
+    s.add_argument("--mpp", type=float, default=0.25, help="µm per pixel (default 0.25)")
+    s.add_argument("--tile", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="compression threads")
+    s.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except MsunetError as exc:
+        print(f"msunet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msunet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
