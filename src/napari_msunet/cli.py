@@ -79,6 +79,71 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("rasterize")
+def _rasterize(args: argparse.Namespace) -> int:
+    from napari_msunet.io.geojson import read_geojson
+    from napari_msunet.io.rasterise import rasterise
+    from napari_msunet.io.slide import open_slide
+
+    with open_slide(args.slide) as slide:
+        level = args.level
+        if not 0 <= level < slide.level_count:
+            raise MsunetError(f"{args.slide}: has levels 0..{slide.level_count - 1}, not {level}")
+        anns = read_geojson(args.annotation, slide_shape=slide.shape)
+        mask = rasterise(
+            anns,
+            slide.shape,
+            downsample=slide.downsamples[level],
+            level_shape=slide.level_shapes[level],
+            chunks=1024,
+        )
+        mpp = slide.level_mpp[level]
+    names = ["background"] + [c.name for c in anns.classes]
+    colors = [[0, 0, 0, 0]] + [[*c.color, 255] for c in anns.classes]
+    _write_mask(Path(args.out), mask, mpp, names, colors, args.overwrite)
+    counts = ", ".join(f"{c.name} = {c.label}" for c in anns.classes) or "no classes"
+    print(f"wrote {args.out}: {mask.shape[1]} x {mask.shape[0]} labels ({counts})")
+    return 0
+
+
+def _write_mask(out: Path, mask, mpp, names, colors, overwrite: bool) -> None:
+    from napari_msunet.io.ome_tiff import write_ome_tiff
+    from napari_msunet.io.ome_zarr import write_ome_zarr
+
+    kw = {"kind": "labels", "mpp": mpp, "class_names": names, "class_colors": colors}
+    if out.name.lower().endswith(".zarr"):
+        write_ome_zarr(out, mask, overwrite=overwrite, **kw)
+    elif out.name.lower().endswith((".tif", ".tiff")):
+        write_ome_tiff(out, mask, overwrite=overwrite, **kw)
+    else:
+        raise MsunetError(f"{out}: output must end in .ome.zarr or .ome.tif")
+
+
+@_command("export-geojson")
+def _export_geojson(args: argparse.Namespace) -> int:
+    from napari_msunet.io.masks import open_mask
+    from napari_msunet.io.vectorise import export_mask
+
+    mask = open_mask(args.mask)
+    downsample = args.downsample
+    if downsample is None and args.slide is not None:
+        from napari_msunet.io.slide import open_slide
+
+        with open_slide(args.slide) as slide:
+            downsample = slide.shape[0] / mask.shape[0]
+    classes = mask.classes or None
+    out = export_mask(
+        mask.levels[0],
+        args.out,
+        classes,
+        downsample or 1.0,
+        overwrite=args.overwrite,
+        simplify=args.simplify,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
@@ -107,13 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=8192, help="width in pixels (default 8192)")
     s.add_argument("--height", type=int, default=None, help="height (default: same as width)")
     s.add_argument(
-        "--format", choices=["svs", "ome-tiff", "tiff", "ndpi"], default="svs",
+        "--format",
+        choices=["svs", "ome-tiff", "tiff", "ndpi"],
+        default="svs",
         help="file layout (default svs)",
     )
     s.add_argument("--mpp", type=float, default=0.25, help="µm per pixel (default 0.25)")
     s.add_argument("--tile", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="compression threads")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "rasterize", help="QuPath GeoJSON -> pyramidal label mask (OME-Zarr or OME-TIFF)"
+    )
+    s.add_argument("annotation", metavar="GEOJSON")
+    s.add_argument("--slide", required=True, help="the slide the annotation belongs to")
+    s.add_argument("--out", required=True, help="mask to write: NAME.ome.zarr or NAME.ome.tif")
+    s.add_argument("--level", type=int, default=0, help="slide pyramid level (default 0)")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser("export-geojson", help="label mask -> QuPath GeoJSON (level-0 pixels)")
+    s.add_argument("mask", metavar="MASK", help="OME-Zarr, (OME-)TIFF or PNG label mask")
+    s.add_argument("--out", required=True, help="GeoJSON file to write")
+    s.add_argument("--slide", help="the slide, to scale a mask made at a coarser level")
+    s.add_argument(
+        "--downsample",
+        type=float,
+        default=None,
+        help="level-0 pixels per mask pixel (default: from --slide, else 1)",
+    )
+    s.add_argument("--simplify", type=float, default=0.0, help="tolerance in mask pixels")
     s.add_argument("--overwrite", action="store_true")
     return p
 

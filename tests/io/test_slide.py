@@ -130,7 +130,7 @@ def test_non_pyramidal_tiff_gets_computed_pyramid(tmp_path):
     assert slide.level_count == 3  # 1200x1700 -> 600x850 -> 300x425
     np.testing.assert_array_equal(slide.levels[0].compute(), img)
     l1 = slide.levels[1].compute()
-    expect = (img[0::2, 0::2].astype(int) + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2] + 2)
+    expect = img[0::2, 0::2].astype(int) + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2] + 2
     np.testing.assert_array_equal(l1, (expect // 4).astype(np.uint8))
     np.testing.assert_array_equal(slide.read_region(1, 400, 600, 50, 60), l1[200:250, 300:360])
     with pytest.raises(SlideError, match="resolution is unknown"):
@@ -140,7 +140,11 @@ def test_non_pyramidal_tiff_gets_computed_pyramid(tmp_path):
 def test_striped_grayscale_tiff_is_rgb(tmp_path):
     gray = SPEC.image()[..., 1]
     path = _write_plain_tiff(
-        tmp_path / "gray.tif", gray, rowsperstrip=64, resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+        tmp_path / "gray.tif",
+        gray,
+        rowsperstrip=64,
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
     )
     slide = open_slide(path)
     assert slide.mpp == pytest.approx(0.5)
@@ -262,8 +266,12 @@ def test_corrupt_tile_data_fails_on_read(slides, tmp_path):
 def test_16_bit_and_multichannel(tmp_path):
     _write_plain_tiff(tmp_path / "deep.tif", np.zeros((64, 64, 3), np.uint16), photometric="rgb")
     _assert_slide_error(tmp_path / "deep.tif", "16-bit")
-    _write_plain_tiff(tmp_path / "fluo.tif", np.zeros((5, 64, 64), np.uint8), photometric="minisblack",
-                      planarconfig="separate")
+    _write_plain_tiff(
+        tmp_path / "fluo.tif",
+        np.zeros((5, 64, 64), np.uint8),
+        photometric="minisblack",
+        planarconfig="separate",
+    )
     with pytest.raises(SlideError):
         open_slide(tmp_path / "fluo.tif")
     Image.fromarray(np.zeros((32, 32), np.uint16)).save(tmp_path / "deep.png")

@@ -302,7 +302,7 @@ def _computed_pyramid(level0: da.Array) -> tuple[da.Array, ...]:
         src = prev[:h, :w].rechunk((even[0], even[1], 3))
         nxt = src.map_blocks(
             _downsample2,
-            chunks=tuple(tuple(c // 2 for c in cs) for cs in src.chunks[:2]) + ((3,),),
+            chunks=(*(tuple(c // 2 for c in cs) for cs in src.chunks[:2]), (3,)),
             dtype=np.uint8,
         )
         target = max(256, min(1024, even[0]))

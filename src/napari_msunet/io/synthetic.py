@@ -198,14 +198,14 @@ class SyntheticSlideSpec:
 
     def mask(self, downsample: float = 1.0) -> np.ndarray:
         """The whole ground-truth label mask of one level (for small slides and tests)."""
-        h = int(math.ceil(self.height / downsample))
-        w = int(math.ceil(self.width / downsample))
+        h = math.ceil(self.height / downsample)
+        w = math.ceil(self.width / downsample)
         return self.render(0, 0, h, w, downsample)[1]
 
     def image(self, downsample: float = 1.0) -> np.ndarray:
         """The whole RGB image of one level (for small slides and tests)."""
-        h = int(math.ceil(self.height / downsample))
-        w = int(math.ceil(self.width / downsample))
+        h = math.ceil(self.height / downsample)
+        w = math.ceil(self.width / downsample)
         return self.render(0, 0, h, w, downsample)[0]
 
     def geojson(self) -> dict:
@@ -403,7 +403,9 @@ def _write_svs(tif, spec, levels, tile, quality, common) -> None:
         photometric="rgb",
         compression="jpeg",
         compressionargs={"level": 90},
-        description=f"Aperio Image Library v12.0.15 \n{w0}x{h0} -> {thumb.shape[1]}x{thumb.shape[0]}",
+        description=(
+            f"Aperio Image Library v12.0.15 \n{w0}x{h0} -> {thumb.shape[1]}x{thumb.shape[0]}"
+        ),
         metadata=None,
     )
     for h, w, d in levels[1:]:

@@ -1,0 +1,108 @@
+"""napari reader: slides open as multiscale images in µm; QuPath GeoJSON as labels or shapes.
+
+``napari_get_reader`` opens the file right away (opening is lazy and takes milliseconds) so
+that a file we cannot read yields ``None`` and napari tries its other readers; nothing here
+ever raises into napari.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from napari_msunet._napari._annotation_layers import annotation_layers
+from napari_msunet.errors import MsunetError
+from napari_msunet.io.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
+
+LayerData = tuple[Any, dict[str, Any], str]
+_GEOJSON_SUFFIXES = (".geojson", ".json")
+_SLIDE_SUFFIXES = (
+    ".svs",
+    ".ndpi",
+    ".ome.tif",
+    ".ome.tiff",
+    ".tif",
+    ".tiff",
+    ".btf",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
+
+
+def napari_get_reader(path: str | list[str]):
+    """Return a reader function for ``path``, or ``None`` if we cannot read it."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    try:
+        if p.name.lower().endswith(_GEOJSON_SUFFIXES):
+            layers = geojson_layers(p)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                layers = [slide_layer(open_slide(p))]
+    except MsunetError as exc:
+        log.info("napari-msunet cannot read %s: %s", p, exc)
+        return None
+    except Exception:  # never raise into napari
+        log.exception("napari-msunet failed on %s", p)
+        return None
+    return lambda _path: layers
+
+
+def _scale(slide: Slide | None) -> tuple[tuple[float, float], tuple[str, str] | None]:
+    if slide is None or slide.mpp is None:
+        return (1.0, 1.0), None
+    return (slide.mpp, slide.mpp), ("um", "um")
+
+
+def slide_layer(slide: Slide) -> LayerData:
+    """A multiscale RGB Image layer, scaled in µm when the slide states its µm/px."""
+    scale, units = _scale(slide)
+    kwargs: dict[str, Any] = {
+        "name": slide.path.name,
+        "multiscale": True,
+        "rgb": True,
+        "contrast_limits": [0, 255],
+        "scale": scale,
+        "metadata": {
+            "napari_msunet": {
+                "kind": "slide",
+                "path": str(slide.path),
+                "mpp": slide.mpp,
+                "mpp_source": slide.mpp_source,
+                "magnification": slide.magnification,
+                "downsamples": slide.downsamples,
+            }
+        },
+    }
+    if units:
+        kwargs["units"] = units
+    return list(slide.levels), kwargs, "image"
+
+
+def companion_slide(geojson: Path) -> Path | None:
+    """The slide a GeoJSON belongs to: same folder, same name (``a.svs`` for ``a.geojson``
+    or ``a.svs.geojson``, as QuPath names exports)."""
+    stem = geojson.name[: geojson.name.lower().rfind(".")]
+    candidates = [geojson.with_name(stem)] if stem.lower().endswith(_SLIDE_SUFFIXES) else []
+    candidates += [geojson.with_name(stem + s) for s in _SLIDE_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def geojson_layers(path: Path) -> list[LayerData]:
+    """Layers for a QuPath GeoJSON, aligned on its slide when the slide lies next to it."""
+    slide_path = companion_slide(path)
+    slide = None
+    if slide_path is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide = open_slide(slide_path)
+    return annotation_layers(path, slide)
