@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import warnings
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,8 @@ class _TiffHandle:
         with self._lock:
             if self._tif is None:
                 self._tif = tifffile.TiffFile(self.path)
+                # close the file when the slide is garbage-collected without close()
+                weakref.finalize(self, self._tif.close)
             return self._tif
 
     def close(self) -> None:
