@@ -122,7 +122,8 @@ class FolderDataset(Dataset):
     pairs
         From :func:`find_pairs` (a split of them).
     size
-        Side of the square returned: ``context_size(patch)`` for rotation, or the patch itself.
+        Side of the square returned: ``context_size(patch)`` for rotation, or the patch itself;
+        ``None`` returns whole images (validation).
     label_map
         Optional mapping of mask values to class ids (e.g. ``{255: 1}`` for 0/255 masks);
         values not in the map keep their value.
@@ -137,7 +138,7 @@ class FolderDataset(Dataset):
     def __init__(
         self,
         pairs: Sequence[ImagePair],
-        size: int,
+        size: int | None,
         *,
         label_map: dict[int, int] | None = None,
         noisy: bool = False,
@@ -145,7 +146,8 @@ class FolderDataset(Dataset):
         cache: bool = True,
     ) -> None:
         self.pairs = list(pairs)
-        self.size, self.noisy, self.seed = int(size), bool(noisy), int(seed)
+        self.size = None if size is None else int(size)
+        self.noisy, self.seed = bool(noisy), int(seed)
         self.label_map = dict(label_map or {})
         self.epoch = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
@@ -171,7 +173,9 @@ class FolderDataset(Dataset):
         h, w = mask.shape
         s = self.size
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        if h >= s and w >= s:
+        if s is None:
+            pass
+        elif h >= s and w >= s:
             y = int(rng.integers(0, h - s + 1))
             x = int(rng.integers(0, w - s + 1))
             rgb, mask = rgb[y : y + s, x : x + s], mask[y : y + s, x : x + s]

@@ -1,0 +1,356 @@
+"""The trainer: a generator that yields progress records and returns the run's result.
+
+``for record in train(config, train_set, val_set, out_dir): ...`` — the CLI wraps it in a tqdm
+bar, the GUI in a napari worker, tests drive it directly. Closing the generator (or setting
+``stop``) ends the run between two steps and leaves a loadable checkpoint; running again on the
+same ``out_dir`` resumes from it, at the same step, with the same data order and augmentation.
+
+Files in ``out_dir``: ``last.safetensors`` (model file of the latest state),
+``last.state.safetensors`` (optimiser + progress, for resuming), ``best.safetensors`` (best
+validation foreground Dice) and ``history.jsonl`` (one line per step and per validation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from napari_msunet import __version__
+from napari_msunet.errors import ConfigError
+from napari_msunet.models import build_model
+from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
+from napari_msunet.training.augment import augment_batch
+from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.losses import (
+    LossConfig,
+    class_counts,
+    inverse_frequency_weights,
+    total_loss,
+)
+from napari_msunet.training.state import load_state, save_state
+from napari_msunet.training.validation import ValScores, validate
+
+__all__ = ["EpochEnd", "TrainResult", "TrainStep", "select_device", "train"]
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One optimisation step."""
+
+    epoch: int
+    step: int
+    global_step: int
+    total_steps: int
+    loss: float
+    wce: float
+    bootstrap: float
+    data_wait_s: float
+    step_s: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """End of an epoch; ``val`` is ``None`` when this epoch was not validated."""
+
+    epoch: int
+    val: ValScores | None
+    is_best: bool
+    checkpoint: Path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best: Path | None
+    last: Path
+    stopped: bool
+    global_step: int
+    best_score: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA, then MPS, then CPU for ``"auto"``; the named device otherwise."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class _EpochSampler(Sampler[int]):
+    """A permutation drawn from ``(seed, epoch)``, optionally starting part-way (resume)."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int, length: int) -> None:
+        self.order = np.random.default_rng((seed, epoch)).permutation(n)
+        reps = math.ceil(length / max(n, 1))
+        self.order = np.concatenate([self.order] * reps)[start:length]
+
+    def __iter__(self):
+        return iter(int(i) for i in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def _class_weights(config: TrainConfig, dataset: Dataset) -> tuple[float, ...] | None:
+    if config.class_weights is None:
+        return None
+    if config.class_weights != "auto":
+        return tuple(config.class_weights)
+    n = min(len(dataset), 512)  # a sample is enough for frequencies
+    idx = np.random.default_rng(config.seed).choice(len(dataset), size=n, replace=False)
+    counts = class_counts(
+        (dataset[int(i)]["mask"] for i in idx), config.n_classes, config.loss.ignore_index
+    )
+    return tuple(float(w) for w in inverse_frequency_weights(counts))
+
+
+def _header(config: TrainConfig, model, training: dict[str, Any]) -> ModelHeader:
+    return ModelHeader.for_model(
+        model,
+        class_names=config.class_names,
+        class_colours=config.class_colours,
+        input_um_per_px=config.mpp,
+        norm_mean=config.norm_mean,
+        norm_std=config.norm_std,
+        tile_size=config.patch,
+        training=training,
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def train(
+    config: TrainConfig,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    out_dir: str | Path,
+    *,
+    init_model: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    resume: bool = True,
+    stop: threading.Event | None = None,
+) -> Generator[TrainStep | EpochEnd, None, TrainResult]:
+    """Train (or fine-tune, with ``init_model``) and yield progress; see the module docstring.
+
+    Parameters
+    ----------
+    config
+        All settings.
+    train_set
+        Items ``{"image": uint8 (3, S, S), "mask": (S, S), "noisy": bool}`` where ``S`` is
+        :func:`~napari_msunet.training.augment.context_size` ``(config.patch)`` when rotating.
+    val_set
+        Whole images ``{"image", "mask"}`` for slide/dataset-level IoU and Dice, or ``None``.
+    out_dir
+        Where checkpoints go; an existing run there is resumed (``resume=True``).
+    init_model
+        Model file to start from (fine-tuning); its architecture and classes are kept.
+    provenance
+        Extra provenance for the model header (data paths, parent model, ...).
+    stop
+        Set it to stop between steps (the GUI's Cancel); closing the generator does the same.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    parent = None
+    if init_model is not None:
+        model, parent_header = load_model(init_model, device="cpu")
+        if tuple(parent_header.class_names) != config.class_names:
+            raise ConfigError(
+                f"{init_model}: the model's classes {list(parent_header.class_names)} differ "
+                f"from the configured {list(config.class_names)}"
+            )
+        parent = {"path": str(init_model), "training": parent_header.training}
+    else:
+        model = build_model(
+            config.architecture,
+            preset=config.preset,
+            n_classes=config.n_classes,
+            **config.model_overrides,
+        )
+    if config.patch % model.downsampling_factor:
+        raise ConfigError(
+            f"patch {config.patch} must be a multiple of the model's downsampling factor "
+            f"{model.downsampling_factor}"
+        )
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_cfg = config.loss
+    weights = _class_weights(config, train_set)
+    if weights is not None:
+        loss_cfg = LossConfig(**{**loss_cfg.__dict__, "class_weights": weights})
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    progress: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best": None}
+    history: list[dict[str, Any]] = []
+    last, state_path, best = out / "last.safetensors", out / "last.state.safetensors", None
+    if resume and last.exists() and state_path.exists():
+        saved, _ = load_model(last, device="cpu")
+        model.load_state_dict(saved.state_dict())
+        model.to(device)
+        progress = load_state(state_path, optimizer)
+        history = _read_history(out / "history.jsonl")
+    if (out / "best.safetensors").exists():
+        best = out / "best.safetensors"
+
+    def provenance_dict() -> dict[str, Any]:
+        return {
+            "config": config.to_dict(),
+            "class_weights": list(weights) if weights else None,
+            "steps": progress["global_step"],
+            "epochs_done": progress["epoch"],
+            "best_val_foreground_dice": progress["best"],
+            "parent": parent,
+            "package_version": __version__,
+            **dict(provenance or {}),
+        }
+
+    def checkpoint() -> Path:
+        save_model(last, model.eval(), _header(config, model, provenance_dict()), overwrite=True)
+        save_state(state_path, optimizer, progress)
+        return last
+
+    log = (out / "history.jsonl").open("a")
+    stopped = False
+    try:
+        while progress["epoch"] < config.epochs:
+            epoch = progress["epoch"]
+            loader = DataLoader(
+                train_set,
+                batch_size=config.batch_size,
+                sampler=_EpochSampler(
+                    len(train_set),
+                    config.seed,
+                    epoch,
+                    progress["step"] * config.batch_size,
+                    steps_per_epoch * config.batch_size,
+                ),
+                num_workers=config.num_workers,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+            )
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            model.train()
+            it = iter(loader)
+            while progress["step"] < steps_per_epoch:
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                t0 = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                gen = torch.Generator().manual_seed(
+                    config.seed * 1_000_003 + progress["global_step"]
+                )
+                images = batch["image"].to(device, non_blocking=True)
+                masks = batch["mask"].to(device, non_blocking=True).long()
+                images, masks = augment_batch(images, masks, config.patch, config.augment, gen)
+                mean = torch.tensor(config.norm_mean, device=device).view(1, 3, 1, 1)
+                std = torch.tensor(config.norm_std, device=device).view(1, 3, 1, 1)
+                with _autocast(device, config.amp):
+                    logits = model((images - mean) / std)
+                terms = total_loss(
+                    logits.float(),
+                    masks,
+                    loss_cfg,
+                    epoch=epoch + 1,
+                    noisy=batch["noisy"].to(device) if "noisy" in batch else None,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t2 = time.perf_counter()
+                progress["step"] += 1
+                progress["global_step"] += 1
+                rec = TrainStep(
+                    epoch=epoch,
+                    step=progress["step"],
+                    global_step=progress["global_step"],
+                    total_steps=total_steps,
+                    loss=float(terms.total.detach()),
+                    wce=float(terms.wce.detach()),
+                    bootstrap=float(terms.bootstrap.detach()),
+                    data_wait_s=t1 - t0,
+                    step_s=t2 - t0,
+                )
+                log.write(json.dumps({"type": "step", **rec.__dict__}) + "\n")
+                yield rec
+            if stopped:
+                break
+            # end of epoch
+            progress["epoch"] += 1
+            progress["step"] = 0
+            scores = None
+            is_best = False
+            ep = progress["epoch"]
+            if val_set is not None and (ep % config.validate_every == 0 or ep == config.epochs):
+                scores = validate(model, val_set, config, device)
+                score = scores.foreground_dice
+                if progress["best"] is None or score > progress["best"]:
+                    progress["best"], is_best = score, True
+                log.write(json.dumps({"type": "val", "epoch": ep, **scores.to_dict()}) + "\n")
+                history.append({"epoch": ep, **scores.to_dict()})
+            log.flush()
+            path = checkpoint()
+            if is_best:
+                best = out / "best.safetensors"
+                save_model(best, model, _header(config, model, provenance_dict()), overwrite=True)
+            yield EpochEnd(epoch=ep, val=scores, is_best=is_best, checkpoint=path)
+    except GeneratorExit:
+        stopped = True
+        checkpoint()
+        log.close()
+        raise
+    finally:
+        if not log.closed:
+            log.close()
+    if stopped:
+        checkpoint()
+    return TrainResult(
+        best=best,
+        last=last,
+        stopped=stopped,
+        global_step=progress["global_step"],
+        best_score=progress["best"],
+        history=history,
+    )
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if rec.get("type") == "val":
+            out.append({k: v for k, v in rec.items() if k != "type"})
+    return out

@@ -1,0 +1,148 @@
+"""The trainer generator: learning, validation, checkpoints, cancel and resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_msunet.errors import ConfigError
+from napari_msunet.models.checkpoint import load_model
+from napari_msunet.training.augment import AugmentConfig, context_size
+from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.folder_dataset import FolderDataset, find_pairs
+from napari_msunet.training.losses import LossConfig
+from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+
+TINY = {"widths": [4, 8]}
+
+
+def make_blobs(root, n=6, size=96, seed=0):
+    """Purple discs on pink: a task a tiny network learns in a few dozen steps."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            cy, cx, r = [*rng.uniform(10, size - 10, 2).tolist(), rng.uniform(8, 18)]
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
+        rgb = np.where(mask[..., None] == 1, [120, 60, 160], [230, 170, 200])
+        rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"b{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"b{i}.png")
+    return find_pairs(root)
+
+
+def config(**kw):
+    base = dict(
+        model_overrides=TINY,
+        patch=32,
+        batch_size=4,
+        epochs=2,
+        steps_per_epoch=4,
+        lr=1e-2,
+        class_names=("Background", "Blob"),
+        augment=AugmentConfig(brightness=0.05, contrast=0.05, saturation=0.05, hue=0.02),
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(gen):
+    records = []
+    try:
+        while True:
+            records.append(next(gen))
+    except StopIteration as stop:
+        return records, stop.value
+
+
+def test_trains_validates_and_checkpoints(tmp_path):
+    pairs = make_blobs(tmp_path / "data")
+    cfg = config(epochs=3, steps_per_epoch=10, loss=LossConfig(bootstrap_after=1))
+    train_set = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    val_set = FolderDataset(pairs[:2], None)
+    records, result = run(train(cfg, train_set, val_set, tmp_path / "run"))
+    steps = [r for r in records if isinstance(r, TrainStep)]
+    ends = [r for r in records if isinstance(r, EpochEnd)]
+    assert len(steps) == 30
+    assert len(ends) == 3
+    assert steps[-1].total_steps == 30
+    # bootstrap switched on exactly after epoch 1
+    assert all(s.bootstrap == 0 for s in steps if s.epoch == 0)
+    assert all(s.bootstrap > 0 for s in steps if s.epoch >= 1)
+    assert np.mean([s.loss for s in steps[-5:]]) < np.mean([s.loss for s in steps[:5]])
+    assert ends[-1].val.foreground_dice > 0.5
+    assert result.best.exists()
+    _model, header = load_model(result.best)
+    assert header.class_names == ("Background", "Blob")
+    assert header.tile_size == 32
+    assert header.training["config"]["epochs"] == 3
+    assert header.training["best_val_foreground_dice"] == pytest.approx(result.best_score)
+    assert (tmp_path / "run" / "history.jsonl").exists()
+
+
+def test_cancel_then_resume_equals_uninterrupted(tmp_path):
+    pairs = make_blobs(tmp_path / "data")
+    cfg = config()
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    _, full = run(train(cfg, ds, None, tmp_path / "a"))
+
+    gen = train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
+    for _ in range(6):  # epoch 0 (4 steps), its end, then one step of epoch 1
+        next(gen)
+    gen.close()  # Cancel: a loadable checkpoint must remain
+    _model_mid, header = load_model(tmp_path / "b" / "last.safetensors")
+    assert header.training["steps"] == 5
+    records, resumed = run(
+        train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
+    )
+    steps = [r for r in records if isinstance(r, TrainStep)]
+    assert [s.global_step for s in steps] == [6, 7, 8]  # continues from the same step
+    a, _ = load_model(full.last)
+    b, _ = load_model(resumed.last)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_stop_event(tmp_path):
+    import threading
+
+    pairs = make_blobs(tmp_path / "data", n=3)
+    stop = threading.Event()
+    cfg = config()
+    gen = train(cfg, FolderDataset(pairs, context_size(32)), None, tmp_path / "r", stop=stop)
+    next(gen)
+    stop.set()
+    _records, result = run(gen)
+    assert result.stopped
+    assert result.global_step == 1
+    assert load_model(result.last)[1].training["steps"] == 1
+
+
+def test_fine_tune_from_model_file_keeps_parent(tmp_path):
+    pairs = make_blobs(tmp_path / "data", n=3)
+    cfg = config(epochs=1)
+    ds = FolderDataset(pairs, context_size(32))
+    _, first = run(train(cfg, ds, None, tmp_path / "v1"))
+    _, second = run(train(cfg, ds, None, tmp_path / "v2", init_model=first.last))
+    header = load_model(second.last)[1]
+    assert header.training["parent"]["path"] == str(first.last)
+    bad = config(epochs=1, class_names=("A", "B", "C"))
+    with pytest.raises(ConfigError, match="classes"):
+        run(train(bad, ds, None, tmp_path / "v3", init_model=first.last))
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError):
+        TrainConfig(patch=0)
+    with pytest.raises(ConfigError, match="unknown training settings"):
+        TrainConfig.from_dict({"epochs": 2, "learning_rate": 0.1})
+    with pytest.raises(ConfigError):
+        TrainConfig(class_weights="inverse")
+    cfg = TrainConfig.from_dict(config().to_dict())
+    assert cfg == config()
