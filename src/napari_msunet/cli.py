@@ -144,6 +144,70 @@ def _export_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from napari_msunet.training.data import build_datasets
+    from napari_msunet.training.run_config import load_run_config
+
+    run = load_run_config(args.config)
+    train_set, val_set, desc = build_datasets(run)
+    print(
+        f"training {run.train.architecture} ({run.train.preset}) on {len(train_set)} "
+        f"training and {len(val_set) if val_set is not None else 0} validation items -> {run.out}"
+    )
+    return _run_training(run.train, train_set, val_set, run.out, desc, args, init=None)
+
+
+def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
+    from tqdm import tqdm
+
+    from napari_msunet.training.plots import plot_history
+    from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+
+    gen = train(
+        cfg,
+        train_set,
+        val_set,
+        out,
+        init_model=init,
+        provenance={"data": desc},
+        resume=not args.restart,
+    )
+    bar = None
+    result = None
+    try:
+        while True:
+            rec = next(gen)
+            if isinstance(rec, TrainStep):
+                if bar is None:
+                    bar = tqdm(total=rec.total_steps, initial=rec.global_step - 1, unit="step")
+                bar.update(1)
+                bar.set_postfix(epoch=rec.epoch + 1, loss=f"{rec.loss:.4f}")
+            elif isinstance(rec, EpochEnd) and rec.val is not None:
+                best = " (best)" if rec.is_best else ""
+                msg = (
+                    f"epoch {rec.epoch}: val Dice {rec.val.foreground_dice:.4f} "
+                    f"IoU {rec.val.foreground_iou:.4f}{best}"
+                )
+                (bar.write if bar else print)(msg)
+    except StopIteration as stop:
+        result = stop.value
+    except KeyboardInterrupt:
+        gen.close()  # leaves a checkpoint to resume from
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    curves = plot_history(out)
+    print(
+        f"best model: {result.best}  (val Dice {result.best_score})"
+        if result.best
+        else f"last model: {result.last}"
+    )
+    print(f"curves: {curves}")
+    return 0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
@@ -204,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--simplify", type=float, default=0.0, help="tolerance in mask pixels")
     s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser("train", help="train a model from a run YAML (see examples/)")
+    s.add_argument("--config", required=True, help="run YAML: data, out folder, settings")
+    s.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore an earlier run in the out folder instead of resuming it",
+    )
     return p
 
 
