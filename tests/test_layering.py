@@ -12,6 +12,8 @@ CORE = [
     "napari_msunet.io.synthetic",
     "napari_msunet.models",
     "napari_msunet.training.losses",
+    "napari_msunet.training.trainer",
+    "napari_msunet.evaluation",
 ]
 
 

@@ -144,6 +144,53 @@ def _export_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drive(gen, desc: str, unit: str):
+    """Run a progress generator under a tqdm bar; return its result. Ctrl-C closes it."""
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        while True:
+            rec = next(gen)
+            if bar is None:
+                bar = tqdm(total=rec.total, desc=desc, unit=unit)
+            bar.n = rec.done
+            bar.set_postfix_str(getattr(rec, "message", "") or "", refresh=True)
+    except StopIteration as stop:
+        return stop.value
+    except KeyboardInterrupt:
+        gen.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@_command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from napari_msunet.evaluation import iter_evaluate
+
+    gen = iter_evaluate(
+        args.pred,
+        args.truth,
+        out_dir=args.out,
+        slide=args.slide,
+        ignore_label=args.ignore_label,
+        region=args.region,
+        overwrite=args.overwrite,
+    )
+    result = _drive(gen, "evaluate", "window")
+    m = result.metrics
+    print(f"{'class':<24} {'IoU':>7} {'Dice':>7}")
+    for c in m.classes:
+        print(f"{c.name:<24} {c.iou:>7.4f} {c.dice:>7.4f}")
+    fg = m.foreground
+    print(f"{'foreground':<24} {fg.iou:>7.4f} {fg.dice:>7.4f}")
+    for name, path in result.outputs.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 @_command("train")
 def _train(args: argparse.Namespace) -> int:
     from napari_msunet.training.data import build_datasets
@@ -267,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="level-0 pixels per mask pixel (default: from --slide, else 1)",
     )
     s.add_argument("--simplify", type=float, default=0.0, help="tolerance in mask pixels")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "evaluate",
+        help="slide-level IoU/Dice of a prediction against an annotation, with a TP/FP/FN PNG",
+    )
+    s.add_argument("--pred", required=True, help="predicted label mask (OME-Zarr/TIFF/PNG)")
+    s.add_argument("--truth", required=True, help="ground truth: label mask or QuPath GeoJSON")
+    s.add_argument("--out", required=True, help="folder for report.json, report.csv, overlay.png")
+    s.add_argument("--slide", help="the slide (scale of a GeoJSON truth; overlay background)")
+    s.add_argument("--ignore-label", type=int, default=None, help="truth label to leave out")
+    s.add_argument("--region", help="mask restricting where pixels count (e.g. tissue.png)")
     s.add_argument("--overwrite", action="store_true")
 
     s = sub.add_parser("train", help="train a model from a run YAML (see examples/)")

@@ -115,3 +115,43 @@ def test_rasterize_refuses_to_overwrite_and_bad_mask(synthetic, tmp_path):
     )
     assert proc.returncode == 2
     assert str(bad) in proc.stderr
+
+
+def test_evaluate_reports_known_iou(synthetic, tmp_path):
+    import json as _json
+
+    from napari_msunet.io.geojson import read_geojson
+    from napari_msunet.io.rasterise import rasterise_array
+
+    geojson = synthetic.with_suffix(".geojson")
+    data = _json.loads(geojson.read_text())
+    data["features"] = data["features"][::2]  # the "prediction" misses every other region
+    partial = tmp_path / "partial.geojson"
+    partial.write_text(_json.dumps(data))
+    pred = tmp_path / "pred.ome.zarr"
+    msunet("rasterize", partial, "--slide", synthetic, "--out", pred)
+    out = tmp_path / "eval"
+    text = msunet(
+        "evaluate", "--pred", pred, "--truth", geojson, "--slide", synthetic, "--out", out
+    ).stdout
+    assert "foreground" in text
+    report = _json.loads((out / "report.json").read_text())
+    truth = rasterise_array(read_geojson(geojson), (2000, 3000)) > 0
+    guess = rasterise_array(read_geojson(partial), (2000, 3000)) > 0
+    expected = (truth & guess).sum() / (truth | guess).sum()
+    fg = report["metrics"]["foreground"] if "metrics" in report else report["foreground"]
+    assert fg["iou"] == pytest.approx(expected, abs=1e-9)
+    assert (out / "overlay.png").stat().st_size > 1000
+    proc = msunet(
+        "evaluate",
+        "--pred",
+        pred,
+        "--truth",
+        geojson,
+        "--slide",
+        synthetic,
+        "--out",
+        out,
+        check=False,
+    )
+    assert proc.returncode == 2  # refuses to overwrite the report

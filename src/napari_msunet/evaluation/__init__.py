@@ -1,0 +1,89 @@
+"""Slide-level evaluation: IoU/Dice from chunked confusion matrices, TP/FP/FN maps, reports.
+
+Headless (no Qt, no napari). Modules:
+
+- :mod:`~napari_msunet.evaluation.metrics`: :func:`confusion_matrix` (window by window,
+  memory-bounded), :func:`compute_metrics` and the result dataclasses.
+- :mod:`~napari_msunet.evaluation.overlay`: TP/FP/FN maps (lazy, and as a napari pyramid),
+  the paper's colours, and the overlay PNG.
+- :mod:`~napari_msunet.evaluation.matching`: matching truth classes to prediction classes.
+- :mod:`~napari_msunet.evaluation.report`: JSON and CSV report writers.
+- :mod:`~napari_msunet.evaluation.evaluate`: :func:`evaluate`, which ``msunet evaluate``
+  wraps.
+"""
+
+from napari_msunet.evaluation.evaluate import (
+    OUTPUT_NAMES,
+    EvaluationResult,
+    Progress,
+    evaluate,
+    iter_evaluate,
+)
+from napari_msunet.evaluation.matching import (
+    ClassMatch,
+    EvaluationWarning,
+    match_classes,
+    remap_labels,
+)
+from napari_msunet.evaluation.metrics import (
+    MAX_CLASSES,
+    ClassMetrics,
+    LabelValueError,
+    SegmentationMetrics,
+    block_confusion,
+    compute_metrics,
+    confusion_matrix,
+)
+from napari_msunet.evaluation.overlay import (
+    FN,
+    FP,
+    OVERLAY_COLORS,
+    OVERLAY_COLORS_RGBA8,
+    OVERLAY_NAMES,
+    TN,
+    TP,
+    render_overlay,
+    tpfpfn_codes,
+    tpfpfn_map,
+    tpfpfn_pyramid,
+    write_overlay_png,
+)
+from napari_msunet.evaluation.report import (
+    build_report,
+    write_csv_report,
+    write_json_report,
+)
+
+__all__ = [
+    "FN",
+    "FP",
+    "MAX_CLASSES",
+    "OUTPUT_NAMES",
+    "OVERLAY_COLORS",
+    "OVERLAY_COLORS_RGBA8",
+    "OVERLAY_NAMES",
+    "TN",
+    "TP",
+    "ClassMatch",
+    "ClassMetrics",
+    "EvaluationResult",
+    "EvaluationWarning",
+    "LabelValueError",
+    "Progress",
+    "SegmentationMetrics",
+    "block_confusion",
+    "build_report",
+    "compute_metrics",
+    "confusion_matrix",
+    "evaluate",
+    "iter_evaluate",
+    "match_classes",
+    "remap_labels",
+    "render_overlay",
+    "tpfpfn_codes",
+    "tpfpfn_map",
+    "tpfpfn_pyramid",
+    "write_csv_report",
+    "write_json_report",
+    "write_overlay_png",
+]
