@@ -39,11 +39,15 @@ def blob(cx, cy, r, n):
 
 rows = []
 # --- one 1024 x 1024 chunk: 3 big polygons (2000 vertices) + 2000 small ones, overlapping
-big = [blob(300, 400, 350, 2000), blob(700, 600, 300, 2000),
-       blob(500, 200, 250, 1000).difference(blob(500, 200, 80, 200))]
-anns = [Annotation(g, c) for g, c in zip(big, ["Tissue", "Tumor", "Stroma"])]
-anns += [Annotation(blob(*rng.uniform(0, 1024, 2), rng.uniform(3, 12), 16), "Cell")
-         for _ in range(2000)]
+big = [
+    blob(300, 400, 350, 2000),
+    blob(700, 600, 300, 2000),
+    blob(500, 200, 250, 1000).difference(blob(500, 200, 80, 200)),
+]
+anns = [Annotation(g, c) for g, c in zip(big, ["Tissue", "Tumor", "Stroma"], strict=True)]
+anns += [
+    Annotation(blob(*rng.uniform(0, 1024, 2), rng.uniform(3, 12), 16), "Cell") for _ in range(2000)
+]
 s = AnnotationSet.from_annotations(anns)
 lab = s.class_to_label
 r = Rasteriser(s, (1024, 1024))
@@ -58,14 +62,22 @@ def contains_xy_baseline():
         if c1 > c0 and r1 > r0:
             yy, xx = np.mgrid[r0:r1, c0:c1]
             shapely.prepare(a.geometry)
-            out[r0:r1, c0:c1][shapely.contains_xy(a.geometry, xx + 0.5, yy + 0.5)] = lab[a.class_name]
+            out[r0:r1, c0:c1][shapely.contains_xy(a.geometry, xx + 0.5, yy + 0.5)] = lab[
+                a.class_name
+            ]
     return out
 
 
 assert (contains_xy_baseline() == r.region(0, 0, 1024, 1024)).all()
 t_scan = best(lambda: r.region(0, 0, 1024, 1024))
 t_cxy = best(contains_xy_baseline, 3)
-rows.append(("rasterise 1 chunk 1024^2 (3 big + 2000 small polys)", t_scan, f"contains_xy on bbox grid {t_cxy:.3f} s ({t_cxy / t_scan:.1f}x slower)"))
+rows.append(
+    (
+        "rasterise 1 chunk 1024^2 (3 big + 2000 small polys)",
+        t_scan,
+        f"contains_xy on bbox grid {t_cxy:.3f} s ({t_cxy / t_scan:.1f}x slower)",
+    )
+)
 
 # --- 4096 x 4096 level from ~1350 regions, and its export
 H = W = 4096
@@ -90,7 +102,13 @@ def polygonize_baseline():  # same boundary runs, assembled by GEOS polygonize i
 
 
 t_poly = best(lambda: (_mask_runs(mask, 4096, 4096), polygonize_baseline()), 2)
-rows.append((f"vectorise 4096^2 mask, {len(v)} regions", t_vec, f"runs + shapely.polygonize {t_poly:.3f} s ({t_poly / t_vec:.1f}x slower)"))
+rows.append(
+    (
+        f"vectorise 4096^2 mask, {len(v)} regions",
+        t_vec,
+        f"runs + shapely.polygonize {t_poly:.3f} s ({t_poly / t_vec:.1f}x slower)",
+    )
+)
 d = tempfile.mkdtemp()
 p = os.path.join(d, "x.geojson")
 t_w = best(lambda: write_geojson(v, p, overwrite=True), 3)
@@ -106,8 +124,11 @@ rows.append(("rasterise 4096^2 dask, 16 chunks, threads", t_d, ""))
 t_l = best(lambda: rasterise(back, (100_000, 100_000)), 3)
 rows.append(("build lazy 100k x 100k mask (9604 chunks)", t_l, ""))
 
-print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-      f"python {platform.python_version()}, shapely {shapely.__version__}, GEOS {shapely.geos_version_string}")
+print(
+    f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    f"python {platform.python_version()}, shapely {shapely.__version__}, "
+    f"GEOS {shapely.geos_version_string}"
+)
 print(f"{'what':58s} {'best s':>8s}  notes")
 for name, t, note in rows:
     print(f"{name:58s} {t:8.3f}  {note}")

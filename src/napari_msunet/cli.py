@@ -205,6 +205,60 @@ def _train(args: argparse.Namespace) -> int:
     return _run_training(run.train, train_set, val_set, run.out, desc, args, init=None)
 
 
+@_command("finetune")
+def _finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_msunet.training.finetune import finetune
+    from napari_msunet.training.slide_dataset import SlideSpec
+    from napari_msunet.training.trainer import TrainStep
+
+    if len(args.annotations) != len(args.slides):
+        raise MsunetError(
+            f"{len(args.slides)} slides but {len(args.annotations)} annotations: give one "
+            "annotation per slide, in the same order"
+        )
+    regions = args.regions or []
+    if regions and len(regions) != len(args.slides):
+        raise MsunetError("give one --regions file per slide (or none)")
+    specs = [
+        SlideSpec(
+            Path(s),
+            Path(a),
+            noisy=args.noisy,
+            mpp=args.mpp,
+            regions=Path(regions[i]) if regions else None,
+        )
+        for i, (s, a) in enumerate(zip(args.slides, args.annotations, strict=True))
+    ]
+    gen = finetune(
+        args.model,
+        specs,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+    )
+    bar = tqdm(total=args.steps, unit="step", desc="fine-tune")
+    try:
+        while True:
+            rec = next(gen)
+            if isinstance(rec, TrainStep):
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec.loss:.4f}", bootstrap=f"{rec.bootstrap:.4f}")
+    except StopIteration as stop:
+        result = stop.value
+    except KeyboardInterrupt:
+        gen.close()
+        raise
+    finally:
+        bar.close()
+    print(f"new model version: {result.model}  (parent {args.model}, {result.steps} steps)")
+    return 0
+
+
 def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     from tqdm import tqdm
 
@@ -335,6 +389,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore an earlier run in the out folder instead of resuming it",
     )
+
+    s = sub.add_parser(
+        "finetune", help="fine-tune a model file on corrected annotations (new model version)"
+    )
+    s.add_argument("--model", required=True, help="the model file to start from")
+    s.add_argument("--slides", nargs="+", required=True, metavar="SLIDE")
+    s.add_argument(
+        "--annotations",
+        nargs="+",
+        required=True,
+        metavar="ANNOTATION",
+        help="one per slide: QuPath GeoJSON or label mask",
+    )
+    s.add_argument(
+        "--regions",
+        nargs="+",
+        metavar="GEOJSON",
+        help="one per slide: the corrected regions; outside them only the bootstrap term "
+        "learns (default: the whole annotation counts)",
+    )
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--mpp", type=float, default=None, help="slides' µm/px if not in the file")
+    s.add_argument("--noisy", action="store_true", help="annotations are noisy (k = 61)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", default=None, help="new model file (default: <model>-ftN)")
     return p
 
 

@@ -330,3 +330,20 @@ def test_loss_config_validation_and_dict() -> None:
     ):
         with pytest.raises(ConfigError):
             LossConfig(**bad)
+
+
+def test_bootstrap_unannotated_learns_from_ignored_pixels():
+    from napari_msunet.training.losses import IGNORE_INDEX, LossConfig, bootstrap_loss_map
+    from napari_msunet.training.losses import total_loss as _total
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 16, 16)
+    target = torch.full((2, 16, 16), IGNORE_INDEX, dtype=torch.long)
+    target[:, :4] = 0  # a small corrected area
+    on = LossConfig(bootstrap_after=0, bootstrap_unannotated=True, fuzzy_boundary=False)
+    off = LossConfig(bootstrap_after=0, fuzzy_boundary=False)
+    t_on = _total(logits, target, on, epoch=1)
+    t_off = _total(logits, target, off, epoch=1)
+    assert torch.isclose(t_on.bootstrap, bootstrap_loss_map(logits).mean())  # all pixels
+    assert torch.isclose(t_off.bootstrap, bootstrap_loss_map(logits)[:, :4].mean())
+    assert torch.isclose(t_on.wce, t_off.wce)  # the cross-entropy still sees only annotations

@@ -91,6 +91,8 @@ class SyntheticSlideSpec:
         µm per level-0 pixel written into the file (0.25 is a typical 40x scan).
     n_regions
         Number of labelled regions (half germinal centres, half sinuses).
+    region_size
+        Range of region radii as fractions of the slide's shorter side.
     """
 
     height: int
@@ -98,6 +100,7 @@ class SyntheticSlideSpec:
     seed: int = 0
     mpp: float = 0.25
     n_regions: int = 24
+    region_size: tuple[float, float] = (0.015, 0.045)
     _shapes: tuple[_Ellipse, ...] = field(init=False, repr=False, compare=False)
     _bank: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -127,7 +130,7 @@ class SyntheticSlideSpec:
             c, s = math.cos(host.angle), math.sin(host.angle)
             u, v = host.rx * r * math.cos(t), host.ry * r * math.sin(t)
             label = 1 + len(regions) % 2
-            size = rng.uniform(0.015, 0.045) * side
+            size = rng.uniform(*self.region_size) * side
             regions.append(
                 _Ellipse(
                     cy=host.cy + u * s + v * c,

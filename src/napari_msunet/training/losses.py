@@ -267,6 +267,10 @@ class LossConfig:
         Pixels along each patch edge left out of the loss (centre-crop loss, III.D).
     ignore_index
         Label of unannotated pixels.
+    bootstrap_unannotated
+        Let the bootstrap term also learn from unannotated pixels (fine-tuning on corrected
+        regions: the rest of the slide contributes only through the model's own confident
+        predictions). Off by default: eq. 4 as written covers annotated pixels.
     """
 
     class_weights: tuple[float, ...] | None = None
@@ -276,6 +280,7 @@ class LossConfig:
     bootstrap_after: int | None = None
     crop_margin: int = 0
     ignore_index: int = IGNORE_INDEX
+    bootstrap_unannotated: bool = False
 
     def __post_init__(self) -> None:
         if self.class_weights is not None:
@@ -359,7 +364,11 @@ def total_loss(
         )
     l_wce = masked_mean(wce, valid)
     if cfg.bootstrap_active(epoch):
-        l_bs = masked_mean(bootstrap_loss_map(logits), valid)
+        bs_valid = valid
+        if cfg.bootstrap_unannotated:
+            # every pixel inside the crop margin, annotated or not
+            bs_valid = valid_mask(torch.zeros_like(target), cfg.ignore_index, cfg.crop_margin)
+        l_bs = masked_mean(bootstrap_loss_map(logits), bs_valid)
     else:
         l_bs = torch.zeros((), dtype=l_wce.dtype, device=l_wce.device)
     return LossTerms(total=l_wce + l_bs, wce=l_wce, bootstrap=l_bs)

@@ -77,6 +77,15 @@ class _Labels:
             self._mask = None
         else:
             mask = open_mask(ann)
+            mh, mw = mask.shape
+            sy, sx = slide_shape[0] / mh, slide_shape[1] / mw
+            if abs(sy / sx - 1) > 0.02 + 2 / min(mh, mw):
+                raise AnnotationError(
+                    ann,
+                    f"is {mw} x {mh} px, which is not the slide {spec.slide.name} "
+                    f"({slide_shape[1]} x {slide_shape[0]} px) at any scale: wrong mask for "
+                    f"this slide?",
+                )
             self._mask = mask.levels[0]
             self._raster = None
             self._lut = np.arange(256, dtype=np.int64)

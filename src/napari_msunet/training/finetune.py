@@ -1,0 +1,193 @@
+"""Fine-tuning a model file on corrected annotations; saves a new model version.
+
+The pathologist corrected some regions of a slide. There the annotation is trusted: it counts
+fully in the cross-entropy (with fuzzy boundaries). Everywhere else the annotation is left out
+(the ignore label) and the slide contributes only through the bootstrap term, i.e. the model's
+own confident predictions (paper, section III.C-D). Without corrected regions the whole
+annotation counts.
+
+The result is a *new* file next to the parent (``<stem>-ft1.safetensors``, ``-ft2`` ...),
+never an overwrite, with the parent's path and checksum in its header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import ConcatDataset
+
+from napari_msunet.errors import ConfigError
+from napari_msunet.models.checkpoint import load_model, read_header, save_model
+from napari_msunet.training.augment import context_size
+from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.losses import LossConfig
+from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
+from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+
+__all__ = ["FinetuneResult", "finetune", "next_version_path"]
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    model: Path
+    run_dir: Path
+    steps: int
+    stopped: bool
+
+
+def next_version_path(parent: Path) -> Path:
+    """``<stem>-ftN.safetensors`` next to ``parent`` with the first free ``N``."""
+    stem = parent.name.removesuffix(".safetensors")
+    base = (
+        stem.rsplit("-ft", 1)[0] if "-ft" in stem and stem.rsplit("-ft", 1)[1].isdigit() else stem
+    )
+    n = 1
+    while (parent.with_name(f"{base}-ft{n}.safetensors")).exists() or parent.with_name(
+        f"{base}-ft{n}.run"
+    ).exists():
+        n += 1
+    return parent.with_name(f"{base}-ft{n}.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _config(
+    parent: Path, steps: int, lr: float, batch_size: int, seed: int, device: str, corrected: bool
+) -> TrainConfig:
+    header = read_header(parent)
+    base = header.training.get("config") if isinstance(header.training, dict) else None
+    cfg = (
+        TrainConfig.from_dict(base)
+        if base
+        else TrainConfig(
+            class_names=header.class_names,
+            mpp=header.input_um_per_px,
+            patch=header.tile_size or 128,
+            norm_mean=header.norm_mean,
+            norm_std=header.norm_std,
+        )
+    )
+    loss = LossConfig(
+        **{
+            **{k: v for k, v in cfg.loss.to_dict().items() if k != "class_weights"},
+            "fuzzy_boundary": True,
+            "bootstrap_after": 0,
+            "bootstrap_unannotated": corrected,
+        }
+    )
+    return dataclasses.replace(
+        cfg,
+        class_names=header.class_names,
+        class_colours=header.class_colours,
+        mpp=header.input_um_per_px,
+        norm_mean=header.norm_mean,
+        norm_std=header.norm_std,
+        epochs=1,
+        steps_per_epoch=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        loss=loss,
+        num_workers=0,
+    )
+
+
+def finetune(
+    model: str | Path,
+    slides: Sequence[SlideSpec],
+    *,
+    steps: int = 300,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[TrainStep | EpochEnd, None, FinetuneResult]:
+    """Fine-tune ``model`` on ``slides`` for ``steps`` steps; yields progress (see module).
+
+    Parameters
+    ----------
+    model
+        The parent model file.
+    slides
+        Slides with their (corrected) annotations; ``SlideSpec.regions`` marks the corrected
+        regions (GeoJSON). Patches come from the tissue grid, with patches that touch a
+        corrected region drawn as often as all the others together.
+    out
+        The new model file; defaults to :func:`next_version_path`. Never overwritten.
+    """
+    parent = Path(model)
+    load_model(parent)  # validates the file before any work
+    target = Path(out) if out is not None else next_version_path(parent)
+    if target.exists():
+        raise ConfigError(f"{target}: already exists; model versions are never overwritten")
+    if steps < 1:
+        raise ConfigError(f"steps must be positive, got {steps}")
+    corrected = any(s.regions is not None for s in slides)
+    cfg = _config(parent, steps, lr, batch_size, seed, device, corrected)
+    size = context_size(cfg.patch)
+    parts = []
+    for k, spec in enumerate(slides):
+        pos = patch_positions(spec, cfg.mpp, cfg.patch, class_names=cfg.class_names, seed=seed + k)
+        if spec.regions is not None:
+            pos = _favour_regions(spec, cfg, pos)
+        if not pos:
+            raise ConfigError(f"{spec.slide}: no tissue found, nothing to fine-tune on")
+        parts.append(SlidePatchDataset(spec, cfg.mpp, pos, cfg.patch, size, cfg.class_names))
+    data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    run_dir = target.with_name(target.name.removesuffix(".safetensors") + ".run")
+    provenance = {
+        "kind": "fine-tune",
+        "parent_sha256": _sha256(parent),
+        "slides": [
+            {
+                "slide": str(s.slide),
+                "annotation": str(s.annotation),
+                "regions": str(s.regions) if s.regions else None,
+            }
+            for s in slides
+        ],
+    }
+    result = yield from train(
+        cfg, data, None, run_dir, init_model=parent, provenance=provenance, stop=stop
+    )
+    trained, header = load_model(result.last)
+    save_model(target, trained, header)  # refuses to overwrite
+    return FinetuneResult(target, run_dir, result.global_step, result.stopped)
+
+
+def _favour_regions(spec: SlideSpec, cfg: TrainConfig, pos: list) -> list:
+    """Repeat the positions that touch corrected regions so they fill half the samples."""
+    from napari_msunet.inference.reading import working_geometry
+    from napari_msunet.io.geojson import read_geojson
+    from napari_msunet.io.slide import open_slide
+
+    with open_slide(spec.slide) as slide:
+        g = working_geometry(slide, cfg.mpp, spec.mpp)
+        regions = read_geojson(spec.regions, slide_shape=slide.shape)
+    dy, dx = g.downsample
+    boxes = [a.geometry.bounds for a in regions]  # (minx, miny, maxx, maxy) level-0
+    p = cfg.patch
+
+    def touches(y: int, x: int) -> bool:
+        y0, x0, y1, x1 = y * dy, x * dx, (y + p) * dy, (x + p) * dx
+        return any(bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0 for bx0, by0, bx1, by1 in boxes)
+
+    inside = [q for q in pos if touches(*q)]
+    if not inside:
+        raise ConfigError(f"{spec.regions}: no corrected region lies on the slide's tissue")
+    reps = max(1, round((len(pos) - len(inside)) / len(inside)))
+    return pos + inside * reps

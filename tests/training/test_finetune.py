@@ -1,0 +1,125 @@
+"""Fine-tuning on corrected regions: new version, parent recorded, only corrections count."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msunet.errors import ConfigError, ModelFileError
+from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from napari_msunet.models import build_model
+from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
+from napari_msunet.training.finetune import finetune, next_version_path
+from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
+
+NAMES = ("Background", "Germinal centre", "Sinus")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    spec = SyntheticSlideSpec(1536, 1536, seed=4, mpp=1.0, n_regions=6, region_size=(0.06, 0.1))
+    slide = write_synthetic_slide(root / "s.svs", spec, "svs")
+    spec.write_geojson(root / "s.geojson")
+    regions = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [[500, 500], [1000, 500], [1000, 1000], [500, 1000], [500, 500]]
+                    ],
+                },
+                "properties": {"objectType": "annotation", "classification": {"name": "Corrected"}},
+            }
+        ],
+    }
+    (root / "regions.geojson").write_text(json.dumps(regions))
+    torch.manual_seed(0)
+    model = build_model("msunet", n_classes=3, widths=(4, 8))
+    header = ModelHeader.for_model(
+        model,
+        class_names=NAMES,
+        input_um_per_px=4.0,
+        norm_mean=(0.5,) * 3,
+        norm_std=(0.25,) * 3,
+        tile_size=32,
+    )
+    parent = save_model(root / "model.safetensors", model, header)
+    return root, slide, parent, spec
+
+
+def run(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_labels_outside_corrected_regions_are_ignored(case):
+    root, slide, _, spec = case
+    s = SlideSpec(slide, root / "s.geojson", regions=root / "regions.geojson")
+    pos = patch_positions(s, 4.0, 32, class_names=NAMES)
+    ds = SlidePatchDataset(s, 4.0, [(0, 0), (150, 150)], 32, 32, NAMES)
+    far, inside = ds[0]["mask"], ds[1]["mask"]
+    assert (far == 255).all()  # (0, 0) is far from the corrected box [500, 1000) px
+    assert (inside != 255).all()  # working px 150 = level-0 600: inside the box
+    truth = spec.mask(4.0)[150:182, 150:182]
+    np.testing.assert_array_equal(inside.numpy(), truth)
+    assert len(pos) > 0
+
+
+def test_finetune_saves_a_new_version_with_parent(case):
+    root, slide, parent, _ = case
+    specs = [SlideSpec(slide, root / "s.geojson", regions=root / "regions.geojson")]
+    result = run(finetune(parent, specs, steps=4, batch_size=2, device="cpu"))
+    assert result.model == root / "model-ft1.safetensors"
+    assert result.steps == 4
+    model, header = load_model(result.model)
+    assert header.training["kind"] == "fine-tune"
+    assert header.training["parent"]["path"] == str(parent)
+    assert len(header.training["parent_sha256"]) == 64
+    assert header.training["config"]["loss"]["bootstrap_unannotated"] is True
+    assert header.training["config"]["loss"]["bootstrap_after"] == 0
+    before, _ = load_model(parent)
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(before.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    assert changed
+    # a second fine-tune of the same parent gets the next free name; nothing is overwritten
+    assert next_version_path(parent) == root / "model-ft2.safetensors"
+    assert next_version_path(result.model) == root / "model-ft2.safetensors"
+    with pytest.raises(ConfigError, match="never overwritten"):
+        run(finetune(parent, specs, steps=1, out=result.model))
+
+
+def test_finetune_bad_inputs(case, tmp_path):
+    root, slide, parent, _ = case
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        run(finetune(bogus, [SlideSpec(slide, root / "s.geojson")], steps=1))
+    wrong = tmp_path / "wrong.geojson"
+    wrong.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[0, 0], [99, 0], [99, 99], [0, 0]]],
+                },
+                "properties": {"classification": {"name": "Tumour"}},
+            }
+        )
+    )
+    from napari_msunet.errors import AnnotationError
+
+    with pytest.raises(AnnotationError, match="Tumour"):
+        run(finetune(parent, [SlideSpec(slide, wrong)], steps=1, device="cpu"))
