@@ -166,6 +166,80 @@ def _drive(gen, desc: str, unit: str):
             bar.close()
 
 
+@_command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from napari_msunet.inference import InferenceConfig, predict_slide
+    from napari_msunet.inference.preview import prediction_preview
+    from napari_msunet.io.slide import open_slide
+    from napari_msunet.io.vectorise import export_mask
+    from napari_msunet.models.checkpoint import load_model
+
+    model, header = load_model(args.model)
+    settings = {
+        "target_mpp": args.target_mpp or header.input_um_per_px,
+        "device": args.device,
+        "tissue": not args.no_tissue,
+    }
+    for name in ("tile", "margin", "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    config = InferenceConfig(**settings)
+    out_root = Path(args.out)
+    failures = 0
+    for path in args.slides:
+        out = out_root / _stem(Path(path)) if len(args.slides) > 1 or args.per_slide else out_root
+        try:
+            with open_slide(path) as slide:
+                gen = predict_slide(
+                    slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite
+                )
+                result = _drive(gen, Path(path).name, "tile")
+                if not result.completed:
+                    print(f"{path}: stopped; run again to resume")
+                    failures += 1
+                    continue
+                labels = result.outputs.labels
+                from napari_msunet.io.masks import open_mask
+
+                classes = _classes(header)
+                geojson = out / "prediction.geojson"
+                export_mask(
+                    open_mask(labels).levels[0],
+                    geojson,
+                    classes,
+                    downsample=result.downsample[0],
+                    overwrite=args.overwrite,
+                )
+                preview = prediction_preview(
+                    slide, labels, header.class_names, header.class_colours
+                )
+                preview.save(out / "prediction.png")
+        except MsunetError as exc:
+            if len(args.slides) == 1:
+                raise
+            print(f"msunet predict: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        print(
+            f"{path}: {result.shape[1]} x {result.shape[0]} px at {result.mpp:.3g} µm/px, "
+            f"{result.tiles_computed} tiles computed ({result.tiles_skipped} without tissue "
+            f"skipped, {result.tiles_resumed} resumed), overhead {result.overhead:.2f}, "
+            f"{result.timings.get('total', 0):.1f} s on {result.device} -> {out}"
+        )
+    return 1 if failures else 0
+
+
+def _classes(header):
+    from napari_msunet.io.annotations import ClassInfo
+
+    return [
+        ClassInfo(name, i, tuple(header.class_colours[i]))
+        for i, name in enumerate(header.class_names)
+        if i > 0
+    ]
+
+
 @_command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from napari_msunet.evaluation import iter_evaluate
@@ -369,6 +443,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--simplify", type=float, default=0.0, help="tolerance in mask pixels")
     s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "predict",
+        help="segment slides: OME-Zarr labels + probabilities, QuPath GeoJSON, preview PNG",
+    )
+    s.add_argument("slides", nargs="+", metavar="SLIDE")
+    s.add_argument("--model", required=True, help="model file (.safetensors)")
+    s.add_argument("--out", required=True, help="output folder (one sub-folder per slide)")
+    s.add_argument("--mpp", type=float, default=None, help="slide µm/px when the file lacks it")
+    s.add_argument(
+        "--target-mpp",
+        type=float,
+        default=None,
+        help="working µm/px (default: the model's training resolution)",
+    )
+    s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    s.add_argument("--tile", type=int, default=None, help="output tile side (default: auto)")
+    s.add_argument(
+        "--margin",
+        type=int,
+        default=None,
+        help="context on each side (default: the model's receptive radius: exact result)",
+    )
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--no-tissue", action="store_true", help="predict background tiles too")
+    s.add_argument(
+        "--per-slide", action="store_true", help="sub-folder per slide even for one slide"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace a finished prediction")
 
     s = sub.add_parser(
         "evaluate",

@@ -1,0 +1,299 @@
+"""Whole-slide prediction as a generator: progress after every batch, a result at the end.
+
+:func:`predict_slide` turns a slide and a model into a pyramidal label map and probability map
+(OME-Zarr), streaming tiles in and results out so that memory does not grow with the slide.
+It is a generator (see GUIDE: long work is a generator): the CLI wraps it in a tqdm bar, the
+GUI in a napari ``thread_worker``, tests drive it directly::
+
+    gen = predict_slide(slide, model, header, InferenceConfig(), "out/")
+    try:
+        while True:
+            progress = next(gen)          # Progress(done, total, message, ...)
+    except StopIteration as stop:
+        result = stop.value               # PredictionResult
+
+It stops cleanly at the next batch when ``stop`` (a callable or a ``threading.Event``) says so,
+or when the generator is closed (``gen.close()``, napari's ``worker.quit()``): tiles already
+computed are written and kept in the ``.partial`` stores, threads are shut down, and a rerun on
+the same folder computes only the rest. Results are deterministic for a fixed model: the tile
+plan depends only on the slide and the settings, and every batch has the same shape.
+
+:func:`~napari_msunet.inference.array.predict_array` runs the same tiling on an in-memory
+image (the GUI's "current view").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from typing import Any
+
+import zarr
+from torch import nn
+
+from napari_msunet.inference.config import InferenceConfig
+from napari_msunet.inference.device import Normalization, prepare_model, resolve_device_settings
+from napari_msunet.inference.outputs import (
+    SlideOutputs,
+    TileWriter,
+    check_run_record,
+    check_target,
+    class_info,
+    make_folder,
+    model_fingerprint,
+    remove_stale,
+    write_json,
+    write_manifest,
+)
+from napari_msunet.inference.pipeline import (
+    Timings,
+    check_model,
+    next_batch,
+    read_workers,
+    run_batches,
+)
+from napari_msunet.inference.progress import (
+    PredictionResult,
+    Progress,
+    Stop,
+    make_progress,
+    stopped,
+)
+from napari_msunet.inference.reading import SlideReader, working_geometry
+from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
+from napari_msunet.inference.tissue import detect_tissue
+from napari_msunet.io.ome_zarr import OmeZarrWriter
+from napari_msunet.io.slide import Slide
+
+__all__ = ["predict_slide"]
+
+
+def predict_slide(
+    slide: Slide,
+    model: nn.Module,
+    norm: Any,
+    config: InferenceConfig | None,
+    out: str | os.PathLike[str] | SlideOutputs,
+    *,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
+    stop: Stop = None,
+) -> Generator[Progress, None, PredictionResult]:
+    """Predict a whole slide into pyramidal OME-Zarr outputs, as a generator.
+
+    Parameters
+    ----------
+    slide
+        The opened slide (not closed here).
+    model
+        A segmentation network of :mod:`napari_msunet.models` taking RGB. It is put in eval
+        mode and moved to the device (in place); its training mode is restored at the end.
+    norm
+        The model file's :class:`~napari_msunet.models.ModelHeader` (normalisation, class
+        names and colours) or a :class:`~napari_msunet.inference.device.Normalization` /
+        ``(mean, std)`` pair.
+    config
+        Settings; ``None`` for the defaults (:class:`InferenceConfig()`).
+    out
+        Output folder (standard names, see :mod:`~napari_msunet.inference.outputs`) or a
+        :class:`SlideOutputs` with explicit paths.
+    mpp
+        µm per level-0 pixel, overriding the file's; required when the file does not state it.
+    overwrite
+        Replace a finished prediction in ``out``; without it such a folder is refused at once.
+    resume
+        Continue an interrupted run in ``out`` (default); False discards it.
+    stop
+        Checked before every batch: a callable returning True, or a ``threading.Event``.
+
+    Yields
+    ------
+    Progress
+        Once before the first batch and after every batch, then while finishing.
+
+    Returns
+    -------
+    PredictionResult
+
+    Raises
+    ------
+    SlideError
+        Unknown µm/px without ``mpp``, unreadable tiles.
+    ConfigError
+        Invalid settings: tile or margin not a multiple of the model's alignment, a model that
+        does not take RGB, an unavailable device.
+    WriterError, MsunetError
+        A finished prediction without ``overwrite``; an interrupted one made with another
+        model or settings; outputs that cannot be written; out of GPU memory.
+    """
+    t0 = time.perf_counter()
+    config = config or InferenceConfig()
+    timings = Timings()
+    n_classes = check_model(model)
+    normalization = Normalization.of(norm)
+    outputs = out if isinstance(out, SlideOutputs) else SlideOutputs.in_dir(out)
+    check_target(outputs, overwrite)
+    geometry = working_geometry(slide, config.target_mpp, mpp)
+    names, colours = class_info(norm, n_classes)
+    settings = resolve_device_settings(config)
+    fingerprint = model_fingerprint(model)
+    was_training = model.training
+    prepare_model(model, settings)
+    writers: list[OmeZarrWriter] = []
+    try:
+        tiling = resolve_tiling(config, model, settings, geometry.shape)
+        tissue = None
+        if config.tissue:
+            tt = time.perf_counter()
+            tissue = detect_tissue(slide, config, mpp=geometry.slide_mpp)
+            timings.tissue = time.perf_counter() - tt
+        keep = None
+        if tissue is not None:
+            dy, dx = geometry.downsample
+            mask = tissue
+
+            def keep(y0: int, x0: int, y1: int, x1: int) -> bool:
+                return mask.any_in(y0 * dy, x0 * dx, y1 * dy, x1 * dx)
+
+        plan = plan_tiles(geometry.shape, tiling.tile, tiling.margin, tiling.alignment, keep)
+        record = {
+            "slide": {
+                "name": slide.path.name,
+                "shape": list(slide.shape),
+                "bytes": slide.path.stat().st_size if slide.path.exists() else None,
+            },
+            "geometry": geometry.to_dict(),
+            "model": fingerprint,
+            "tile": tiling.tile,
+            "margin": tiling.margin,
+            "amp": settings.amp_name,
+            "tissue": None if tissue is None else tissue.to_dict(),
+            "chunk": config.chunk,
+            "save_probabilities": config.save_probabilities,
+            "classes": names,
+        }
+        check_run_record(outputs, record, resume)
+        make_folder(outputs)
+        write_json(outputs.run_record, record)
+        common = {
+            "chunk": config.chunk,
+            "mpp": geometry.mpp,
+            "overwrite": overwrite,
+            "resume": resume,
+        }
+        labels_w = OmeZarrWriter(
+            outputs.labels,
+            geometry.shape,
+            kind="labels",
+            class_names=names,
+            class_colors=[[0, 0, 0, 0]] + [[*c, 255] for c in colours[1:]],
+            **common,
+        )
+        writers.append(labels_w)
+        probs_w = None
+        if config.save_probabilities:
+            probs_w = OmeZarrWriter(
+                outputs.probabilities,
+                geometry.shape,
+                kind="probabilities",
+                n_channels=n_classes,
+                class_names=names,
+                class_colors=colours,
+                **common,
+            )
+            writers.append(probs_w)
+        if tissue is not None:
+            tissue.save_png(outputs.tissue)
+        workers = config.write_workers if plan.conflict_free(config.chunk) else 1
+        tile_writer = TileWriter(labels_w, probs_w, workers)
+        todo = [t for t in plan.tiles if not tile_writer.is_done(t.y, t.x, t.h, t.w)]
+        resumed = len(plan.tiles) - len(todo)
+        done, px = resumed, 0
+        timings.setup = time.perf_counter() - t0 - timings.tissue
+        yield make_progress(done, plan, resumed, t0, time.perf_counter(), 0, "starting")
+        tc = time.perf_counter()
+        cancelled = False
+        batches = run_batches(
+            todo,
+            plan,
+            SlideReader(slide, geometry),
+            model,
+            settings,
+            normalization,
+            batch_size=tiling.batch_size,
+            read_workers=read_workers(config, settings),
+            prefetch=config.prefetch,
+            timings=timings,
+        )
+        try:
+            while True:
+                if stopped(stop):
+                    cancelled = True
+                    break
+                try:
+                    batch = next_batch(batches)
+                except StopIteration:
+                    break
+                tw = time.perf_counter()
+                for t, p, lab in zip(batch.tiles, batch.probabilities, batch.labels, strict=True):
+                    tile_writer.submit(t.y, t.x, p, lab)
+                    px += t.h * t.w
+                timings.write_wait += time.perf_counter() - tw
+                done += len(batch.tiles)
+                msg = f"tile {done}/{len(plan.tiles)}"
+                yield make_progress(done, plan, resumed, t0, tc, px, msg)
+            tw = time.perf_counter()
+            tile_writer.drain()
+            timings.write_wait += time.perf_counter() - tw
+        finally:
+            batches.close()
+            tile_writer.close()
+        computed = done - resumed
+        if not cancelled:
+            yield make_progress(done, plan, resumed, t0, tc, px, "building the pyramid")
+            tf = time.perf_counter()
+            for w in writers:
+                w.finalize()
+            extra = {
+                "mpp": geometry.mpp,
+                "level0_downsample": list(geometry.downsample),
+                "slide": slide.path.name,
+                "manifest": outputs.manifest.name,
+            }
+            for w in writers:
+                group = zarr.open_group(w.path, mode="r+", zarr_format=3)
+                group.attrs["napari_msunet_prediction"] = extra
+            timings.finalize = time.perf_counter() - tf
+        timings.total = time.perf_counter() - t0
+        result = PredictionResult(
+            completed=not cancelled,
+            outputs=outputs,
+            shape=geometry.shape,
+            mpp=geometry.mpp,
+            downsample=geometry.downsample,
+            level=geometry.level,
+            tiles_total=plan.n_total,
+            tiles_computed=computed,
+            tiles_resumed=resumed,
+            tiles_skipped=len(plan.skipped),
+            tile=tiling.tile,
+            margin=tiling.margin,
+            batch_size=tiling.batch_size,
+            overhead=plan.overhead(),
+            nominal_overhead=plan.nominal_overhead,
+            device=settings.describe(),
+            timings=timings.to_dict(),
+            tissue_fraction=None if tissue is None else tissue.fraction,
+        )
+        if not cancelled:
+            remove_stale(outputs, config, tissue, overwrite)
+            write_manifest(outputs, slide, geometry, config, tiling, settings, record, tissue,
+                            norm, names, colours, result)  # fmt: skip
+            outputs.run_record.unlink(missing_ok=True)
+        return result
+    finally:
+        for w in writers:
+            w.close()
+        model.train(was_training)

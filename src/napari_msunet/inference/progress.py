@@ -1,0 +1,117 @@
+"""What a run reports: :class:`Progress` after every batch and a :class:`PredictionResult`.
+
+Frozen dataclasses with plain fields, so the GUI can pass them through Qt signals and the CLI
+can print them; no Qt and no callbacks here (see GUIDE: long work is a generator).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from napari_msunet.inference.outputs import SlideOutputs
+from napari_msunet.inference.tiling import TilePlan
+
+__all__ = ["PredictionResult", "Progress", "Stop", "stopped"]
+
+Stop = Callable[[], bool] | threading.Event | None
+"""A stop request: a callable returning True, or a ``threading.Event``; checked per batch."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands, yielded after every batch.
+
+    Attributes
+    ----------
+    done, total
+        Tiles finished (including those resumed from an earlier run) and tiles to compute
+        (tiles with tissue).
+    message
+        A short line for a status bar.
+    tiles_per_s, mpx_per_s
+        Speed of this run so far: tiles and kept output megapixels per second of compute.
+    elapsed_s
+        Since the run started.
+    skipped, resumed
+        Tiles without tissue (never computed) and tiles finished by an earlier run.
+    """
+
+    done: int
+    total: int
+    message: str
+    tiles_per_s: float = 0.0
+    mpx_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    skipped: int = 0
+    resumed: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What :func:`predict_slide` did.
+
+    ``completed`` is False when it was stopped; the outputs then stay under their
+    ``.partial`` names and ``outputs`` paths do not exist yet. ``shape``, ``mpp`` and
+    ``downsample`` describe the output grid: output pixel ``(i, j)`` covers level-0 pixels
+    ``[i dy, (i + 1) dy) x [j dx, (j + 1) dx)``. ``overhead`` is computed / kept pixels over
+    the tiles computed. ``timings`` are in seconds (see :class:`~.pipeline.Timings`).
+    """
+
+    completed: bool
+    outputs: SlideOutputs
+    shape: tuple[int, int]
+    mpp: float
+    downsample: tuple[float, float]
+    level: int
+    tiles_total: int
+    tiles_computed: int
+    tiles_resumed: int
+    tiles_skipped: int
+    tile: int
+    margin: int
+    batch_size: int
+    overhead: float
+    nominal_overhead: float
+    device: str
+    timings: dict[str, float]
+    tissue_fraction: float | None
+
+    @property
+    def output_mpx_per_s(self) -> float:
+        """Slide area at the working resolution per second of the whole call."""
+        t = self.timings.get("total", 0.0)
+        return self.shape[0] * self.shape[1] / 1e6 / t if t else float("nan")
+
+
+def stopped(stop: Stop) -> bool:
+    """Whether ``stop`` asks to stop now."""
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def make_progress(
+    done: int, plan: TilePlan, resumed: int, t0: float, tc: float, px: int, msg: str
+) -> Progress:
+    """A :class:`Progress` for ``done`` tiles; speeds count from ``tc``, elapsed from ``t0``."""
+    dt = time.perf_counter() - tc
+    n = done - resumed
+    return Progress(
+        done=done,
+        total=len(plan.tiles),
+        message=msg,
+        tiles_per_s=n / dt if dt > 0 and n else 0.0,
+        mpx_per_s=px / 1e6 / dt if dt > 0 and px else 0.0,
+        elapsed_s=time.perf_counter() - t0,
+        skipped=len(plan.skipped),
+        resumed=resumed,
+    )
