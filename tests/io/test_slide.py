@@ -286,3 +286,23 @@ def test_truncated_png(tmp_path):
     with pytest.raises(SlideError) as info:
         open_slide(path).levels[0].compute()
     assert str(path) in str(info.value)
+
+
+def test_forked_children_read_their_own_file_handle(slides):
+    """DataLoader workers fork after the parent has read: each needs its own file offset."""
+    import multiprocessing as mp
+
+    global _SHARED
+    _SHARED = open_slide(slides["svs"])
+    expected = [_read_shared(i) for i in range(8)]  # the parent opens and uses the file
+    with mp.get_context("fork").Pool(2) as pool:  # children inherit the open slide
+        results = pool.map(_read_shared, range(8))
+    for r, e in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(r, e)
+
+
+_SHARED = None
+
+
+def _read_shared(i):
+    return _SHARED.read_region(0, (i % 4) * 256, (i // 4) * 512, 256, 512)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 import warnings
@@ -123,10 +124,16 @@ class _TiffHandle:
         self.path = path
         self._lock = threading.Lock()
         self._tif: tifffile.TiffFile | None = None
+        self._pid = os.getpid()
 
     def get(self) -> tifffile.TiffFile:
         with self._lock:
+            if self._tif is not None and self._pid != os.getpid():
+                # a forked child (e.g. a DataLoader worker) must not share the parent's file
+                # offset: concurrent seeks would interleave reads and corrupt tiles
+                self._tif = None
             if self._tif is None:
+                self._pid = os.getpid()
                 self._tif = tifffile.TiffFile(self.path)
                 # close the file when the slide is garbage-collected without close()
                 weakref.finalize(self, self._tif.close)
@@ -181,17 +188,19 @@ class TiffLevelSource:
         self.tile = tile
         self._convert = _RGBConverter(layout, int(samples), handle.path)
         self._zarr: Any = None
+        self._zarr_owner: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_zarr"] = None
+        state["_zarr"] = state["_zarr_owner"] = None
         return state
 
     def _array(self) -> Any:
-        if self._zarr is None:
-            tif = self.handle.get()
+        tif = self.handle.get()  # a new TiffFile after a fork: rebuild the store on it
+        if self._zarr is None or self._zarr_owner is not tif:
             store = tif.series[self.series].aszarr(level=self.level)
             self._zarr = zarr.open_array(store, mode="r")
+            self._zarr_owner = tif
         return self._zarr
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
