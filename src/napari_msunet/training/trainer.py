@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from napari_msunet import __version__
 from napari_msunet.errors import ConfigError
+from napari_msunet.inference.device import select_device
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
 from napari_msunet.training.augment import augment_batch
@@ -40,7 +41,7 @@ from napari_msunet.training.losses import (
 from napari_msunet.training.state import load_state, save_state
 from napari_msunet.training.validation import ValScores, validate
 
-__all__ = ["EpochEnd", "TrainResult", "TrainStep", "select_device", "train"]
+__all__ = ["EpochEnd", "TrainResult", "TrainStep", "train"]
 
 
 @dataclass(frozen=True)
@@ -76,17 +77,6 @@ class TrainResult:
     global_step: int
     best_score: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """CUDA, then MPS, then CPU for ``"auto"``; the named device otherwise."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 class _EpochSampler(Sampler[int]):
