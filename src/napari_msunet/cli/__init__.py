@@ -1,0 +1,167 @@
+"""The ``msunet`` command line: the headless face of the same engine the napari plugin drives.
+
+Every command turns :class:`~napari_msunet.errors.MsunetError` into a one-line message on
+stderr and exit status 2, so scripts can tell bad input from a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from napari_msunet import __version__
+from napari_msunet.cli import io_commands, model_commands  # noqa: F401 - they register
+from napari_msunet.cli._registry import COMMANDS
+from napari_msunet.errors import MsunetError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msunet",
+        description="Multi-Scale U-Net segmentation of whole-slide images (napari-msunet).",
+    )
+    p.add_argument("--version", action="version", version=f"napari-msunet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="describe slides: levels, µm/px, magnification")
+    s.add_argument("slides", nargs="+", metavar="SLIDE")
+    s.add_argument("--json", action="store_true", help="one JSON record per slide")
+
+    s = sub.add_parser(
+        "synthetic",
+        help="write a synthetic pyramidal slide and its ground-truth GeoJSON (for tests/demos)",
+    )
+    s.add_argument("out", metavar="OUT", help="slide file to write (.svs, .ome.tif, .tif, .ndpi)")
+    s.add_argument("--size", type=int, default=8192, help="width in pixels (default 8192)")
+    s.add_argument("--height", type=int, default=None, help="height (default: same as width)")
+    s.add_argument(
+        "--format",
+        choices=["svs", "ome-tiff", "tiff", "ndpi"],
+        default="svs",
+        help="file layout (default svs)",
+    )
+    s.add_argument("--mpp", type=float, default=0.25, help="µm per pixel (default 0.25)")
+    s.add_argument("--tile", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="compression threads")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "rasterize", help="QuPath GeoJSON -> pyramidal label mask (OME-Zarr or OME-TIFF)"
+    )
+    s.add_argument("annotation", metavar="GEOJSON")
+    s.add_argument("--slide", required=True, help="the slide the annotation belongs to")
+    s.add_argument("--out", required=True, help="mask to write: NAME.ome.zarr or NAME.ome.tif")
+    s.add_argument("--level", type=int, default=0, help="slide pyramid level (default 0)")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser("export-geojson", help="label mask -> QuPath GeoJSON (level-0 pixels)")
+    s.add_argument("mask", metavar="MASK", help="OME-Zarr, (OME-)TIFF or PNG label mask")
+    s.add_argument("--out", required=True, help="GeoJSON file to write")
+    s.add_argument("--slide", help="the slide, to scale a mask made at a coarser level")
+    s.add_argument(
+        "--downsample",
+        type=float,
+        default=None,
+        help="level-0 pixels per mask pixel (default: from --slide, else 1)",
+    )
+    s.add_argument("--simplify", type=float, default=0.0, help="tolerance in mask pixels")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "predict",
+        help="segment slides: OME-Zarr labels + probabilities, QuPath GeoJSON, preview PNG",
+    )
+    s.add_argument("slides", nargs="+", metavar="SLIDE")
+    s.add_argument("--model", required=True, help="model file (.safetensors)")
+    s.add_argument("--out", required=True, help="output folder (one sub-folder per slide)")
+    s.add_argument("--mpp", type=float, default=None, help="slide µm/px when the file lacks it")
+    s.add_argument(
+        "--target-mpp",
+        type=float,
+        default=None,
+        help="working µm/px (default: the model's training resolution)",
+    )
+    s.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    s.add_argument("--tile", type=int, default=None, help="output tile side (default: auto)")
+    s.add_argument(
+        "--margin",
+        type=int,
+        default=None,
+        help="context on each side (default: the model's receptive radius: exact result)",
+    )
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--no-tissue", action="store_true", help="predict background tiles too")
+    s.add_argument(
+        "--per-slide", action="store_true", help="sub-folder per slide even for one slide"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace a finished prediction")
+
+    s = sub.add_parser(
+        "evaluate",
+        help="slide-level IoU/Dice of a prediction against an annotation, with a TP/FP/FN PNG",
+    )
+    s.add_argument("--pred", required=True, help="predicted label mask (OME-Zarr/TIFF/PNG)")
+    s.add_argument("--truth", required=True, help="ground truth: label mask or QuPath GeoJSON")
+    s.add_argument("--out", required=True, help="folder for report.json, report.csv, overlay.png")
+    s.add_argument("--slide", help="the slide (scale of a GeoJSON truth; overlay background)")
+    s.add_argument("--ignore-label", type=int, default=None, help="truth label to leave out")
+    s.add_argument("--region", help="mask restricting where pixels count (e.g. tissue.png)")
+    s.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser("train", help="train a model from a run YAML (see examples/)")
+    s.add_argument("--config", required=True, help="run YAML: data, out folder, settings")
+    s.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore an earlier run in the out folder instead of resuming it",
+    )
+
+    s = sub.add_parser(
+        "finetune", help="fine-tune a model file on corrected annotations (new model version)"
+    )
+    s.add_argument("--model", required=True, help="the model file to start from")
+    s.add_argument("--slides", nargs="+", required=True, metavar="SLIDE")
+    s.add_argument(
+        "--annotations",
+        nargs="+",
+        required=True,
+        metavar="ANNOTATION",
+        help="one per slide: QuPath GeoJSON or label mask",
+    )
+    s.add_argument(
+        "--regions",
+        nargs="+",
+        metavar="GEOJSON",
+        help="one per slide: the corrected regions; outside them only the bootstrap term "
+        "learns (default: the whole annotation counts)",
+    )
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--mpp", type=float, default=None, help="slides' µm/px if not in the file")
+    s.add_argument("--noisy", action="store_true", help="annotations are noisy (k = 61)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", default=None, help="new model file (default: <model>-ftN)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MsunetError as exc:
+        print(f"msunet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msunet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

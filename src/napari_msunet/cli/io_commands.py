@@ -1,0 +1,128 @@
+"""``msunet`` commands on files: info, synthetic, rasterize, export-geojson."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_msunet.cli._registry import command, stem
+from napari_msunet.errors import MsunetError
+
+
+@command("info")
+def _info(args: argparse.Namespace) -> int:
+    from napari_msunet.io.slide import open_slide
+
+    for path in args.slides:
+        with open_slide(path) as slide:
+            record = {
+                "path": str(slide.path),
+                "format": slide.format,
+                "width": slide.shape[1],
+                "height": slide.shape[0],
+                "mpp": slide.mpp,
+                "mpp_source": slide.mpp_source,
+                "magnification": slide.magnification,
+                "pyramidal": slide.pyramidal,
+                "levels": [
+                    {"height": h, "width": w, "downsample": round(d, 4), "mpp": m}
+                    for (h, w), d, m in zip(
+                        slide.level_shapes, slide.downsamples, slide.level_mpp, strict=True
+                    )
+                ],
+                "associated": {k: list(v.shape) for k, v in slide.associated.items()},
+            }
+        if args.json:
+            print(json.dumps(record))
+            continue
+        mpp = f"{slide.mpp:.4g} µm/px" if slide.mpp else slide.mpp_source
+        mag = f", {slide.magnification:g}x" if slide.magnification else ""
+        print(f"{slide.path}: {slide.format}, {slide.shape[1]} x {slide.shape[0]} px, {mpp}{mag}")
+        for i, lv in enumerate(record["levels"]):
+            m = f"{lv['mpp']:.4g} µm/px" if lv["mpp"] else "-"
+            print(f"  level {i}: {lv['width']} x {lv['height']}  /{lv['downsample']:g}  {m}")
+        for name, shape in record["associated"].items():
+            print(f"  {name}: {shape[1]} x {shape[0]}")
+    return 0
+
+
+@command("synthetic")
+def _synthetic(args: argparse.Namespace) -> int:
+    from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise MsunetError(f"{out}: already exists (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = SyntheticSlideSpec(args.height or args.size, args.size, seed=args.seed, mpp=args.mpp)
+    write_synthetic_slide(out, spec, args.format, tile=args.tile, workers=args.workers)
+    geojson = out.with_name(stem(out) + ".geojson")
+    spec.write_geojson(geojson)
+    print(f"wrote {out} and its ground truth {geojson}")
+    return 0
+
+
+@command("rasterize")
+def _rasterize(args: argparse.Namespace) -> int:
+    from napari_msunet.io.geojson import read_geojson
+    from napari_msunet.io.rasterise import rasterise
+    from napari_msunet.io.slide import open_slide
+
+    with open_slide(args.slide) as slide:
+        level = args.level
+        if not 0 <= level < slide.level_count:
+            raise MsunetError(f"{args.slide}: has levels 0..{slide.level_count - 1}, not {level}")
+        anns = read_geojson(args.annotation, slide_shape=slide.shape)
+        mask = rasterise(
+            anns,
+            slide.shape,
+            downsample=slide.downsamples[level],
+            level_shape=slide.level_shapes[level],
+            chunks=1024,
+        )
+        mpp = slide.level_mpp[level]
+    names = ["background"] + [c.name for c in anns.classes]
+    colors = [[0, 0, 0, 0]] + [[*c.color, 255] for c in anns.classes]
+    _write_mask(Path(args.out), mask, mpp, names, colors, args.overwrite)
+    counts = ", ".join(f"{c.name} = {c.label}" for c in anns.classes) or "no classes"
+    print(f"wrote {args.out}: {mask.shape[1]} x {mask.shape[0]} labels ({counts})")
+    return 0
+
+
+def _write_mask(out: Path, mask, mpp, names, colors, overwrite: bool) -> None:
+    from napari_msunet.io.ome_tiff import write_ome_tiff
+    from napari_msunet.io.ome_zarr import write_ome_zarr
+
+    kw = {"kind": "labels", "mpp": mpp, "class_names": names, "class_colors": colors}
+    if out.name.lower().endswith(".zarr"):
+        write_ome_zarr(out, mask, overwrite=overwrite, **kw)
+    elif out.name.lower().endswith((".tif", ".tiff")):
+        write_ome_tiff(out, mask, overwrite=overwrite, **kw)
+    else:
+        raise MsunetError(f"{out}: output must end in .ome.zarr or .ome.tif")
+
+
+@command("export-geojson")
+def _export_geojson(args: argparse.Namespace) -> int:
+    from napari_msunet.io.masks import open_mask
+    from napari_msunet.io.vectorise import export_mask
+
+    mask = open_mask(args.mask)
+    downsample = args.downsample
+    if downsample is None and args.slide is not None:
+        from napari_msunet.io.slide import open_slide
+
+        with open_slide(args.slide) as slide:
+            downsample = slide.shape[0] / mask.shape[0]
+    classes = mask.classes or None
+    out = export_mask(
+        mask.levels[0],
+        args.out,
+        classes,
+        downsample or 1.0,
+        overwrite=args.overwrite,
+        simplify=args.simplify,
+    )
+    print(f"wrote {out}")
+    return 0
