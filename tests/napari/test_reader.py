@@ -70,3 +70,26 @@ def test_reader_returns_none_for_what_it_cannot_read(tmp_path):
     for name in ("x.svs", "notes.json", "broken.geojson", "missing.tif"):
         assert napari_get_reader(str(tmp_path / name)) is None
     assert napari_get_reader([str(tmp_path / "a.svs"), str(tmp_path / "b.svs")]) is None
+
+
+def test_label_mask_zarr_opens_on_the_slide(make_napari_viewer, slide_dir, tmp_path):
+    from napari_msunet.io.ome_zarr import write_ome_zarr
+
+    mask = SPEC.mask()
+    out = write_ome_zarr(
+        tmp_path / "labels.ome.zarr",
+        mask,
+        kind="labels",
+        mpp=0.5,
+        class_names=["background", "Germinal centre", "Sinus"],
+        class_colors=[[0, 0, 0, 0], [0, 200, 0, 255], [0, 0, 200, 255]],
+    )
+    viewer = make_napari_viewer()
+    viewer.open(str(slide_dir / "case.svs"), plugin="napari-msunet")
+    (labels,) = viewer.open(str(out), plugin="napari-msunet")
+    assert labels.multiscale
+    assert tuple(labels.scale) == pytest.approx((0.5, 0.5))
+    np.testing.assert_array_equal(np.asarray(labels.data[0]), mask)
+    np.testing.assert_allclose(
+        labels.colormap.map(np.array([1]))[0][:3], [0, 200 / 255, 0], atol=0.01
+    )

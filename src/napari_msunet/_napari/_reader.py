@@ -44,6 +44,8 @@ def napari_get_reader(path: str | list[str]):
     try:
         if p.name.lower().endswith(_GEOJSON_SUFFIXES):
             layers = geojson_layers(p)
+        elif p.name.lower().endswith(".zarr"):
+            layers = [mask_layer(p)]
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -86,6 +88,39 @@ def slide_layer(slide: Slide) -> LayerData:
     if units:
         kwargs["units"] = units
     return list(slide.levels), kwargs, "image"
+
+
+def mask_layer(path: Path) -> LayerData:
+    """A label mask (e.g. a prediction's ``labels.ome.zarr``) as a multiscale Labels layer in µm,
+    coloured by the classes its metadata names."""
+    from napari_msunet.io.masks import open_mask
+
+    mask = open_mask(path)
+    colors: dict[int | None, tuple[float, ...]] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for c in mask.classes:
+        colors[c.label] = (*(v / 255 for v in c.color), 1.0)
+    kwargs: dict[str, Any] = {
+        "name": path.name if path.name != "labels.ome.zarr" else f"{path.parent.name} labels",
+        "multiscale": len(mask.levels) > 1,
+        "scale": (mask.mpp, mask.mpp) if mask.mpp else (1.0, 1.0),
+        "opacity": 0.5,
+        "metadata": {
+            "napari_msunet": {
+                "kind": "labels",
+                "path": str(path),
+                "mpp": mask.mpp,
+                "classes": [
+                    {"name": c.name, "label": c.label, "color": list(c.color)} for c in mask.classes
+                ],
+            }
+        },
+    }
+    if len(mask.classes):
+        kwargs["colormap"] = colors
+    if mask.mpp:
+        kwargs["units"] = ("um", "um")
+    data = list(mask.levels) if len(mask.levels) > 1 else mask.levels[0]
+    return data, kwargs, "labels"
 
 
 def companion_slide(geojson: Path) -> Path | None:
