@@ -20,97 +20,13 @@ The EBHI-Seg pixel size is not stated exactly (about 0.25-0.3 µm/px at 400x); `
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from napari_msunet.io.annotations import ClassInfo
+from napari_msunet.io.mosaic import CREDIT, REGION, MosaicSpec, pick_stems
 from napari_msunet.io.ome_tiff import write_ome_tiff
 from napari_msunet.io.synthetic import write_synthetic_slide
 from napari_msunet.io.vectorise import export_mask
-
-PATCH = 224
-CREDIT = "EBHI-Seg, Shi et al., Front. Med. 10:1114673 (2023), CC BY 4.0"
-REGION = ClassInfo(name="Gland/lesion", label=1, color=(220, 40, 40))
-
-
-class MosaicSpec:
-    """A grid of EBHI-Seg patches that renders any region of any level on demand.
-
-    It implements the renderer protocol of :func:`napari_msunet.io.synthetic.write_synthetic_slide`
-    (``height``, ``width``, ``mpp``, ``render``, ``image``).
-    """
-
-    def __init__(self, stems: list[str], data: Path, rows: int, cols: int, margin: int, mpp: float):
-        self.stems, self.data, self.rows, self.cols = stems, data, rows, cols
-        self.margin, self.mpp = margin, mpp
-        self.height = rows * PATCH + 2 * margin
-        self.width = cols * PATCH + 2 * margin
-
-    @functools.lru_cache(maxsize=512)  # noqa: B019 - one spec per run, bounded cache
-    def _patch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        stem = self.stems[i]
-        rgb = np.asarray(Image.open(self.data / "images" / f"{stem}.jpg").convert("RGB"))
-        mask = (np.asarray(Image.open(self.data / "masks" / f"{stem}.png")) > 0).astype(np.uint8)
-        if rgb.shape[:2] != (PATCH, PATCH) or mask.shape != (PATCH, PATCH):
-            raise ValueError(f"{stem}: expected {PATCH} x {PATCH} image and mask")
-        return rgb, mask
-
-    def _render0(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        rgb = np.full((h, w, 3), 242, np.uint8)
-        lab = np.zeros((h, w), np.uint8)
-        m = self.margin
-        r0 = max(0, (y0 - m) // PATCH)
-        r1 = min(self.rows, math.ceil((y0 + h - m) / PATCH))
-        c0 = max(0, (x0 - m) // PATCH)
-        c1 = min(self.cols, math.ceil((x0 + w - m) / PATCH))
-        for r in range(r0, r1):
-            for c in range(c0, c1):
-                py, px = m + r * PATCH, m + c * PATCH
-                sy0, sx0 = max(py, y0), max(px, x0)
-                sy1, sx1 = min(py + PATCH, y0 + h), min(px + PATCH, x0 + w)
-                if sy1 <= sy0 or sx1 <= sx0:
-                    continue
-                prgb, pmask = self._patch(r * self.cols + c)
-                rgb[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = prgb[
-                    sy0 - py : sy1 - py, sx0 - px : sx1 - px
-                ]
-                lab[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = pmask[
-                    sy0 - py : sy1 - py, sx0 - px : sx1 - px
-                ]
-        return rgb, lab
-
-    def render(self, y0: int, x0: int, h: int, w: int, downsample: float = 1.0):
-        d = round(downsample)
-        if d <= 1:
-            return self._render0(y0, x0, h, w)
-        rgb, lab = self._render0(y0 * d, x0 * d, h * d, w * d)
-        rgb = rgb.reshape(h, d, w, d, 3).mean(axis=(1, 3)).round().astype(np.uint8)
-        return rgb, lab[d // 2 :: d, d // 2 :: d]
-
-    def image(self, downsample: float = 1.0) -> np.ndarray:
-        d = max(1, round(downsample))
-        return self.render(0, 0, math.ceil(self.height / d), math.ceil(self.width / d), d)[0]
-
-    def mask(self) -> np.ndarray:
-        return self._render0(0, 0, self.height, self.width)[1]
-
-
-def pick_stems(data: Path, n: int, seed: int) -> list[str]:
-    index = data / "index.csv"
-    if not index.is_file():
-        raise SystemExit(f"{index}: not found; pass the EBHI-Seg folder (with index.csv)")
-    with index.open() as f:
-        stems = [row["stem"] for row in csv.DictReader(f)]
-    if len(stems) < n:
-        raise SystemExit(f"{data}: {len(stems)} patches, {n} needed")
-    rng = np.random.default_rng(seed)
-    return [stems[i] for i in rng.choice(len(stems), size=n, replace=False)]
 
 
 def main(argv: list[str] | None = None) -> int:

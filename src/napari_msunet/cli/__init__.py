@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a finished prediction")
 
     s = sub.add_parser(
+        "demo",
+        help="sample slide + bundled model: predict, evaluate, open napari (one minute)",
+    )
+    s.add_argument("--out", default="msunet-demo", help="folder for the demo files")
+    s.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--headless",
+        action="store_true",
+        help="do not open napari; write the overlay PNG and the IoU report only",
+    )
+
+    s = sub.add_parser(
         "evaluate",
         help="slide-level IoU/Dice of a prediction against an annotation, with a TP/FP/FN PNG",
     )

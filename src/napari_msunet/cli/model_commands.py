@@ -225,3 +225,52 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     )
     print(f"curves: {curves}")
     return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from napari_msunet.demo import run_demo
+
+    gen = run_demo(args.out, model=args.model, device=args.device)
+    bar, stage_now, results = None, None, None
+    try:
+        while True:
+            stage, rec = next(gen)
+            if stage != stage_now:
+                if bar is not None:
+                    bar.close()
+                bar, stage_now = None, stage
+                if rec is None:
+                    print(f"{stage}: building the sample slide from the bundled EBHI-Seg tiles")
+            if rec is not None:
+                if bar is None:
+                    bar = tqdm(total=rec.total, desc=stage, unit="step")
+                bar.n = rec.done
+                bar.refresh()
+    except StopIteration as stop:
+        results = stop.value
+    finally:
+        if bar is not None:
+            bar.close()
+    files, evaluation = results["files"], results["evaluation"]
+    fg = evaluation.metrics.foreground
+    print(f"slide: {files.slide}  (EBHI-Seg tiles, Shi et al. 2023, CC BY 4.0)")
+    print(f"model: {results['model']}")
+    print(f"slide-level foreground IoU {fg.iou:.4f}  Dice {fg.dice:.4f}")
+    for name, path in evaluation.outputs.items():
+        print(f"{name}: {path}")
+    no_display = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if args.headless or no_display:
+        if not args.headless:
+            print("no display found: skipping napari (the overlay PNG shows the result)")
+        return 0
+    from napari_msunet._napari._demo import show_demo
+
+    show_demo(results)
+    return 0

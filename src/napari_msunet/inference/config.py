@@ -107,6 +107,10 @@ class InferenceConfig:
     save_probabilities
         Also write the per-class probabilities (uint8, ``round(p * 255)``), not only the label
         map.
+    labels_on_tissue_only
+        Set the label map to background wherever the tissue mask says glass, also inside
+        computed tiles (a network never trained on glass may call it anything). The
+        probabilities are kept as computed.
     """
 
     target_mpp: float = 1.0
@@ -127,6 +131,7 @@ class InferenceConfig:
     write_workers: int = 2
     chunk: int = 512
     save_probabilities: bool = True
+    labels_on_tissue_only: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_mpp", _positive_number("target_mpp", self.target_mpp))
@@ -147,7 +152,7 @@ class InferenceConfig:
             raise ConfigError(
                 f"channels_last must be true, false or 'auto': {self.channels_last!r}"
             )
-        for name in ("tissue", "save_probabilities"):
+        for name in ("tissue", "save_probabilities", "labels_on_tissue_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _positive_number("tissue_mpp", self.tissue_mpp)

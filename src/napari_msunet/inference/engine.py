@@ -29,6 +29,7 @@ import time
 from collections.abc import Generator
 from typing import Any
 
+import numpy as np
 import zarr
 from torch import nn
 
@@ -172,6 +173,7 @@ def predict_slide(
             "tissue": None if tissue is None else tissue.to_dict(),
             "chunk": config.chunk,
             "save_probabilities": config.save_probabilities,
+            "labels_on_tissue_only": config.labels_on_tissue_only,
             "classes": names,
         }
         check_run_record(outputs, record, resume)
@@ -238,6 +240,8 @@ def predict_slide(
                     break
                 tw = time.perf_counter()
                 for t, p, lab in zip(batch.tiles, batch.probabilities, batch.labels, strict=True):
+                    if tissue is not None and config.labels_on_tissue_only:
+                        lab = _on_tissue(lab, tissue, t.y, t.x, geometry.downsample)
                     tile_writer.submit(t.y, t.x, p, lab)
                     px += t.h * t.w
                 timings.write_wait += time.perf_counter() - tw
@@ -297,3 +301,22 @@ def predict_slide(
         for w in writers:
             w.close()
         model.train(was_training)
+
+
+def _on_tissue(labels: np.ndarray, tissue, y: int, x: int, downsample) -> np.ndarray:
+    """Labels with every pixel off the tissue mask set to background (0).
+
+    A network never trained on glass may call it anything; the tissue mask knows better. The
+    mask pixel under each label pixel's centre decides (nearest neighbour).
+    """
+    h, w = labels.shape
+    (dy, dx), (ty, tx) = downsample, tissue.downsample
+    rows = np.floor((y + np.arange(h) + 0.5) * dy / ty).astype(np.int64)
+    cols = np.floor((x + np.arange(w) + 0.5) * dx / tx).astype(np.int64)
+    mh, mw = tissue.mask.shape
+    on = tissue.mask[np.clip(rows, 0, mh - 1)[:, None], np.clip(cols, 0, mw - 1)[None, :]]
+    if on.all():
+        return labels
+    out = labels.copy()
+    out[~on] = 0
+    return out

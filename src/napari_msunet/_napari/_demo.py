@@ -1,0 +1,35 @@
+"""Show the demo's results in napari: slide, prediction and TP/FP/FN overlay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def show_demo(results: dict[str, Any]) -> None:
+    """Open a napari window with the demo slide, the prediction and the comparison."""
+    import napari
+    from napari_msunet._napari._reader import mask_layer, slide_layer
+    from napari_msunet.evaluation import OVERLAY_COLORS
+    from napari_msunet.io.slide import open_slide
+
+    files, evaluation = results["files"], results["evaluation"]
+    viewer = napari.Viewer(title="napari-msunet demo")
+    data, kwargs, _ = slide_layer(open_slide(files.slide))
+    viewer.add_image(data, **kwargs)
+    pred = results["prediction"]
+    data, kwargs, _ = mask_layer(pred.outputs.labels)
+    kwargs["name"] = "prediction"
+    viewer.add_labels(data, **kwargs)
+    viewer.add_labels(
+        evaluation.overlay_levels,
+        name="TP (green) / FP (red) / FN (blue)",
+        multiscale=True,
+        scale=(pred.mpp, pred.mpp),
+        colormap=dict(OVERLAY_COLORS) | {None: (0, 0, 0, 0)},
+        opacity=0.6,
+    )
+    viewer.scale_bar.visible = True
+    viewer.scale_bar.unit = "um"
+    fg = evaluation.metrics.foreground
+    viewer.status = f"slide-level foreground IoU {fg.iou:.3f}, Dice {fg.dice:.3f}"
+    napari.run()
