@@ -202,6 +202,13 @@ class ModelHeader:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
 
 
+def _default_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would have given the file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_model(
     path: str | os.PathLike[str],
     model: SegmentationModel,
@@ -231,6 +238,7 @@ def save_model(
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a model is shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
