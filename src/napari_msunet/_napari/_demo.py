@@ -27,9 +27,11 @@ def show_demo(results: dict[str, Any]) -> None:
         scale=(pred.mpp, pred.mpp),
         colormap=dict(OVERLAY_COLORS) | {None: (0, 0, 0, 0)},
         opacity=0.6,
+        units=("um", "um"),
     )
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar there
+    scale_bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
+    scale_bar.visible = True
     fg = evaluation.metrics.foreground
     viewer.status = f"slide-level foreground IoU {fg.iou:.3f}, Dice {fg.dice:.3f}"
     napari.run()
