@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from napari_msunet import __version__
-from napari_msunet.errors import ConfigError, ModelFileError
+from napari_msunet.errors import ConfigError, ModelFileError, WriterError
 from napari_msunet.models import ModelHeader, build_model, load_model, read_header, save_model
 from napari_msunet.models.checkpoint import FORMAT_VERSION, METADATA_KEY
 
@@ -129,7 +129,8 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    # a failed write is reported as a WriterError naming the file and the OS's reason
+    with pytest.raises(WriterError, match="disk full"):
         save_model(tmp_path / "m.safetensors", model, _header(model))
     assert list(tmp_path.iterdir()) == []
 

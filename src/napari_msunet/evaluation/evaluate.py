@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import dask.array as da
 import numpy as np
 
+from napari_msunet._atomic import check_new_file
 from napari_msunet.errors import AnnotationError, MsunetError, WriterError
-from napari_msunet.evaluation._files import check_new_file
 from napari_msunet.evaluation._inputs import (
     Prediction,
     Truth,

@@ -33,7 +33,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from napari_msunet.evaluation._files import atomic_write_bytes
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.evaluation._windows import Resampled, check_label_array
 from napari_msunet.io.writers import DEFAULT_CHUNK
 

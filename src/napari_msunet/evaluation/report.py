@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_msunet import __version__
-from napari_msunet.evaluation._files import atomic_write_bytes
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.evaluation.matching import ClassMatch
 from napari_msunet.evaluation.metrics import ClassMetrics, SegmentationMetrics
 

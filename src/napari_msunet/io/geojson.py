@@ -42,7 +42,6 @@ Writing
 from __future__ import annotations
 
 import json
-import os
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -54,6 +53,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import AnnotationError, WriterError
 from napari_msunet.io.annotations import (
     UNCLASSIFIED,
@@ -505,23 +505,8 @@ def write_geojson(
     WriterError
         ``path`` exists and ``overwrite`` is false, or the folder cannot be written.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise WriterError(path, "already exists; pass overwrite=True to replace it")
-    if path.is_dir():
-        raise WriterError(path, "is a folder; give a file name ending in .geojson")
     text = json.dumps(annotations_to_geojson(annotations), separators=(",", ":"))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:  # "x": a new file, permissions per umask
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise WriterError(path, f"cannot be written ({exc.strerror or exc})") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WriterError(path, f"cannot be written (no folder {path.parent})")
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)

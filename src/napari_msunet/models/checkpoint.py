@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from napari_msunet import __version__
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import ConfigError, ModelFileError
 from napari_msunet.models.base import SegmentationModel
 from napari_msunet.models.config import ModelConfig
@@ -202,13 +202,6 @@ class ModelHeader:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
 
 
-def _default_mode() -> int:
-    """0666 minus the process umask: the mode ``open()`` would have given the file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_model(
     path: str | os.PathLike[str],
     model: SegmentationModel,
@@ -232,18 +225,7 @@ def save_model(
         raise ModelFileError(path, "already exists; choose a new name (or pass overwrite=True)")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = safetensors_save(tensors, metadata={METADATA_KEY: header.to_json()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a model is shared like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data, overwrite=True)
 
 
 def _sniff(path: Path) -> None:

@@ -8,8 +8,6 @@ next to the last model checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_save
 
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import ModelFileError
 
 _KEY = "napari_msunet_train_state"
@@ -35,15 +34,7 @@ def save_state(path: Path, optimizer: torch.optim.Optimizer, progress: dict[str,
                 scalars.setdefault(str(idx), {})[name] = value
     meta = {"param_groups": sd["param_groups"], "scalars": scalars, "progress": progress}
     data = safetensors_save(tensors, metadata={_KEY: json.dumps(meta)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data, overwrite=True)
 
 
 def load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

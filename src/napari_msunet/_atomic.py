@@ -1,4 +1,4 @@
-"""Atomic small-file writes for the evaluation outputs (report JSON/CSV, overlay PNG).
+"""Atomic file writes shared by every output: model files, training state, GeoJSON, reports.
 
 A report that a script reads while it is being written, or that a crash leaves half written,
 would be silently wrong; so each file is written under a temporary name in the same folder,
