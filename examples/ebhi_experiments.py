@@ -1,0 +1,364 @@
+"""Reproduce the paper's two claims on EBHI-Seg with the project's own trainer.
+
+Experiment I: MS U-Net vs U-Net vs Attention U-Net (clean annotations).
+Experiment II: CE vs fuzzy boundaries (FB) vs bootstrapping (BS) vs FB+BS when the training
+annotations are noisy and incomplete (seeded corruption, :mod:`napari_msunet.training.label_noise`),
+always scored on the clean validation masks, with a clean-label run as the ceiling.
+
+Usage::
+
+    # run (resumable: finished runs are skipped, an interrupted run continues at its step)
+    python examples/ebhi_experiments.py --data ../shared/data/ebhi-seg \\
+        --out runs/ebhi-experiments examples/experiments/exp1_architectures.yaml \\
+        examples/experiments/exp2_noisy_labels.yaml
+    # tables and plots from whatever has finished
+    python examples/ebhi_experiments.py --data ../shared/data/ebhi-seg \\
+        --out runs/ebhi-experiments --report docs/results-tables.md --images docs/images \\
+        examples/experiments/*.yaml
+
+Each run's folder under ``<out>/runs`` is named by its arm, seed and a hash of every setting
+that affects it, so an arm shared by two experiments trains once. ``result.json`` marks a
+finished run. The train/validation split is written to ``<out>/split.csv`` on the first
+call and read back (and checked against the data) afterwards.
+
+EBHI-Seg: Shi et al., "EBHI-Seg: A novel enteroscope biopsy histopathological hematoxylin and
+eosin image dataset for image segmentation tasks", Frontiers in Medicine 2023, CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from napari_msunet.training.augment import context_size
+from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.folder_dataset import (
+    FolderDataset,
+    ImagePair,
+    find_pairs,
+    stratified_split,
+)
+from napari_msunet.training.label_noise import LabelNoise, corrupt_mask
+from napari_msunet.training.trainer import EpochEnd, train
+
+CREDIT = (
+    "EBHI-Seg (Shi et al., Frontiers in Medicine 2023, doi:10.3389/fmed.2023.1114673), CC BY 4.0"
+)
+
+
+# ---------------------------------------------------------------------------- experiment files
+def load_experiment(path: Path) -> dict:
+    with path.open() as f:
+        exp = yaml.safe_load(f)
+    for key in ("name", "seeds", "split", "base", "arms"):
+        if key not in exp:
+            sys.exit(f"{path}: missing key {key!r}")
+    for arm in exp["arms"]:
+        if arm.get("labels") not in ("clean", "noisy"):
+            sys.exit(f"{path}: arm {arm.get('name')!r}: labels must be clean or noisy")
+        if arm["labels"] == "noisy" and "noise" not in exp:
+            sys.exit(f"{path}: arm {arm['name']!r} uses noisy labels but there is no 'noise'")
+    return exp
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def arm_config(exp: dict, arm: dict, seed: int) -> TrainConfig:
+    return TrainConfig.from_dict(_merge(exp["base"], {**arm.get("train", {}), "seed": seed}))
+
+
+def run_key(exp: dict, arm: dict, config: TrainConfig) -> str:
+    """A hash of everything that changes a run's result (not its name or experiment)."""
+    what = {
+        "config": config.to_dict(),
+        "split": exp["split"],
+        "labels": arm["labels"],
+        "noise": exp.get("noise") if arm["labels"] == "noisy" else None,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# ---------------------------------------------------------------------------- data
+def fixed_split(data: Path, out: Path, val_fraction: float, seed: int):
+    """The stratified split, saved to ``out/split.csv`` once and reused (and checked) later."""
+    pairs = find_pairs(data)
+    by_stem = {p.stem: p for p in pairs}
+    path = out / "split.csv"
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        missing = [r["stem"] for r in rows if r["stem"] not in by_stem]
+        if missing:
+            sys.exit(f"{path}: {len(missing)} stems are not in {data} (e.g. {missing[0]})")
+        train = [by_stem[r["stem"]] for r in rows if r["split"] == "train"]
+        val = [by_stem[r["stem"]] for r in rows if r["split"] == "val"]
+        return train, val
+    train, val = stratified_split(pairs, val_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stem", "diagnosis", "split"])
+        for split, items in (("train", train), ("val", val)):
+            for p in sorted(items, key=lambda p: p.stem):
+                w.writerow([p.stem, p.group, split])
+    tmp.replace(path)
+    return train, val
+
+
+def noisy_pairs(train: list[ImagePair], exp: dict, out: Path) -> list[ImagePair]:
+    """Training pairs whose masks are the seeded corruption, written once under ``out``."""
+    cfg = dict(exp["noise"])
+    seed = int(cfg.pop("seed", 0))
+    noise = LabelNoise(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    tag = hashlib.sha256(json.dumps([noise.to_dict(), seed], sort_keys=True).encode()).hexdigest()
+    folder = out / f"noisy-masks-{tag[:8]}"
+    report = folder / "report.json"
+    result = [ImagePair(p.image, folder / f"{p.stem}.png", p.group) for p in train]
+    if report.exists():
+        return result
+    folder.mkdir(parents=True, exist_ok=True)
+    totals = {"regions": 0, "dropped": 0, "vanished": 0, "changed_pixels": 0, "pixels": 0}
+    fg_before = fg_after = 0
+    for i, p in enumerate(train):
+        with Image.open(p.mask) as m:
+            mask = np.asarray(m).astype(np.uint8)
+        noisy, rep = corrupt_mask(mask, noise, (seed, i))
+        Image.fromarray(noisy).save(folder / f"{p.stem}.png")
+        for k in ("regions", "dropped", "vanished", "changed_pixels"):
+            totals[k] += getattr(rep, k)
+        totals["pixels"] += mask.size
+        fg_before += int((mask > 0).sum())
+        fg_after += int((noisy > 0).sum())
+    totals.update(
+        noise=noise.to_dict(),
+        seed=seed,
+        images=len(train),
+        foreground_before=fg_before,
+        foreground_after=fg_after,
+        label_agreement_iou=_iou_note(train, folder),
+    )
+    report.write_text(json.dumps(totals, indent=2))
+    return result
+
+
+def _iou_note(train: list[ImagePair], folder: Path) -> float:
+    """Pooled foreground IoU of the corrupted vs the clean training masks."""
+    inter = union = 0
+    for p in train:
+        with Image.open(p.mask) as a, Image.open(folder / f"{p.stem}.png") as b:
+            ma, mb = np.asarray(a) > 0, np.asarray(b) > 0
+        inter += int((ma & mb).sum())
+        union += int((ma | mb).sum())
+    return inter / union if union else float("nan")
+
+
+# ---------------------------------------------------------------------------- running
+def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
+    config = arm_config(exp, arm, seed)
+    key = run_key(exp, arm, config)
+    run_dir = out / "runs" / f"{_slug(arm['name'])}-s{seed}-{key}"
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    pairs = noisy_pairs(train_pairs, exp, out) if arm["labels"] == "noisy" else train_pairs
+    size = context_size(config.patch) if config.augment.rotate else config.patch
+    train_set = FolderDataset(pairs, size, noisy=arm["labels"] == "noisy", seed=seed)
+    val_set = FolderDataset(val_pairs, None)
+    log(f"[{exp['name']}] {arm['name']} seed {seed} -> {run_dir}")
+    t0 = time.perf_counter()
+    gen = train(config, train_set, val_set, run_dir, provenance={"experiment": exp["name"]})
+    steps = 0
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            res = stop.value
+            break
+        if isinstance(ev, EpochEnd) and ev.val is not None:
+            log(
+                f"  epoch {ev.epoch}: val Dice {ev.val.foreground_dice:.4f} "
+                f"IoU {ev.val.foreground_iou:.4f}"
+            )
+        else:
+            steps += 1
+    wall = time.perf_counter() - t0
+    final = res.history[-1] if res.history else {}
+    result = {
+        "experiment": exp["name"],
+        "arm": arm["name"],
+        "labels": arm["labels"],
+        "seed": seed,
+        "key": key,
+        "run_dir": str(run_dir),
+        "final_dice": final.get("foreground_dice"),
+        "final_iou": final.get("foreground_iou"),
+        "best_dice": res.best_score,
+        "history": res.history,
+        "steps": res.global_step,
+        "wall_s_this_session": round(wall, 1),
+        "machine": _machine(),
+        "config": config.to_dict(),
+    }
+    if not res.stopped:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(result_path)
+    return result
+
+
+def _machine() -> str:
+    return (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def runs_of(exp, out: Path) -> list[dict]:
+    """Finished results of an experiment, in arm then seed order."""
+    found = []
+    for arm in exp["arms"]:
+        for seed in exp["seeds"]:
+            config = arm_config(exp, arm, seed)
+            key = run_key(exp, arm, config)
+            p = out / "runs" / f"{_slug(arm['name'])}-s{seed}-{key}" / "result.json"
+            if p.exists():
+                found.append({**json.loads(p.read_text()), "arm": arm["name"]})
+    return found
+
+
+# ---------------------------------------------------------------------------- reporting
+def _mean_sd(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return "—"
+    sd = v.std(ddof=1) if v.size > 1 else float("nan")
+    return f"{v.mean():.3f} ± {sd:.3f}" if v.size > 1 else f"{v.mean():.3f}"
+
+
+def table(exp, results: list[dict]) -> str:
+    lines = [
+        f"**{exp.get('title', exp['name'])}**",
+        "",
+        "| arm | labels | seeds | Dice (final) | IoU (final) | Dice (best epoch) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in exp["arms"]:
+        rs = [r for r in results if r["arm"] == arm["name"]]
+        seeds = ", ".join(str(r["seed"]) for r in rs) or "none yet"
+        lines.append(
+            f"| {arm['name']} | {arm['labels']} | {seeds} | "
+            f"{_mean_sd([r['final_dice'] for r in rs])} | {_mean_sd([r['final_iou'] for r in rs])} "
+            f"| {_mean_sd([r['best_dice'] for r in rs])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(exp, results: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for i, arm in enumerate(exp["arms"]):
+        rs = [r for r in results if r["arm"] == arm["name"] and r["history"]]
+        if not rs:
+            continue
+        n = min(len(r["history"]) for r in rs)
+        curves = np.array([[h["foreground_dice"] for h in r["history"][:n]] for r in rs])
+        epochs = [h["epoch"] for h in rs[0]["history"][:n]]
+        mean = curves.mean(0)
+        colour = f"C{i}"
+        ax.plot(epochs, mean, "-o", color=colour, label=f"{arm['name']} (n={len(rs)})")
+        if len(rs) > 1:
+            sd = curves.std(0, ddof=1)
+            ax.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.15)
+    ax.set_xlabel("epoch (200 steps of 8 patches)")
+    ax.set_ylabel("validation Dice (clean masks)")
+    ax.set_title(exp.get("title", exp["name"]), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, f"Data: {CREDIT}", fontsize=5, color="0.4")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiments", nargs="+", type=Path, help="experiment YAML files")
+    ap.add_argument("--data", type=Path, required=True, help="EBHI-Seg folder")
+    ap.add_argument("--out", type=Path, required=True, help="where runs and the split go")
+    ap.add_argument("--report", type=Path, help="write the tables (markdown) here; no training")
+    ap.add_argument("--images", type=Path, help="with --report: write the curve plots here")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--device", default=None, help="override every run's device (cpu, cuda)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exps = [load_experiment(p) for p in args.experiments]
+    if args.device:
+        for e in exps:
+            e["base"]["device"] = args.device
+    split = exps[0]["split"]
+    if any(e["split"] != split for e in exps):
+        sys.exit("all experiments must use the same split")
+    train_pairs, val_pairs = fixed_split(args.data, args.out, split["val_fraction"], split["seed"])
+
+    def log(msg: str) -> None:
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    if args.report:
+        parts = []
+        for e in exps:
+            res = runs_of(e, args.out)
+            parts.append(table(e, res))
+            if args.images:
+                img = plot(e, res, args.images / f"results_{e['name']}.png")
+                parts.append(f"\n![{e['name']} validation curves](images/{img.name})")
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text("\n\n".join(parts) + "\n")
+        print(args.report.read_text())
+        return 0
+    log(f"split: {len(train_pairs)} train / {len(val_pairs)} val ({args.out / 'split.csv'})")
+    # seed by seed, so a stopped suite leaves whole seeds of every arm
+    seeds = sorted({s for e in exps for s in e["seeds"]})
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for e in exps:
+            if seed not in e["seeds"]:
+                continue
+            for arm in e["arms"]:
+                r = run_one(e, arm, seed, train_pairs, val_pairs, args.out, log)
+                if r.get("final_dice") is not None:
+                    log(f"  done: {arm['name']} seed {seed}: Dice {r['final_dice']:.4f}")
+    log(f"suite finished in {math.ceil((time.perf_counter() - t0) / 60)} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Long work from the GUI: a core generator in a napari worker, with progress and Cancel.
+
+Every widget runs its compute the same way (GUIDE: "Long work is a generator"): the core
+generator (``predict_slide``, ``iter_evaluate``, ``train``, ``finetune`` ...) runs in a
+:func:`napari.qt.threading.create_worker` thread; each record it yields moves a napari progress
+bar (the activity dock) and is handed to the widget on the GUI thread; its return value arrives
+through ``returned``. Cancel sets a :class:`threading.Event` that the core checks before each
+batch or step, so the generator *returns* normally with what it finished (partial outputs
+stay valid and a rerun resumes) instead of being killed.
+
+The GUI thread only receives signals here; nothing in this module computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+__all__ = ["Task", "TaskBar", "describe_progress", "start_task"]
+
+
+def describe_progress(record: Any) -> tuple[int | None, int | None, str]:
+    """``(done, total, text)`` of any progress record of the core.
+
+    Inference and evaluation yield ``Progress(done, total, message)``; training yields
+    ``TrainStep(global_step, total_steps, loss, ...)`` and ``EpochEnd(epoch, val, ...)``.
+    Unknown records give ``(None, None, str(record))``.
+    """
+    if hasattr(record, "global_step") and hasattr(record, "total_steps"):
+        text = f"step {record.global_step}/{record.total_steps}, loss {record.loss:.3f}"
+        return int(record.global_step), int(record.total_steps), text
+    if hasattr(record, "done") and hasattr(record, "total"):
+        text = getattr(record, "message", "") or f"{record.done}/{record.total}"
+        return int(record.done), int(record.total), text
+    if hasattr(record, "epoch") and hasattr(record, "val"):
+        val = record.val
+        text = f"epoch {record.epoch} done"
+        if val is not None:
+            text += f", validation Dice {val.foreground_dice:.3f}"
+        return None, None, text
+    return None, None, str(record)
+
+
+@dataclass
+class Task:
+    """A running piece of long work: its worker (signals), its stop event and its bar."""
+
+    description: str
+    worker: GeneratorWorker
+    stop: threading.Event
+    bar: Any = None
+    last: Any = None
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+    listeners: list[Callable[[Task], None]] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Ask the generator to stop at its next batch or step; it returns what it finished."""
+        self.stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
+
+
+def start_task(
+    make: Callable[[threading.Event], Generator],
+    description: str,
+    *,
+    on_yield: Callable[[Any], None] | None = None,
+    on_return: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finish: Callable[[Task], None] | None = None,
+) -> Task:
+    """Start ``make(stop_event)`` (a generator) in a napari worker thread.
+
+    Parameters
+    ----------
+    make
+        Builds the generator; receives the stop event to pass to the core as ``stop=``.
+        Called in the worker thread, so opening files or loading a model there does not
+        block the GUI either.
+    description
+        Shown on the progress bar and in messages ("Segmenting case01.svs").
+    on_yield, on_return, on_error
+        Called on the GUI thread with each record, the generator's return value, or the
+        exception (also shown as a napari notification).
+    on_finish
+        Called on the GUI thread once the worker has finished, whatever the outcome.
+    """
+    stop = threading.Event()
+
+    def work():
+        return (yield from make(stop))
+
+    # errors are ours to show (errored below); napari would otherwise re-raise them on the
+    # GUI thread
+    worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+    task = Task(description, worker, stop)
+
+    def yielded(record):
+        task.last = record
+        done, total, text = describe_progress(record)
+        if total:
+            if task.bar is None:
+                task.bar = progress(total=total, desc=description)
+            task.bar.total = total
+            task.bar.n = done
+            task.bar.set_description(f"{description}: {text}")
+            task.bar.refresh()
+        if on_yield is not None:
+            on_yield(record)
+        for fn in task.listeners:
+            fn(task)
+
+    def returned(value):
+        task.result = value
+        if on_return is not None:
+            on_return(value)
+
+    def errored(exc):
+        task.error = exc
+        show_error(f"{description} failed: {exc}")
+        if on_error is not None:
+            on_error(exc)
+
+    def finished():
+        task.done = True
+        if task.bar is not None:
+            task.bar.close()
+            task.bar = None
+        if task.cancelled and task.error is None:
+            show_info(f"{description}: cancelled; what finished is kept")
+        if on_finish is not None:
+            on_finish(task)
+        for fn in task.listeners:
+            fn(task)
+
+    worker.yielded.connect(yielded)
+    worker.returned.connect(returned)
+    worker.errored.connect(errored)
+    worker.finished.connect(finished)
+    worker.start()
+    return task
+
+
+class TaskBar(QWidget):
+    """A Run button that turns into Cancel while its task runs, with a progress line.
+
+    The owner passes ``run`` (a callable that starts a :class:`Task` or returns ``None``
+    when it refused to start, e.g. a missing layer); the bar handles the rest.
+    """
+
+    def __init__(self, label: str, run: Callable[[], Task | None], parent=None) -> None:
+        super().__init__(parent)
+        self._label, self._run = label, run
+        self.task: Task | None = None
+        self.button = QPushButton(label)
+        self.button.clicked.connect(self._clicked)
+        self.bar = QProgressBar()
+        self.bar.setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(self.button)
+        row.addWidget(self.bar, 1)
+        outer.addLayout(row)
+        outer.addWidget(self.status)
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done
+
+    def _clicked(self) -> None:
+        if self.running:
+            self.task.cancel()
+            self.button.setEnabled(False)
+            self.button.setText("Cancelling…")
+            return
+        task = self._run()
+        if task is None:
+            return
+        self.task = task
+        self.button.setText("Cancel")
+        self.bar.setVisible(True)
+        self.bar.setRange(0, 0)
+        task.listeners.append(self._update)
+
+    def _update(self, task: Task) -> None:
+        if task.done:
+            self.bar.setVisible(False)
+            self.button.setEnabled(True)
+            self.button.setText(self._label)
+            if task.error is not None:
+                self.status.setText(f"Failed: {task.error}")
+            elif task.cancelled:
+                self.status.setText("Cancelled; finished parts are kept.")
+            return
+        done, total, text = describe_progress(task.last)
+        if total:
+            self.bar.setRange(0, total)
+            self.bar.setValue(done)
+        self.status.setText(text)

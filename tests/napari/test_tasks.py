@@ -1,0 +1,69 @@
+"""The GUI's task runner: a real napari worker, real signals, Cancel through the stop event."""
+
+from __future__ import annotations
+
+import time
+
+from napari_msunet._napari._tasks import TaskBar, describe_progress, start_task
+from napari_msunet.inference.progress import Progress
+
+
+def _counting(stop, n=50, delay=0.01):
+    done = 0
+    for i in range(n):
+        if stop.is_set():
+            break
+        time.sleep(delay)
+        done = i + 1
+        yield Progress(done=done, total=n, message=f"{done}/{n}")
+    return done
+
+
+def test_task_runs_to_completion_and_returns(qtbot):
+    seen = []
+    task = start_task(lambda stop: _counting(stop, 10, 0.001), "Counting", on_yield=seen.append)
+    qtbot.waitUntil(lambda: task.done, timeout=10_000)
+    assert task.result == 10
+    assert [p.done for p in seen] == list(range(1, 11))
+    assert task.done and not task.cancelled and task.error is None
+
+
+def test_cancel_stops_at_next_step_and_keeps_the_return_value(qtbot):
+    task = start_task(lambda stop: _counting(stop, 1000, 0.01), "Counting")
+    qtbot.waitUntil(lambda: task.last is not None and task.last.done >= 3, timeout=10_000)
+    task.cancel()
+    qtbot.waitUntil(lambda: task.done, timeout=10_000)
+    assert task.cancelled
+    assert 3 <= task.result < 1000
+
+
+def test_errors_reach_the_widget_with_their_message(qtbot):
+    errors = []
+
+    def broken(stop):
+        yield Progress(done=0, total=1, message="reading")
+        raise ValueError("case01.svs: truncated file")
+
+    task = start_task(broken, "Segmenting", on_error=errors.append)
+    qtbot.waitUntil(lambda: task.done, timeout=10_000)
+    assert isinstance(task.error, ValueError)
+    assert "case01.svs" in str(errors[0])
+
+
+def test_taskbar_button_runs_then_cancels(qtbot):
+    bar = TaskBar("Run", lambda: start_task(lambda stop: _counting(stop, 1000, 0.01), "Count"))
+    qtbot.addWidget(bar)
+    bar.button.click()
+    assert bar.running and bar.button.text() == "Cancel"
+    qtbot.waitUntil(lambda: bar.task.last is not None, timeout=10_000)
+    bar.button.click()
+    qtbot.waitUntil(lambda: not bar.running, timeout=10_000)
+    assert bar.button.text() == "Run"
+    assert "Cancelled" in bar.status.text()
+
+
+def test_describe_progress_reads_training_steps():
+    from napari_msunet.training.trainer import TrainStep
+
+    step = TrainStep(0, 3, 3, 10, 0.5, 0.5, 0.0, 0.0, 0.1)
+    assert describe_progress(step)[:2] == (3, 10)
