@@ -25,7 +25,9 @@ def test_task_runs_to_completion_and_returns(qtbot):
     qtbot.waitUntil(lambda: task.done, timeout=10_000)
     assert task.result == 10
     assert [p.done for p in seen] == list(range(1, 11))
-    assert task.done and not task.cancelled and task.error is None
+    assert task.done
+    assert not task.cancelled
+    assert task.error is None
 
 
 def test_cancel_stops_at_next_step_and_keeps_the_return_value(qtbot):
@@ -54,7 +56,8 @@ def test_taskbar_button_runs_then_cancels(qtbot):
     bar = TaskBar("Run", lambda: start_task(lambda stop: _counting(stop, 1000, 0.01), "Count"))
     qtbot.addWidget(bar)
     bar.button.click()
-    assert bar.running and bar.button.text() == "Cancel"
+    assert bar.running
+    assert bar.button.text() == "Cancel"
     qtbot.waitUntil(lambda: bar.task.last is not None, timeout=10_000)
     bar.button.click()
     qtbot.waitUntil(lambda: not bar.running, timeout=10_000)

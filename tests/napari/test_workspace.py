@@ -22,5 +22,6 @@ def test_unusable_folder_falls_back_to_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MSUNET_CACHE", str(tmp_path / "cache"))
     ws = workspace_dir(slide)
     assert ws.parent == tmp_path / "cache" / "napari-msunet"
-    assert ws.name.startswith("case01.svs-") and ws.is_dir()
+    assert ws.name.startswith("case01.svs-")
+    assert ws.is_dir()
     assert (tmp_path / "case01.svs.msunet").read_text() == "mine"
