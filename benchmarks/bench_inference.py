@@ -69,11 +69,12 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return build_model(ARCH, preset="lite").eval()
 
 
-def _slide(workdir: Path, size: int, mpp: float) -> Path:
-    path = workdir / f"synthetic-{size}-{mpp}.svs"
+def _slide(workdir: Path, size: int, mpp: float, compression: str = "jpeg") -> Path:
+    path = workdir / f"synthetic-{size}-{mpp}-{compression}.svs"
     if not path.exists():
         t = time.perf_counter()
-        write_synthetic_slide(path, SyntheticSlideSpec(size, size, seed=1, mpp=mpp), "svs")
+        spec = SyntheticSlideSpec(size, size, seed=1, mpp=mpp)
+        write_synthetic_slide(path, spec, "svs", compression=compression)
         print(f"# wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -306,6 +307,11 @@ def main() -> None:
     p.add_argument(
         "--repeat", type=int, default=2, help="rounds of (a)-(c), interleaved; best time counts"
     )
+    p.add_argument(
+        "--compression",
+        default="jpeg",
+        help="tile compression of the synthetic slide: jpeg (needs imagecodecs) or zlib",
+    )
     p.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
@@ -321,7 +327,7 @@ def main() -> None:
     device = str(resolve_device_settings(InferenceConfig(device=args.device)).device)
     print(f"machine: {_machine(device)}")
     print(f"device: {device}; load average at start {_load()}", flush=True)
-    slide_path = _slide(args.workdir, args.size, args.mpp)
+    slide_path = _slide(args.workdir, args.size, args.mpp, args.compression)
     rows: list[tuple[str, str, str]] = []
 
     model = _model()

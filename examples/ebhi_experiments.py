@@ -101,28 +101,27 @@ def _slug(name: str) -> str:
 
 # ---------------------------------------------------------------------------- data
 def fixed_split(data: Path, out: Path, val_fraction: float, seed: int):
-    """The stratified split, saved to ``out/split.csv`` once and reused (and checked) later."""
-    pairs = find_pairs(data)
-    by_stem = {p.stem: p for p in pairs}
+    """The stratified split, saved to ``out/split.csv`` once and checked on every later call.
+
+    The split is recomputed (it is seeded) so the training list keeps its stratified order,
+    which the sampling and the per-image corruption seeds depend on; a saved split that
+    differs (other data, other seed) stops the suite rather than mixing two splits.
+    """
+    train, val = stratified_split(find_pairs(data), val_fraction, seed)
     path = out / "split.csv"
+    rows = [(p.stem, p.group, "train") for p in train] + [(p.stem, p.group, "val") for p in val]
     if path.exists():
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        missing = [r["stem"] for r in rows if r["stem"] not in by_stem]
-        if missing:
-            sys.exit(f"{path}: {len(missing)} stems are not in {data} (e.g. {missing[0]})")
-        train = [by_stem[r["stem"]] for r in rows if r["split"] == "train"]
-        val = [by_stem[r["stem"]] for r in rows if r["split"] == "val"]
+            saved = {(r["stem"], r["split"]) for r in csv.DictReader(f)}
+        if saved != {(stem, split) for stem, _, split in rows}:
+            sys.exit(f"{path}: this saved split differs from the split of {data} (seed {seed})")
         return train, val
-    train, val = stratified_split(pairs, val_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["stem", "diagnosis", "split"])
-        for split, items in (("train", train), ("val", val)):
-            for p in sorted(items, key=lambda p: p.stem):
-                w.writerow([p.stem, p.group, split])
+        w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
     tmp.replace(path)
     return train, val
 
@@ -317,13 +316,31 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=Path, help="with --report: write the curve plots here")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default=None, help="override every run's device (cpu, cuda)")
+    ap.add_argument("--preset", default=None, help="override every arm's preset (e.g. paper)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+    ap.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: run only every n-th distinct run starting at i (parallel processes)",
+    )
+    ap.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the split and the corrupted masks, then stop (before parallel shards)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     exps = [load_experiment(p) for p in args.experiments]
-    if args.device:
-        for e in exps:
+    for e in exps:
+        if args.device:
             e["base"]["device"] = args.device
+        if args.preset:
+            e["base"]["preset"] = args.preset
+            e["name"] += f"_{args.preset}"
+            e["title"] = f"{e.get('title', e['name'])} [{args.preset} preset]"
+        if args.seeds:
+            e["seeds"] = [s for s in e["seeds"] if s in args.seeds]
     split = exps[0]["split"]
     if any(e["split"] != split for e in exps):
         sys.exit("all experiments must use the same split")
@@ -345,17 +362,30 @@ def main(argv=None) -> int:
         print(args.report.read_text())
         return 0
     log(f"split: {len(train_pairs)} train / {len(val_pairs)} val ({args.out / 'split.csv'})")
-    # seed by seed, so a stopped suite leaves whole seeds of every arm
+    if args.prepare_only:
+        for e in exps:
+            if any(a["labels"] == "noisy" for a in e["arms"]):
+                noisy_pairs(train_pairs, e, args.out)
+        return 0
+    # seed by seed, so a stopped suite leaves whole seeds of every arm; an arm shared by two
+    # experiments (same settings, same key) runs once
     seeds = sorted({s for e in exps for s in e["seeds"]})
-    t0 = time.perf_counter()
+    plan, keys = [], set()
     for seed in seeds:
         for e in exps:
-            if seed not in e["seeds"]:
-                continue
-            for arm in e["arms"]:
-                r = run_one(e, arm, seed, train_pairs, val_pairs, args.out, log)
-                if r.get("final_dice") is not None:
-                    log(f"  done: {arm['name']} seed {seed}: Dice {r['final_dice']:.4f}")
+            for arm in e["arms"] if seed in e["seeds"] else []:
+                key = run_key(e, arm, arm_config(e, arm, seed))
+                if key not in keys:
+                    keys.add(key)
+                    plan.append((e, arm, seed))
+    if args.shard:
+        i, n = (int(v) for v in args.shard.split("/"))
+        plan = plan[i::n]
+    t0 = time.perf_counter()
+    for e, arm, seed in plan:
+        r = run_one(e, arm, seed, train_pairs, val_pairs, args.out, log)
+        if r.get("final_dice") is not None:
+            log(f"  done: {arm['name']} seed {seed}: Dice {r['final_dice']:.4f}")
     log(f"suite finished in {math.ceil((time.perf_counter() - t0) / 60)} min")
     return 0
 
