@@ -18,7 +18,7 @@ set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 T0=$(date +%s)
-BUDGET=${GPU_BUDGET_S:-510}
+BUDGET=${GPU_BUDGET_S:-560}
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
@@ -32,7 +32,7 @@ timeout 120 python3 -m pytest -q -p no:xvfb -p no:cacheprovider -m gpu \
 
 # 2. inference benchmark on CUDA, alone on the card (zlib tiles: imagecodecs does not travel)
 timeout 200 python3 benchmarks/bench_inference.py --workdir /tmp/bench --device cuda \
-    --size 16384 --compression zlib --rss-sizes --margin-scan 0 --repeat 2 \
+    --size 16384 --compression zlib --rss-sizes --margin-scan 0 --repeat 1 \
     2>&1 | tee "$OUT/bench_inference_cuda.txt" | tail -40
 
 # 3. EBHI experiments, paper preset, 7 processes sharing the card until the deadline

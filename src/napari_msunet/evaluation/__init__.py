@@ -10,8 +10,11 @@ Headless (no Qt, no napari). Modules:
 - :mod:`~napari_msunet.evaluation.report`: JSON and CSV report writers.
 - :mod:`~napari_msunet.evaluation.evaluate`: :func:`evaluate`, which ``msunet evaluate``
   wraps.
+- :mod:`~napari_msunet.evaluation.compare`: :func:`iter_compare` on label pyramids held as
+  arrays (napari layers), writing nothing.
 """
 
+from napari_msunet.evaluation.compare import Comparison, LabelPyramid, compare, iter_compare
 from napari_msunet.evaluation.evaluate import (
     OUTPUT_NAMES,
     EvaluationResult,
@@ -66,16 +69,20 @@ __all__ = [
     "TP",
     "ClassMatch",
     "ClassMetrics",
+    "Comparison",
     "EvaluationResult",
     "EvaluationWarning",
+    "LabelPyramid",
     "LabelValueError",
     "Progress",
     "SegmentationMetrics",
     "block_confusion",
     "build_report",
+    "compare",
     "compute_metrics",
     "confusion_matrix",
     "evaluate",
+    "iter_compare",
     "iter_evaluate",
     "match_classes",
     "remap_labels",

@@ -61,7 +61,7 @@ from napari_msunet.inference.progress import (
     make_progress,
     stopped,
 )
-from napari_msunet.inference.reading import SlideReader, working_geometry
+from napari_msunet.inference.reading import SlideReader, working_geometry, working_window
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.inference.tissue import detect_tissue
 from napari_msunet.io.ome_zarr import OmeZarrWriter
@@ -81,6 +81,7 @@ def predict_slide(
     overwrite: bool = False,
     resume: bool = True,
     stop: Stop = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> Generator[Progress, None, PredictionResult]:
     """Predict a whole slide into pyramidal OME-Zarr outputs, as a generator.
 
@@ -108,6 +109,11 @@ def predict_slide(
         Continue an interrupted run in ``out`` (default); False discards it.
     stop
         Checked before every batch: a callable returning True, or a ``threading.Event``.
+    region
+        Level-0 ``(y0, x0, height, width)``: compute only the tiles whose output meets this
+        window (the GUI's "current view only"). The tiles stay on the whole-slide grid, so
+        the labels there equal a whole-slide run's; the outputs keep the whole slide's
+        shape and stay 0 (not computed) elsewhere. ``None``: the whole slide.
 
     Yields
     ------
@@ -159,6 +165,8 @@ def predict_slide(
                 return mask.any_in(y0 * dy, x0 * dx, y1 * dy, x1 * dx)
 
         plan = plan_tiles(geometry.shape, tiling.tile, tiling.margin, tiling.alignment, keep)
+        if region is not None:
+            plan = plan.within(*working_window(geometry, region, slide.shape))
         record = {
             "slide": {
                 "name": slide.path.name,
@@ -176,6 +184,8 @@ def predict_slide(
             "labels_on_tissue_only": config.labels_on_tissue_only,
             "classes": names,
         }
+        if region is not None:  # only then, so records of whole-slide runs stay as they were
+            record["region"] = [int(v) for v in region]
         check_run_record(outputs, record, resume)
         make_folder(outputs)
         write_json(outputs.run_record, record)
@@ -290,6 +300,7 @@ def predict_slide(
             device=settings.describe(),
             timings=timings.to_dict(),
             tissue_fraction=None if tissue is None else tissue.fraction,
+            region=None if region is None else tuple(record["region"]),
         )
         if not cancelled:
             remove_stale(outputs, config, tissue, overwrite)

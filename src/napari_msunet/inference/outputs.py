@@ -313,5 +313,6 @@ def write_manifest(
             },
             "overhead": result.overhead,
             "timings": result.timings,
+            "region": None if result.region is None else list(result.region),
         },
     )

@@ -62,6 +62,8 @@ class PredictionResult:
     ``downsample`` describe the output grid: output pixel ``(i, j)`` covers level-0 pixels
     ``[i dy, (i + 1) dy) x [j dx, (j + 1) dx)``. ``overhead`` is computed / kept pixels over
     the tiles computed. ``timings`` are in seconds (see :class:`~.pipeline.Timings`).
+    ``region`` is the level-0 ``(y0, x0, h, w)`` window of a windowed run, ``None`` for the
+    whole slide.
     """
 
     completed: bool
@@ -82,6 +84,7 @@ class PredictionResult:
     device: str
     timings: dict[str, float]
     tissue_fraction: float | None
+    region: tuple[int, int, int, int] | None = None
 
     @property
     def output_mpx_per_s(self) -> float:

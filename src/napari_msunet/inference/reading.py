@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -33,7 +33,14 @@ from PIL import Image
 from napari_msunet.errors import ConfigError, SlideError
 from napari_msunet.io.slide import Slide
 
-__all__ = ["ArrayReader", "SlideReader", "WindowReader", "WorkingGeometry", "working_geometry"]
+__all__ = [
+    "ArrayReader",
+    "SlideReader",
+    "WindowReader",
+    "WorkingGeometry",
+    "working_geometry",
+    "working_window",
+]
 
 FILL = 255
 """Value of everything outside the slide: white, like glass (see the module docstring)."""
@@ -123,6 +130,48 @@ def working_geometry(slide: Slide, target_mpp: float, mpp: float | None = None) 
         mpp=choice.mpp * k,
         downsample=(h0 / lh * k, w0 / lw * k),
         slide_mpp=float(slide.mpp if mpp is None else mpp),
+    )
+
+
+def working_window(
+    geometry: WorkingGeometry, region: Any, slide_shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The working-pixel box ``(y0, x0, y1, x1)`` covering a level-0 region.
+
+    Parameters
+    ----------
+    geometry
+        The working image.
+    region
+        Level-0 ``(y0, x0, h, w)``; clipped to the slide (a view may reach past its edge).
+    slide_shape
+        Level-0 ``(height, width)`` of the slide.
+
+    Raises
+    ------
+    ConfigError
+        When ``region`` is not four integers with a positive size, or lies outside the slide.
+    """
+    try:
+        y0, x0, h, w = (int(v) for v in region)
+        ok = len(region) == 4 and all(float(v) == int(v) for v in region)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h <= 0 or w <= 0:
+        raise ConfigError(
+            f"region must be level-0 (y0, x0, height, width) with a positive size, got {region!r}"
+        )
+    H, W = slide_shape
+    cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y0 + h, H), min(x0 + w, W)
+    if cy1 <= cy0 or cx1 <= cx0:
+        raise ConfigError(f"region {tuple(region)} lies outside the slide of {H} x {W} pixels")
+    (dy, dx), (oh, ow) = geometry.downsample, geometry.shape
+    # working pixel i covers level-0 [i dy, (i + 1) dy): take every pixel the region touches
+    return (
+        min(oh - 1, math.floor(cy0 / dy)),
+        min(ow - 1, math.floor(cx0 / dx)),
+        min(oh, math.ceil(cy1 / dy - 1e-9)),
+        min(ow, math.ceil(cx1 / dx - 1e-9)),
     )
 
 

@@ -130,6 +130,25 @@ class TilePlan:
         wh, ww = self.window
         return len(tiles) * wh * ww / kept
 
+    def within(self, y0: int, x0: int, y1: int, x1: int) -> TilePlan:
+        """The plan restricted to the tiles whose output area meets ``[y0, y1) x [x0, x1)``.
+
+        The tiles keep their place on the grid (same origin, size and index), so each one is
+        computed exactly as in the whole-image plan and a windowed run equals a whole run
+        inside the window.
+        """
+
+        def meets(t: Tile) -> bool:
+            return t.y < y1 and t.y + t.h > y0 and t.x < x1 and t.x + t.w > x0
+
+        return TilePlan(
+            self.shape,
+            self.tile,
+            self.margin,
+            tuple(t for t in self.tiles if meets(t)),
+            tuple(t for t in self.skipped if meets(t)),
+        )
+
     def conflict_free(self, chunk: int) -> bool:
         """Whether no two tiles share an output chunk of side ``chunk`` (then tiles may be
         written from parallel threads)."""

@@ -37,6 +37,7 @@ entries. One process edits a store at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -475,10 +476,18 @@ class AnnotationStore:
             self._journal.commit(index, entry, before)
             after = before.copy()
             after[sy - ay : sy - ay + sh, sx - ax : sx - ax + sw] = block
-            self._write(aligned, after, before)
-            if regions_after != regions_before:
-                _write_regions(self.regions_path, regions_after)
-            self._journal.mark_applied(index)
+            try:
+                self._write(aligned, after, before)
+                if regions_after != regions_before:
+                    _write_regions(self.regions_path, regions_after)
+                self._journal.mark_applied(index)
+            except Exception as exc:
+                # put back what was written; if even that fails, opening the store will
+                with contextlib.suppress(Exception):
+                    self._rollback(index, entry)
+                raise WriterError(
+                    self.mask_path, f"the edit could not be written and was rolled back: {exc}"
+                ) from exc
             self._journal.prune(MAX_UNDO)
         return Edit(index, window, region, label)
 
