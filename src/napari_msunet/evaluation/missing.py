@@ -1,0 +1,477 @@
+"""Suspected missing annotations: where the model is confident and the annotation is empty.
+
+The paper's missing-annotation problem (section III.C, Fig. 2) as a review queue. Its
+bootstrap weight (eq. 2) measures how sure the model is of a pixel,
+
+    w_bs = 2 |0.5 - p|,
+
+generalised to ``C`` classes as the normalised confidence of the predicted class,
+``(max_c p_c - 1/C) / (1 - 1/C)`` (exactly eq. 2 for two classes; the same formula as
+:func:`napari_msunet.training.losses.bootstrap_weight`). Where that weight is high for a
+foreground class and the annotation says background, either the annotator missed a region
+or the model is confidently wrong; both deserve a look. Connected regions of such pixels
+(4-connected, per class) are the candidates, ranked by area x mean confidence so that large,
+sure regions come first.
+
+The search runs on a coarse level of the prediction's probability pyramid (default about
+8 µm/px; the pyramid's levels are 2 x 2 means of the probabilities, so a coarse pixel is
+confident only where most of its area is) one chunk-aligned window at a time. Regions that
+cross window borders are joined with a union-find over the border pixels, so memory depends
+on the window size and the number of candidates, never on the slide's area.
+
+The probabilities are what :func:`~napari_msunet.inference.engine.predict_slide` writes:
+``probabilities.ome.zarr``, uint8 ``p * 255``, ``(C, Y, X)``, channel 0 background. Pixels the
+engine never computed (no tissue) have every channel 0 and are never candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import zarr
+from scipy import ndimage
+from shapely.geometry import MultiPolygon, Polygon
+
+from napari_msunet.errors import AnnotationError
+from napari_msunet.evaluation.evaluate import Progress
+from napari_msunet.io.annotation_store import AnnotationStore, Edit
+from napari_msunet.io.geojson import read_geojson
+from napari_msunet.io.masks import open_mask
+from napari_msunet.io.rasterise import Rasteriser
+from napari_msunet.io.vectorise import vectorise
+from napari_msunet.io.writers import read_block
+
+__all__ = [
+    "Candidate",
+    "accept_candidate",
+    "bootstrap_confidence",
+    "find_missing",
+    "is_rejected",
+    "iter_missing",
+]
+
+StopRequest = Callable[[], bool] | threading.Event | None
+_WINDOW = 1024  # coarse pixels per window edge (rounded to the store's chunks)
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """One suspected missing annotation.
+
+    Attributes
+    ----------
+    label, class_name
+        The predicted class.
+    bbox
+        Level-0 ``(y, x, h, w)`` of the region.
+    area_px
+        Area in level-0 pixels.
+    area_um2
+        Area in µm² (``None`` when no pixel size is known).
+    confidence
+        Mean bootstrap weight ``w_bs`` over the region (0..1).
+    polygon
+        The region's outline in level-0 pixel coordinates ``(x, y)`` (QuPath's convention),
+        following the edges of the coarse pixels.
+    level, downsample
+        The probability level searched and its level-0 pixels per pixel.
+    """
+
+    label: int
+    class_name: str
+    bbox: tuple[int, int, int, int]
+    area_px: float
+    area_um2: float | None
+    confidence: float
+    polygon: Polygon | MultiPolygon
+    level: int = 0
+    downsample: float = 1.0
+
+    @property
+    def score(self) -> float:
+        """Area x mean confidence: the ranking key (µm² when known, else level-0 px)."""
+        area = self.area_um2 if self.area_um2 is not None else self.area_px
+        return area * self.confidence
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Level-0 ``(y, x)`` of the bbox centre."""
+        y, x, h, w = self.bbox
+        return y + h / 2, x + w / 2
+
+
+def bootstrap_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class and ``w_bs`` (eq. 2, normalised for ``C`` classes) of ``(C, h, w)``.
+
+    ``probs`` are uint8 ``p * 255`` (or floats in 0..1). Returns ``(class, w_bs)``, with
+    ``w_bs`` in float32 (negative where nothing was computed: all channels 0).
+    """
+    c = probs.shape[0]
+    scale = 255.0 if np.issubdtype(probs.dtype, np.integer) else 1.0
+    cls = np.argmax(probs, axis=0)
+    top = np.take_along_axis(probs, cls[None], axis=0)[0].astype(np.float32) / scale
+    return cls, (top - 1.0 / c) / (1.0 - 1.0 / c)
+
+
+def is_rejected(candidate: Candidate, rejected: Sequence[dict[str, Any]], iou: float = 0.5) -> bool:
+    """Whether a candidate matches a rejected one (same class, bbox IoU >= ``iou``).
+
+    Candidates are recomputed after every prediction, so a rejection is remembered by where
+    it was rather than by an identity.
+    """
+    y, x, h, w = candidate.bbox
+    for item in rejected:
+        if int(item.get("label", -1)) != candidate.label:
+            continue
+        ry, rx, rh, rw = item["bbox"]
+        ih = max(0, min(y + h, ry + rh) - max(y, ry))
+        iw = max(0, min(x + w, rx + rw) - max(x, rx))
+        inter = ih * iw
+        union = h * w + rh * rw - inter
+        if union > 0 and inter / union >= iou:
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+
+
+def _open_probabilities(path: Path) -> tuple[list[Any], float | None, list[str]]:
+    """The probability pyramid (zarr arrays), level-0 µm/px and channel names."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        ome = dict(group.attrs).get("ome", dict(group.attrs))
+        ms = ome["multiscales"][0]
+        arrays = [group[d["path"]] for d in ms["datasets"]]
+    except Exception as exc:
+        raise AnnotationError(path, f"is not a probability map (OME-Zarr): {exc}") from exc
+    if arrays[0].ndim != 3:
+        raise AnnotationError(path, f"probabilities must be (C, Y, X), got {arrays[0].shape}")
+    units = [a.get("unit") for a in ms.get("axes", [])]
+    scale = ms["datasets"][0].get("coordinateTransformations", [{}])[0].get("scale")
+    mpp = float(scale[-1]) if scale and "micrometer" in units else None
+    channels = ome.get("omero", {}).get("channels", [])
+    names = [c.get("label", f"class {i}") for i, c in enumerate(channels)]
+    return arrays, mpp, names
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    """The prediction manifest beside the probabilities, if any."""
+    for candidate in (path.parent / "prediction.json", path.with_name("prediction.json")):
+        try:
+            return json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+class _Annotation:
+    """The annotation read on the coarse grid: label 0 = background (nearest neighbour)."""
+
+    def __init__(self, source: Any, slide_shape: tuple[int, int], d: tuple[float, float], shape):
+        self.slide_shape, self.d = slide_shape, d
+        self.raster = None
+        if isinstance(source, AnnotationStore):
+            source = source.mask_path
+        if isinstance(source, str | Path) and Path(source).suffix.lower() in (".geojson", ".json"):
+            anns = read_geojson(source, slide_shape=slide_shape)
+            labels = {c.name: 1 for c in anns.classes}
+            dd = (d[0] + d[1]) / 2
+            self.raster = Rasteriser(anns, slide_shape, dd, labels=labels, level_shape=shape)
+            return
+        levels = list(open_mask(source).levels) if isinstance(source, str | Path) else [source]
+        H = slide_shape[0]
+        self.level = levels[0]
+        for lv in levels:  # the coarsest level still at least as fine as the grid
+            if H / int(lv.shape[0]) <= d[0] * 1.001:
+                self.level = lv
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if self.raster is not None:
+            return self.raster.region(y, x, h, w)
+        (H, W), (dy, dx) = self.slide_shape, self.d
+        mh, mw = (int(s) for s in self.level.shape)
+        rows = np.minimum(((np.arange(y, y + h) + 0.5) * dy * mh / H).astype(np.int64), mh - 1)
+        cols = np.minimum(((np.arange(x, x + w) + 0.5) * dx * mw / W).astype(np.int64), mw - 1)
+        r0, c0 = int(rows[0]), int(cols[0])
+        block = read_block(self.level, (slice(r0, int(rows[-1]) + 1), slice(c0, int(cols[-1]) + 1)))
+        return block[np.ix_(rows - r0, cols - c0)]
+
+
+# ------------------------------------------------------------------------------------------
+# the search
+
+
+class _Regions:
+    """Union-find over window-local components, with their statistics and outlines."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [0]
+        self.cls: list[int] = [0]
+        self.area: list[int] = [0]
+        self.conf: list[float] = [0.0]
+        self.box: list[list[int]] = [[0, 0, 0, 0]]
+        self.polys: list[list[Any]] = [[]]
+
+    def add(self, cls: int, area: int, conf: float, box: list[int], poly: Any) -> int:
+        self.parent.append(len(self.parent))
+        self.cls.append(cls)
+        self.area.append(area)
+        self.conf.append(conf)
+        self.box.append(box)
+        self.polys.append([poly])
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb or self.cls[ra] != self.cls[rb]:
+            return
+        self.parent[rb] = ra
+        self.area[ra] += self.area[rb]
+        self.conf[ra] += self.conf[rb]
+        ba, bb = self.box[ra], self.box[rb]
+        self.box[ra] = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
+        self.polys[ra].extend(self.polys[rb])
+        self.polys[rb] = []
+
+    def join_edge(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Join the regions of two facing rows/columns of global ids (0 = none)."""
+        both = (a > 0) & (b > 0)
+        for i, j in set(zip(a[both].tolist(), b[both].tolist(), strict=True)):
+            self.union(i, j)
+
+    def roots(self) -> list[int]:
+        return [i for i in range(1, len(self.parent)) if self.find(i) == i]
+
+
+def _window_regions(
+    regions: _Regions,
+    cls: np.ndarray,
+    conf: np.ndarray,
+    cand: np.ndarray,
+    origin: tuple[int, int],
+    d: tuple[float, float],
+    min_pixels: int,
+) -> np.ndarray:
+    """Label the candidate pixels of one window, register them; return global ids per pixel."""
+    gid = np.zeros(cand.shape, np.int64)
+    h, w = cand.shape
+    y0, x0 = origin
+    offset, scale = np.array([x0, y0], float), np.array([d[1], d[0]])  # window px -> level 0
+    for c in np.unique(cls[cand]):
+        comp, n = ndimage.label(cand & (cls == c))
+        if n == 0:
+            continue
+        area = np.bincount(comp.ravel(), minlength=n + 1)
+        sums = np.bincount(comp.ravel(), weights=conf.ravel(), minlength=n + 1)
+        slices = ndimage.find_objects(comp)
+        keep = []
+        for k, sl in enumerate(slices, 1):
+            touches = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or sl[1].stop == w
+            if area[k] >= min_pixels or touches:
+                keep.append(k)
+        if not keep:
+            continue
+        lut = np.zeros(n + 1, np.int64)
+        lut[keep] = -1
+        kept = np.where(lut[comp] != 0, comp, 0).astype(np.int32)
+        outlines = vectorise(kept, {str(k): k for k in keep}, block=max(h, w))
+        for ann in outlines:
+            k = int(ann.class_name)
+            sl = slices[k - 1]
+            geom = shapely.transform(ann.geometry, lambda xy: (xy + offset) * scale)
+            box = [sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0]
+            lut[k] = regions.add(int(c), int(area[k]), float(sums[k]), box, geom)
+        sel = kept > 0
+        gid[sel] = lut[kept[sel]]
+    return gid
+
+
+def iter_missing(
+    probabilities: str | Path,
+    annotation: Any,
+    *,
+    slide_shape: tuple[int, int] | None = None,
+    slide_mpp: float | None = None,
+    threshold: float = 0.8,
+    level: int | None = None,
+    coarse_mpp: float = 8.0,
+    min_area_um2: float = 0.0,
+    min_pixels: int = 4,
+    rejected: Sequence[dict[str, Any]] = (),
+    limit: int | None = None,
+    window: int = _WINDOW,
+    stop: StopRequest = None,
+) -> Generator[Progress, None, list[Candidate]]:
+    """Find suspected missing annotations, as a generator; returns them ranked.
+
+    Parameters
+    ----------
+    probabilities
+        The prediction's ``probabilities.ome.zarr``.
+    annotation
+        An :class:`~napari_msunet.io.annotation_store.AnnotationStore`, a label-mask path
+        (any resolution of the slide), a QuPath GeoJSON path, or a 2-D label array on the
+        slide's grid at any scale. Any label > 0 counts as annotated.
+    slide_shape, slide_mpp
+        Level-0 shape and µm/px of the slide; default: from the store, else from the
+        prediction's ``prediction.json``.
+    threshold
+        Minimum ``w_bs`` of a pixel (0.8 = the predicted class has p >= 0.9 for two classes).
+    level, coarse_mpp
+        The probability level searched; default: the coarsest one at most ``coarse_mpp``
+        µm/px (level 3 when the pixel size is unknown).
+    min_area_um2, min_pixels
+        Smallest candidate kept: in µm² and in pixels of the searched level.
+    rejected
+        Candidates rejected earlier (``AnnotationStore.rejected()``); see :func:`is_rejected`.
+    limit
+        Keep only the best ``limit`` candidates.
+    window
+        Edge of the windows read at a time, in pixels of the searched level (rounded to
+        its chunks): what bounds the memory.
+    stop
+        ``threading.Event`` or callable; when set, returns what the windows so far found.
+    """
+    path = Path(probabilities)
+    arrays, mpp0, names = _open_probabilities(path)
+    manifest = _manifest(path)
+    if slide_shape is None and isinstance(annotation, AnnotationStore):
+        slide_shape, slide_mpp = annotation.slide_shape, slide_mpp or annotation.slide_mpp
+    if slide_shape is None and manifest.get("slide", {}).get("shape"):
+        slide_shape = tuple(manifest["slide"]["shape"])
+        slide_mpp = slide_mpp or manifest["slide"].get("mpp")
+    ph, pw = (int(s) for s in arrays[0].shape[-2:])
+    slide_shape = tuple(int(s) for s in (slide_shape or (ph, pw)))
+    d0 = manifest.get("output", {}).get("level0_downsample")
+    if not d0 or tuple(manifest.get("output", {}).get("shape", ())) != (ph, pw):
+        d0 = (slide_shape[0] / ph, slide_shape[1] / pw)
+    if level is None:
+        level = 0
+        for k in range(len(arrays)):
+            if (mpp0 * 2**k <= coarse_mpp) if mpp0 else k <= 3:
+                level = k
+    level = min(max(0, int(level)), len(arrays) - 1)
+    arr = arrays[level]
+    d = (float(d0[0]) * 2**level, float(d0[1]) * 2**level)
+    shape = (int(arr.shape[1]), int(arr.shape[2]))
+    ann = _Annotation(annotation, slide_shape, d, shape)
+    px_um2 = None
+    if slide_mpp:
+        px_um2 = d[0] * d[1] * slide_mpp**2
+    elif mpp0:
+        px_um2 = (mpp0 * 2**level) ** 2
+    min_px = max(int(min_pixels), math.ceil(min_area_um2 / px_um2) if px_um2 else 0, 1)
+
+    cy, cx = (int(c) for c in arr.chunks[-2:])
+    sy, sx = max(cy, window // cy * cy), max(cx, window // cx * cx)
+    windows = [(y, x) for y in range(0, shape[0], sy) for x in range(0, shape[1], sx)]
+    regions = _Regions()
+    bottom: dict[int, np.ndarray] = {}  # column origin -> last row of global ids above
+    right: np.ndarray | None = None
+    for done, (y, x) in enumerate(windows, 1):
+        if stop is not None and (stop.is_set() if isinstance(stop, threading.Event) else stop()):
+            break
+        h, w = min(sy, shape[0] - y), min(sx, shape[1] - x)
+        probs = np.asarray(arr[:, y : y + h, x : x + w])
+        cls, conf = bootstrap_confidence(probs)
+        cand = (cls > 0) & (conf >= threshold) & (ann.read(y, x, h, w) == 0)
+        gid = _window_regions(regions, cls, conf, cand, (y, x), d, min_px)
+        if y > 0 and x in bottom:
+            regions.join_edge(bottom[x], gid[0])
+        if x > 0 and right is not None:
+            regions.join_edge(right, gid[:, 0])
+        bottom[x], right = gid[-1].copy(), gid[:, -1].copy()
+        yield Progress(done, len(windows), "looking for suspected missing annotations")
+
+    H, W = slide_shape
+    out = []
+    for r in regions.roots():
+        if regions.area[r] < min_px:
+            continue
+        r0, c0, r1, c1 = regions.box[r]
+        y0, x0 = math.floor(r0 * d[0]), math.floor(c0 * d[1])
+        y1, x1 = min(H, math.ceil(r1 * d[0])), min(W, math.ceil(c1 * d[1]))
+        c = regions.cls[r]
+        polys = regions.polys[r]
+        cand = Candidate(
+            label=c,
+            class_name=names[c] if c < len(names) else f"class {c}",
+            bbox=(y0, x0, y1 - y0, x1 - x0),
+            area_px=regions.area[r] * d[0] * d[1],
+            area_um2=regions.area[r] * px_um2 if px_um2 else None,
+            confidence=regions.conf[r] / regions.area[r],
+            polygon=polys[0] if len(polys) == 1 else shapely.union_all(polys),
+            level=level,
+            downsample=(d[0] + d[1]) / 2,
+        )
+        if not is_rejected(cand, rejected):
+            out.append(cand)
+    out.sort(key=lambda c: -c.score)
+    return out[:limit] if limit is not None else out
+
+
+def find_missing(probabilities: str | Path, annotation: Any, **kwargs: Any) -> list[Candidate]:
+    """:func:`iter_missing` run to the end (for scripts and the CLI)."""
+    gen = iter_missing(probabilities, annotation, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def accept_candidate(
+    store: AnnotationStore, candidate: Candidate, labels: str | Path | None = None
+) -> Edit:
+    """Add a suspected missing annotation to the store and record its bbox as corrected.
+
+    Inside the candidate's outline (grown by one searched-level pixel, whose edge the coarse
+    search cannot place exactly), store pixels that are background take the candidate's
+    class where the prediction's full-resolution ``labels`` say so (the prediction's own
+    boundary); without ``labels`` the whole outline is filled. Annotated pixels are kept.
+    """
+    y0, x0, h, w = candidate.bbox
+    pad = math.ceil(candidate.downsample)
+    y0, x0 = max(0, y0 - pad), max(0, x0 - pad)
+    h, w = candidate.bbox[2] + 2 * pad, candidate.bbox[3] + 2 * pad
+    sy, sx, sh, sw = store.to_store(y0, x0, h, w)
+    current = store.read_store(sy, sx, sh, sw)
+    d = store.downsample
+    area = shapely.buffer(candidate.polygon, candidate.downsample, join_style="mitre")
+    inside = Rasteriser(
+        [_as_annotation(area)], store.slide_shape, d, labels={"c": 1}, level_shape=store.shape
+    ).region(sy, sx, sh, sw)
+    add = inside.astype(bool) & (current == 0)
+    if labels is not None:
+        pred = _Annotation(Path(labels), store.slide_shape, (float(d), float(d)), store.shape)
+        add &= pred.read(sy, sx, sh, sw) == candidate.label
+    new = current.copy()
+    new[add] = candidate.label
+    return store.apply_store(
+        sy, sx, new, label=f"accept suspected missing {candidate.class_name}", record=True
+    )
+
+
+def _as_annotation(geom: Any):
+    from napari_msunet.io.annotations import Annotation
+
+    if isinstance(geom, Polygon | MultiPolygon):
+        return Annotation(geom, "c")
+    polys = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
+    return Annotation(MultiPolygon(polys), "c")
