@@ -1,0 +1,390 @@
+"""Import / export widget: QuPath GeoJSON in and out, label layers to OME-Zarr and OME-TIFF.
+
+Import puts a QuPath GeoJSON on a chosen slide layer as a multiscale Labels layer rasterised
+lazily on the slide's own pyramid (as the reader does for a GeoJSON lying next to its slide),
+after checking that the file belongs to a slide of that size. Export writes a Labels layer
+(prediction or annotation, its finest level) as QuPath GeoJSON in level-0 slide pixels, or as
+a pyramidal OME-Zarr or OME-TIFF label image with its µm/px and class names.
+
+Every read and write runs in a worker through :func:`~napari_msunet._napari._tasks.start_task`;
+the core does the work (:mod:`napari_msunet.io.vectorise`, :mod:`~napari_msunet.io.ome_zarr`,
+:mod:`~napari_msunet.io.ome_tiff`). An existing file is never replaced unless "Replace an
+existing file" is ticked; the default names are new files in the slide's workspace folder
+(``<slide>.msunet/exports/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels, Layer
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msunet._napari._layers import (
+    LayerCombo,
+    is_slide,
+    layer_classes,
+    layer_levels,
+    layer_mpp,
+    plugin_meta,
+    slide_path_of,
+)
+from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._workspace import workspace_dir
+from napari_msunet.evaluation.evaluate import Progress  # a plain (done, total, message) record
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["FORMATS", "ImportExportWidget", "export_classes"]
+
+#: Export formats: combo text -> (key, file suffix).
+FORMATS: dict[str, tuple[str, str]] = {
+    "QuPath GeoJSON (.geojson)": ("geojson", ".geojson"),
+    "OME-Zarr labels (.ome.zarr)": ("ome-zarr", ".ome.zarr"),
+    "OME-TIFF labels (.ome.tif)": ("ome-tiff", ".ome.tif"),
+}
+
+
+def _kind_rank(layer: Layer) -> int:
+    return {"prediction": 0, "annotation": 1, "labels": 2}.get(plugin_meta(layer).get("kind"), 3)
+
+
+def _file_stem(name: str) -> str:
+    """A file name made from a layer name (no folders, no odd characters)."""
+    for suffix in (".ome.zarr", ".ome.tif", ".geojson", ".json", ".zarr", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "labels"
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``name-2.ext``, ``name-3.ext``... whichever does not exist yet."""
+    if not path.exists():
+        return path
+    suffix = next((s for s in (".ome.zarr", ".ome.tif") if path.name.endswith(s)), path.suffix)
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    n = 2
+    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
+        n += 1
+    return candidate
+
+
+def export_classes(layer: Labels) -> tuple[Any, list[str], list[list[int]]]:
+    """The layer's classes for the writers: ``ClassInfo`` items (GeoJSON) and the names and
+    RGBA colours of label values 0..max (OME metadata); background transparent."""
+    from napari_msunet.io.annotations import ClassInfo, default_color
+
+    meta = plugin_meta(layer).get("classes") or []
+    colours: dict[int, tuple[int, int, int]] = {}
+    for c in meta:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            colours[int(c["label"])] = tuple(int(v) for v in c["color"][:3])  # type: ignore[assignment]
+    names = layer_classes(layer)
+    infos = [
+        ClassInfo(name, label, colours.get(label, default_color(label)))
+        for label, name in sorted(names.items())
+    ]
+    top = max(names, default=0)
+    all_names = ["background"] + [names.get(i, f"class {i}") for i in range(1, top + 1)]
+    all_colours = [[0, 0, 0, 0]] + [
+        [*colours.get(i, default_color(i)), 255] for i in range(1, top + 1)
+    ]
+    return infos or None, all_names, all_colours
+
+
+def _unsigned(level: Any) -> Any:
+    """Label data as unsigned integers (a painted layer may be int32/int64), lazily."""
+    dtype = np.dtype(level.dtype)
+    if dtype.kind == "u":
+        return level
+    import dask.array as da
+
+    arr = level if isinstance(level, da.Array) else da.from_array(level, chunks=1024)
+    return arr.astype(np.uint32 if dtype.itemsize >= 4 else np.dtype(f"u{dtype.itemsize}"))
+
+
+class _PathRow(QWidget):
+    """A path field with a Browse button."""
+
+    def __init__(self, placeholder: str, browse: Any) -> None:
+        super().__init__()
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.button = QPushButton("Browse…")
+        self.button.clicked.connect(browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.button)
+
+
+class ImportExportWidget(QWidget):
+    """QuPath GeoJSON in and out; label layers to OME-Zarr and OME-TIFF.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose layers are exported and which receives imported annotations.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.imported: list[Labels] = []
+        self.exported: list[Path] = []
+
+        # ---- import
+        self.import_path = _PathRow("QuPath GeoJSON export (level-0 pixels)", self._browse_import)
+        self.import_slide = LayerCombo(napari_viewer, is_slide)
+        self.import_bar = TaskBar("Import", self._run_import)
+        box_in = QGroupBox("Import QuPath GeoJSON onto a slide")
+        form_in = QFormLayout(box_in)
+        form_in.addRow("GeoJSON", self.import_path)
+        form_in.addRow("Slide", self.import_slide)
+        form_in.addRow(self.import_bar)
+
+        # ---- export
+        self.export_layer = LayerCombo(napari_viewer, lambda ly: isinstance(ly, Labels), _kind_rank)
+        self.export_slide = LayerCombo(napari_viewer, is_slide, none_text="(none)")
+        self.export_format = QComboBox()
+        self.export_format.addItems(list(FORMATS))
+        self.export_path = _PathRow("output file", self._browse_export)
+        self.replace = QCheckBox("Replace an existing file")
+        self.export_bar = TaskBar("Export", self._run_export)
+        self._custom_path = False
+        self.export_path.edit.textEdited.connect(self._path_edited)
+        for combo in (self.export_layer, self.export_slide, self.export_format):
+            combo.currentIndexChanged.connect(self._update_default_path)
+        self.export_layer.currentIndexChanged.connect(self._choose_slide_of_layer)
+        box_out = QGroupBox("Export a label layer")
+        form_out = QFormLayout(box_out)
+        form_out.addRow("Layer", self.export_layer)
+        form_out.addRow("Slide", self.export_slide)
+        form_out.addRow("Format", self.export_format)
+        form_out.addRow("File", self.export_path)
+        form_out.addRow("", self.replace)
+        form_out.addRow(self.export_bar)
+
+        outer = QVBoxLayout(self)
+        outer.addWidget(box_in)
+        outer.addWidget(box_out)
+        outer.addStretch(1)
+        self._choose_slide_of_layer()
+        self._update_default_path()
+
+    # ------------------------------------------------------------------ import
+
+    def _browse_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "QuPath GeoJSON", "", "GeoJSON (*.geojson *.json);;All files (*)"
+        )
+        if path:
+            self.import_path.edit.setText(path)
+
+    def _run_import(self) -> Task | None:
+        text = self.import_path.edit.text().strip()
+        slide_layer = self.import_slide.current_layer()
+        if not text:
+            return self._refuse(self.import_bar, "Choose the QuPath GeoJSON file to import.")
+        path = Path(text).expanduser()
+        if not path.is_file():
+            return self._refuse(self.import_bar, f"{path}: no such file.")
+        if slide_layer is None:
+            return self._refuse(self.import_bar, "Open the slide the annotation belongs to first.")
+        slide_path = slide_path_of(slide_layer)
+        if slide_path is None:
+            return self._refuse(self.import_bar, f"{slide_layer.name}: not a slide file.")
+
+        def make(_stop):
+            from napari_msunet._napari._annotation_layers import annotation_layers
+            from napari_msunet.io.geojson_fit import read_geojson_for_slide
+            from napari_msunet.io.slide import open_slide
+
+            yield Progress(0, 1, f"reading {path.name}")
+            with open_slide(slide_path) as slide:
+                read_geojson_for_slide(path, slide.shape)  # refuse another slide's file
+                layers = annotation_layers(path, slide)
+            return layers
+
+        def add(layers: list[Any]) -> None:
+            for data, kwargs, _kind in layers:
+                # exactly on the chosen slide layer, wherever it is placed
+                kwargs = dict(kwargs)
+                kwargs["scale"] = tuple(slide_layer.scale[-2:])
+                kwargs["translate"] = tuple(slide_layer.translate[-2:])
+                kwargs["metadata"]["napari_msunet"]["slide"] = str(slide_path)
+                layer = self.viewer.add_labels(data, **kwargs)
+                self.imported.append(layer)
+                n = len(kwargs["metadata"]["napari_msunet"].get("classes", []))
+                self.import_bar.status.setText(f"Imported {path.name} ({n} classes).")
+
+        return start_task(make, f"Importing {path.name}", on_return=add)
+
+    # ------------------------------------------------------------------ export
+
+    def _browse_export(self) -> None:
+        key, suffix = FORMATS[self.export_format.currentText()]
+        start = self.export_path.edit.text() or str(Path.home())
+        if key == "ome-zarr":
+            path, _ = QFileDialog.getSaveFileName(self, "Export as OME-Zarr", start)
+        else:
+            path, _ = QFileDialog.getSaveFileName(
+                self,
+                "Export",
+                start,
+                f"*{suffix}",
+                options=QFileDialog.Option.DontConfirmOverwrite,  # we ask, below
+            )
+        if path:
+            if not path.endswith(suffix):
+                path += suffix
+            self.export_path.edit.setText(path)
+            self._custom_path = True
+
+    def _path_edited(self, _text: str) -> None:
+        self._custom_path = True
+
+    def _choose_slide_of_layer(self, _index: int = 0) -> None:
+        wanted = slide_path_of(self.export_layer.current_layer())
+        if wanted is None:
+            return
+        for layer in self.export_slide.layers():
+            if slide_path_of(layer) == wanted:
+                self.export_slide.set_layer(layer)
+                return
+
+    def _export_folder(self, create: bool) -> Path:
+        layer = self.export_layer.current_layer()
+        slide = slide_path_of(self.export_slide.current_layer()) or slide_path_of(layer)
+        if slide is not None:
+            return workspace_dir(slide, create=create) / "exports"
+        own = plugin_meta(layer).get("path")
+        return Path(own).parent if own else Path.home()
+
+    def default_path(self, create: bool = False) -> Path | None:
+        """A new file in the slide's ``exports`` folder named after the layer."""
+        layer = self.export_layer.current_layer()
+        if layer is None:
+            return None
+        _key, suffix = FORMATS[self.export_format.currentText()]
+        return _unused(self._export_folder(create) / f"{_file_stem(layer.name)}{suffix}")
+
+    def _update_default_path(self, _index: int = 0) -> None:
+        if self._custom_path:
+            # keep the user's folder and name; follow the format's suffix
+            text = self.export_path.edit.text()
+            _key, suffix = FORMATS[self.export_format.currentText()]
+            for other in (s for _k, s in FORMATS.values()):
+                if text.endswith(other) and other != suffix:
+                    self.export_path.edit.setText(text[: -len(other)] + suffix)
+            return
+        path = self.default_path()
+        self.export_path.edit.setText("" if path is None else str(path))
+
+    def _downsample(self, layer: Labels, slide_layer: Layer | None) -> float:
+        """Level-0 slide pixels per pixel of the layer's finest level (1 without a slide)."""
+        if slide_layer is None:
+            return 1.0
+        mine, theirs = layer_mpp(layer), layer_mpp(slide_layer)
+        if mine and theirs:
+            return mine / theirs
+        # no µm on one side: napari's own scales place the two, so they give the ratio
+        return float(layer.scale[-1] / slide_layer.scale[-1])
+
+    def _run_export(self) -> Task | None:
+        layer = self.export_layer.current_layer()
+        if layer is None:
+            return self._refuse(self.export_bar, "Choose the Labels layer to export.")
+        key, suffix = FORMATS[self.export_format.currentText()]
+        text = self.export_path.edit.text().strip()
+        if not self._custom_path:
+            path = self.default_path(create=True)  # makes the workspace folder now
+        elif not text:
+            return self._refuse(self.export_bar, "Choose the file to write.")
+        else:
+            path = Path(text).expanduser()
+        assert path is not None
+        if not path.name.endswith(suffix):
+            path = path.with_name(path.name + suffix)
+        overwrite = self.replace.isChecked()
+        if path.exists() and not overwrite:
+            return self._refuse(
+                self.export_bar,
+                f"{path} already exists: choose another name, or tick 'Replace an existing "
+                "file' to replace it.",
+                error=True,
+            )
+        slide_layer = self.export_slide.current_layer()
+        level0 = _unsigned(layer_levels(layer)[0])
+        infos, names, colours = export_classes(layer)
+        mpp = layer_mpp(layer)
+        downsample = self._downsample(layer, slide_layer)
+
+        def make(_stop):
+            yield Progress(0, 1, f"writing {path.name}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if key == "geojson":
+                from napari_msunet.io.vectorise import export_mask
+
+                export_mask(level0, path, infos, downsample, overwrite=overwrite)
+            elif key == "ome-zarr":
+                from napari_msunet.io.ome_zarr import write_ome_zarr
+
+                write_ome_zarr(
+                    path,
+                    level0,
+                    kind="labels",
+                    mpp=mpp,
+                    class_names=names,
+                    class_colors=colours,
+                    overwrite=overwrite,
+                    resume=False,
+                )
+            else:
+                from napari_msunet.io.ome_tiff import write_ome_tiff
+
+                write_ome_tiff(
+                    path,
+                    level0,
+                    kind="labels",
+                    mpp=mpp,
+                    class_names=names,
+                    class_colors=colours,
+                    overwrite=overwrite,
+                )
+            return path
+
+        def done(written: Path) -> None:
+            self.exported.append(written)
+            self.export_bar.status.setText(f"Wrote {written}")
+            show_info(f"Exported {layer.name} to {written}")
+            if not self._custom_path:
+                self._update_default_path()  # the next default is a new file again
+
+        return start_task(make, f"Exporting {layer.name}", on_return=done)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refuse(self, bar: TaskBar, message: str, *, error: bool = False) -> None:
+        bar.status.setText(message)
+        (show_error if error else show_info)(message)
+        return None

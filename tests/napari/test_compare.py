@@ -1,0 +1,228 @@
+"""Compare widget in a real viewer with real workers: known TP/FP/FN, overlay values, table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from napari_msunet._napari._compare import GEOJSON_ENTRY, CompareWidget
+from napari_msunet._napari._reader import geojson_layers, mask_layer, slide_layer
+from napari_msunet.evaluation import FN, FP, TP
+from napari_msunet.io.annotations import Annotation, AnnotationSet
+from napari_msunet.io.geojson import write_geojson
+from napari_msunet.io.ome_zarr import write_ome_zarr
+from napari_msunet.io.slide import open_slide
+from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+SLIDE_MPP, PRED_MPP = 0.5, 1.0
+SPEC = SyntheticSlideSpec(1024, 1536, seed=3, mpp=SLIDE_MPP)
+CLASSES = ["background", "GC", "Sinus"]
+
+# Prediction (1 µm/px, 512 x 768): GC 100 x 100, Sinus 50 x 200.
+# Annotation (level-0 slide pixels, 0.5 µm): GC shifted by 20 prediction pixels, Sinus half.
+#   GC:    TP 80 * 80 = 6400, FP 3600, FN 3600 -> IoU 6400 / 13600, Dice 12800 / 20000
+#   Sinus: TP 5000, FP 5000, FN 0             -> IoU 0.5, Dice 10000 / 15000
+EXPECTED = {
+    "GC": (6400 / 13600, 12800 / 20000),
+    "Sinus": (0.5, 10000 / 15000),
+    "All classes (foreground)": (11400 / 23600, 22800 / 35000),
+}
+PIXELS = {(150, 150): TP, (105, 105): FP, (210, 210): FN, (325, 450): TP, (325, 550): FP}
+
+
+def _prediction() -> np.ndarray:
+    p = np.zeros((512, 768), np.uint8)
+    p[100:200, 100:200] = 1
+    p[300:350, 400:600] = 2
+    return p
+
+
+def _annotation_level0() -> np.ndarray:
+    t = np.zeros(SPEC.shape, np.uint8)
+    t[240:440, 240:440] = 1
+    t[600:700, 800:1000] = 2
+    return t
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    slide = write_synthetic_slide(root / "case.svs", SPEC, "svs", tile=256)
+    pred = write_ome_zarr(
+        root / "pred" / "labels.ome.zarr",
+        _prediction(),
+        kind="labels",
+        mpp=PRED_MPP,
+        chunk=128,
+        class_names=CLASSES,
+    )
+    anns = AnnotationSet.from_annotations(
+        [
+            Annotation(shapely.box(240, 240, 440, 440), "GC"),
+            Annotation(shapely.box(800, 600, 1000, 700), "Sinus"),
+        ]
+    )
+    geojson = write_geojson(anns, root / "case.geojson")
+    return {"slide": slide, "pred": pred, "geojson": geojson}
+
+
+def _viewer_with_slide_and_prediction(make_napari_viewer, files):
+    viewer = make_napari_viewer()
+    with open_slide(files["slide"]) as slide:
+        data, kwargs, _ = slide_layer(slide)
+    slide_l = viewer.add_image(data, **kwargs)
+    data, kwargs, _ = mask_layer(files["pred"])
+    kwargs["name"] = "prediction"
+    kwargs["metadata"]["napari_msunet"] |= {"kind": "prediction", "slide": str(files["slide"])}
+    pred_l = viewer.add_labels(data, **kwargs)
+    return viewer, slide_l, pred_l
+
+
+def _run(qtbot, widget):
+    widget.run_bar.button.click()
+    task = widget.run_bar.task
+    assert task is not None
+    qtbot.waitUntil(lambda: task.done, timeout=60_000)
+    assert task.error is None, task.error
+    return task
+
+
+def _table(widget) -> dict[str, tuple[str, str]]:
+    t = widget.table
+    return {
+        t.item(r, 0).text(): (t.item(r, 1).text(), t.item(r, 2).text()) for r in range(t.rowCount())
+    }
+
+
+def _check_result(widget, viewer, pred_layer):
+    overlay = widget.overlay_layer
+    assert overlay is not None
+    assert overlay in viewer.layers
+    meta = overlay.metadata["napari_msunet"]
+    assert meta["kind"] == "overlay"
+    # on the prediction's grid, in µm: exactly where the prediction lies on the slide
+    assert tuple(overlay.scale) == pytest.approx((PRED_MPP, PRED_MPP))
+    assert tuple(overlay.translate) == tuple(pred_layer.translate)
+    assert str(overlay.units[0]) == "micrometer"
+    assert overlay.multiscale
+    level0 = overlay.data[0]
+    assert level0.shape == (512, 768)
+    for (y, x), code in PIXELS.items():
+        assert int(np.asarray(level0[y, x])) == code, (y, x)
+    assert int(np.asarray(level0[0, 0])) == 0
+    # the paper's colours: TP green, FP red, FN blue
+    colors = overlay.colormap.map(np.array([TP, FP, FN]))
+    np.testing.assert_allclose(colors[:, :3], np.eye(3)[[1, 0, 2]], atol=1e-6)
+    # the table at slide level
+    table = _table(widget)
+    assert set(table) == set(EXPECTED)
+    for name, (iou, dice) in EXPECTED.items():
+        assert table[name] == (f"{iou:.3f}", f"{dice:.3f}"), name
+    gc = widget.comparison.metrics["GC"]
+    assert (gc.tp, gc.fp, gc.fn) == (6400, 3600, 3600)
+    assert meta["metrics"]["foreground"]["tp"] == 11400
+
+
+def test_compare_with_annotation_layer_from_geojson(make_napari_viewer, qtbot, files):
+    viewer, slide_l, pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    (data, kwargs, kind) = geojson_layers(files["geojson"])[0]
+    assert kind == "labels"
+    viewer.add_labels(data, **kwargs)
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.prediction.current_layer() is pred_l
+    assert widget.annotation.current_layer().name == "case.geojson"
+    assert widget.slide.current_layer() is slide_l  # the prediction's own slide
+    _run(qtbot, widget)
+    _check_result(widget, viewer, pred_l)
+    # the GeoJSON behind the layer was rasterised straight onto the prediction's grid
+    assert widget.comparison.truth_details["kind"] == "geojson"
+
+    # the map can show one class: Sinus pixels vanish from the GC map
+    widget.show_class.setCurrentIndex(widget.show_class.findText("GC"))
+    overlay = widget.overlay_layer
+    assert overlay.metadata["napari_msunet"]["shows"] == "GC"
+    assert int(np.asarray(overlay.data[0][325, 450])) == 0
+    assert int(np.asarray(overlay.data[0][150, 150])) == TP
+    assert (
+        sum(ly.metadata.get("napari_msunet", {}).get("kind") == "overlay" for ly in viewer.layers)
+        == 1
+    )
+
+    # running again replaces the overlay instead of stacking another one
+    _run(qtbot, widget)
+    kinds = [ly.metadata.get("napari_msunet", {}).get("kind") for ly in viewer.layers]
+    assert kinds.count("overlay") == 1
+
+
+def test_compare_with_painted_labels_layer_at_slide_resolution(make_napari_viewer, qtbot, files):
+    viewer, _slide_l, pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    painted = viewer.add_labels(
+        _annotation_level0(),
+        name="my annotation",
+        scale=(SLIDE_MPP, SLIDE_MPP),
+        units=("um", "um"),
+        metadata={
+            "napari_msunet": {
+                "kind": "labels",
+                "classes": [{"name": "GC", "label": 1}, {"name": "Sinus", "label": 2}],
+            }
+        },
+    )
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.annotation.set_layer(painted)
+    _run(qtbot, widget)
+    _check_result(widget, viewer, pred_l)
+    assert widget.comparison.truth_details["how"] == "sampled by µm"
+
+
+def test_compare_with_geojson_file_chosen_by_path(make_napari_viewer, qtbot, files):
+    viewer, _slide_l, pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.annotation.current_extra() == GEOJSON_ENTRY  # no annotation layer yet
+    widget.geojson_path.setText(str(files["geojson"]))
+    _run(qtbot, widget)
+    _check_result(widget, viewer, pred_l)
+
+
+def test_tissue_only_leaves_glass_out(make_napari_viewer, qtbot, files):
+    viewer, _slide_l, _pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.geojson_path.setText(str(files["geojson"]))
+    widget.tissue_only.setChecked(True)
+    _run(qtbot, widget)
+    assert widget.comparison.metrics.excluded_pixels > 0
+    assert "left out" in widget.summary.text()
+
+
+def test_missing_inputs_are_refused_without_a_task(make_napari_viewer, qtbot, files):
+    viewer = make_napari_viewer()
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.run_bar.button.click()
+    assert widget.run_bar.task is None
+    assert "prediction" in widget.run_bar.status.text()
+    data, kwargs, _ = mask_layer(files["pred"])
+    viewer.add_labels(data, **kwargs)
+    widget.geojson_path.setText(str(files["geojson"].with_name("nothing.geojson")))
+    widget.run_bar.button.click()
+    assert widget.run_bar.task is None
+    assert "nothing.geojson" in widget.run_bar.status.text()
+
+
+def test_a_failing_comparison_reports_the_problem(make_napari_viewer, qtbot, files):
+    viewer, _slide_l, _pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    viewer.add_labels(np.zeros((100, 100), np.uint8), name="tiny", metadata={})
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.annotation.set_layer(viewer.layers["tiny"])
+    widget.run_bar.button.click()
+    task = widget.run_bar.task
+    qtbot.waitUntil(lambda: task.done, timeout=60_000)
+    assert task.error is not None
+    assert "tiny" in widget.run_bar.status.text()
+    assert widget.overlay_layer is None
