@@ -187,7 +187,7 @@ class CompareWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMaximumHeight(150)
+        self._fit_table()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
@@ -360,6 +360,7 @@ class CompareWidget(QWidget):
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
                 self.table.setItem(r, c, item)
+        self._fit_table()
         mpp = f" at {comparison.mpp:.3g} µm/px" if comparison.mpp else ""
         counted = metrics.counted_pixels
         excluded = metrics.excluded_pixels or 0
@@ -367,6 +368,12 @@ class CompareWidget(QWidget):
         if excluded:
             text += f"; {excluded:,} left out (outside tissue or ignored)"
         self.summary.setText(text + ".")
+
+    def _fit_table(self) -> None:
+        """As tall as its rows: a small table, no empty space, no scrolling."""
+        rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.setFixedHeight(header + rows + 2 * self.table.frameWidth())
 
     def _note(self, comparison: Comparison) -> str:
         m = comparison.matching

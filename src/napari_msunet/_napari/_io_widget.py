@@ -235,7 +235,8 @@ class ImportExportWidget(QWidget):
                 layer = self.viewer.add_labels(data, **kwargs)
                 self.imported.append(layer)
                 n = len(kwargs["metadata"]["napari_msunet"].get("classes", []))
-                self.import_bar.status.setText(f"Imported {path.name} ({n} classes).")
+                classes = "1 class" if n == 1 else f"{n} classes"
+                self.import_bar.status.setText(f"Imported {path.name} ({classes}).")
 
         return start_task(make, f"Importing {path.name}", on_return=add)
 
