@@ -1,0 +1,588 @@
+"""The Review widget: correct the annotation region by region; review suspected missing ones.
+
+napari cannot paint on a multiscale Labels layer, and a slide-level mask is far too large
+for a single-scale one, so editing works on windows: the slide-level annotation lives in an
+:class:`~napari_msunet.io.annotation_store.AnnotationStore` under the slide's workspace
+(``<slide>.msunet/annotation/``), shown read-only as a multiscale layer; "Edit region" opens
+one window of it at store resolution as an ordinary Labels layer placed exactly on the
+slide; "Apply" writes it back (journalled, crash-safe) and records the window as corrected;
+"Undo" restores the last edit.
+
+The store is made at the model's µm/px (the selected prediction's, else the bundled
+model's): that is the resolution fine-tuning trains at, and editing windows are small.
+
+Suspected missing annotations (:mod:`napari_msunet.evaluation.missing`) come as a list
+ranked by area x confidence; clicking one centres the view on it, and Accept / Reject / Edit
+act on it. Every read or write of the store and every search runs in a worker
+(:func:`~napari_msunet._napari._tasks.start_task`); the GUI thread only shows results.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels, Layer
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msunet._napari._layers import LayerCombo, is_slide, plugin_meta, slide_path_of
+from napari_msunet._napari._review_layers import (
+    candidate_shapes,
+    center_on,
+    edit_layer_kwargs,
+    level0_rect_of_shape,
+    slide_scale,
+    slide_units,
+    store_layer_kwargs,
+)
+from napari_msunet._napari._segment import visible_region
+from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._workspace import workspace_dir
+from napari_msunet.errors import MsunetError
+
+__all__ = ["ReviewWidget"]
+
+FILE_ENTRY = "QuPath GeoJSON or mask file…"
+EMPTY_ENTRY = "(start from an empty annotation)"
+MAX_EDIT_PIXELS = 4096 * 4096
+"""Largest editable window (store pixels): beyond it painting and writing get slow."""
+
+
+def _is_annotation(layer: Layer) -> bool:
+    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") in (
+        "annotation",
+        "labels",
+        None,
+    )
+
+
+def _annotation_rank(layer: Layer) -> int:
+    meta = plugin_meta(layer)
+    if meta.get("regions"):
+        return 0  # a store: continue the review
+    return 1 if meta.get("kind") == "annotation" else 2
+
+
+def _one_step(fn, message: str):
+    """A task generator that runs ``fn()`` once in the worker and returns its result."""
+
+    def make(_stop):
+        from napari_msunet.evaluation.evaluate import Progress
+
+        yield Progress(0, 1, message)
+        return fn()
+
+    return make
+
+
+class ReviewWidget(QWidget):
+    """Review and correct a slide's annotation (see the module docstring)."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.store: Any = None
+        self.store_layer: Any = None
+        self.edit_layer: Any = None
+        self.rect_layer: Any = None
+        self.candidate_layer: Any = None
+        self.candidates: list[Any] = []
+        self.annotation_file: Path | None = None
+        self._busy: Task | None = None
+
+        self.slide_combo = LayerCombo(napari_viewer, is_slide)
+        self.annotation_combo = LayerCombo(
+            napari_viewer,
+            _is_annotation,
+            _annotation_rank,
+            extra=[FILE_ENTRY, EMPTY_ENTRY],
+            auto=lambda ly: plugin_meta(ly).get("kind") == "annotation",
+        )
+        self.annotation_combo.activated.connect(self._annotation_chosen)
+        self.prediction_combo = LayerCombo(
+            napari_viewer,
+            lambda ly: plugin_meta(ly).get("kind") == "prediction",
+            none_text="(none)",
+        )
+        self.restart_check = QCheckBox("Start over (discard earlier corrections)")
+        self.start_bar = TaskBar("Start review", self.start_review)
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("Annotation", self.annotation_combo)
+        form.addRow("Prediction", self.prediction_combo)
+        setup = QGroupBox("1. Annotation to review")
+        box = QVBoxLayout(setup)
+        box.addLayout(form)
+        box.addWidget(self.restart_check)
+        box.addWidget(self.start_bar)
+
+        self.draw_button = QPushButton("Draw a rectangle")
+        self.edit_button = QPushButton("Edit region")
+        self.edit_button.setToolTip("The last rectangle drawn, else the current view")
+        self.apply_button = QPushButton("Apply")
+        self.undo_button = QPushButton("Undo")
+        self.discard_button = QPushButton("Discard")
+        self.draw_button.clicked.connect(self.draw_rectangle)
+        self.edit_button.clicked.connect(lambda: self.open_region())
+        self.apply_button.clicked.connect(lambda: self.apply())
+        self.undo_button.clicked.connect(lambda: self.undo())
+        self.discard_button.clicked.connect(self.discard)
+        edit = QGroupBox("2. Correct regions")
+        grid = QVBoxLayout(edit)
+        row = QHBoxLayout()
+        for b in (self.draw_button, self.edit_button):
+            row.addWidget(b)
+        grid.addLayout(row)
+        row = QHBoxLayout()
+        for b in (self.apply_button, self.undo_button, self.discard_button):
+            row.addWidget(b)
+        grid.addLayout(row)
+
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.1, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.8)
+        self.threshold.setToolTip("Minimum bootstrap confidence w_bs = 2|p - 0.5| (paper eq. 2)")
+        self.find_bar = TaskBar("Find suspected missing annotations", self.find_missing)
+        self.candidate_list = QListWidget()
+        self.candidate_list.currentRowChanged.connect(self._candidate_selected)
+        self.accept_button = QPushButton("Accept")
+        self.reject_button = QPushButton("Reject")
+        self.edit_candidate_button = QPushButton("Edit")
+        self.accept_button.clicked.connect(lambda: self.accept_candidate())
+        self.reject_button.clicked.connect(self.reject_candidate)
+        self.edit_candidate_button.clicked.connect(lambda: self.edit_candidate())
+        missing = QGroupBox("3. Suspected missing annotations")
+        mbox = QVBoxLayout(missing)
+        mform = QFormLayout()
+        mform.addRow("Confidence ≥", self.threshold)
+        mbox.addLayout(mform)
+        mbox.addWidget(self.find_bar)
+        mbox.addWidget(self.candidate_list)
+        row = QHBoxLayout()
+        for b in (self.accept_button, self.reject_button, self.edit_candidate_button):
+            row.addWidget(b)
+        mbox.addLayout(row)
+
+        self.status = QLabel("Pick the slide and its annotation, then Start review.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for w in (setup, edit, missing, self.status):
+            layout.addWidget(w)
+        layout.addStretch(1)
+        self._update_buttons()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _fail(self, text: str) -> None:
+        self.status.setText(text)
+        show_error(text)
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _busy_now(self) -> bool:
+        return self._busy is not None and not self._busy.done
+
+    def _update_buttons(self) -> None:
+        has_store, editing = self.store is not None, self.edit_layer is not None
+        busy = self._busy_now()
+        self.draw_button.setEnabled(has_store)
+        self.edit_button.setEnabled(has_store and not editing and not busy)
+        self.apply_button.setEnabled(editing and not busy)
+        self.discard_button.setEnabled(editing and not busy)
+        self.undo_button.setEnabled(has_store and not editing and not busy and self.store.can_undo)
+        has_candidate = self.candidate_list.currentRow() >= 0
+        for b in (self.accept_button, self.reject_button, self.edit_candidate_button):
+            b.setEnabled(has_store and has_candidate and not busy and not editing)
+
+    def _run(self, make, description: str, on_return) -> Task | None:
+        """Start a store operation in a worker; one at a time."""
+        if self._busy_now():
+            self._fail("Wait until the current operation has finished.")
+            return None
+
+        def finished(_task: Task) -> None:
+            self._busy = None
+            self._update_buttons()
+
+        def errored(exc: BaseException) -> None:
+            self.status.setText(f"{description} failed: {exc}")
+
+        self._busy = start_task(
+            make, description, on_return=on_return, on_error=errored, on_finish=finished
+        )
+        self._update_buttons()
+        return self._busy
+
+    def _slide_layer(self) -> Any:
+        return self.slide_combo.current_layer()
+
+    def _annotation_chosen(self, _index: int) -> None:
+        if self.annotation_combo.current_extra() == FILE_ENTRY:
+            path, _ = QFileDialog.getOpenFileName(
+                self,
+                "Annotation of the slide",
+                "",
+                "Annotations (*.geojson *.json *.zarr *.tif *.tiff *.png);;All files (*)",
+            )
+            if path:
+                self.set_annotation_file(path)
+
+    def set_annotation_file(self, path: str | Path) -> None:
+        """Use a QuPath GeoJSON or label-mask file as the annotation to review."""
+        self.annotation_file = Path(path)
+        self.annotation_combo.set_extra(FILE_ENTRY)
+        self._say(f"Annotation: {self.annotation_file.name}")
+
+    # -- 1. start ----------------------------------------------------------------------
+
+    def start_review(self) -> Task | None:
+        """Create (or reopen) the slide's annotation store in a worker and show it."""
+        slide_layer = self._slide_layer()
+        slide_path = slide_path_of(slide_layer)
+        if slide_layer is None or slide_path is None:
+            self._fail("Open a slide first (File > Open), then pick it as the slide.")
+            return None
+        root = workspace_dir(slide_path) / "annotation"
+        layer = self.annotation_combo.current_layer()
+        meta = plugin_meta(layer)
+        restart = self.restart_check.isChecked()
+        if meta.get("store") and restart:
+            self._fail(
+                "To start over, pick the original annotation (layer or file), not the store."
+            )
+            return None
+        if meta.get("store"):
+            source, root = None, Path(meta["store"])
+        elif layer is not None:
+            source = meta.get("path") or layer_levels0(layer)
+        elif self.annotation_combo.current_extra() == FILE_ENTRY:
+            if self.annotation_file is None:
+                self._fail("Choose the annotation file first.")
+                return None
+            source = self.annotation_file
+        else:
+            source = None
+        pred = plugin_meta(self.prediction_combo.current_layer())
+        names = None
+        if pred.get("classes"):
+            top = max(int(c["label"]) for c in pred["classes"])
+            names = ["Background"] + [f"Class {i}" for i in range(1, top + 1)]
+            for c in pred["classes"]:
+                names[int(c["label"])] = c["name"]
+        pred_mpp = pred.get("mpp")
+
+        def work():
+            from napari_msunet.io.annotation_store import AnnotationStore
+            from napari_msunet.io.slide import open_slide
+
+            if AnnotationStore.exists(root) and not restart:
+                return AnnotationStore.open(root), "reopened"
+            mpp = pred_mpp
+            if mpp is None:
+                from napari_msunet.demo import default_model_path
+                from napari_msunet.models.checkpoint import read_header
+
+                mpp = read_header(default_model_path()).input_um_per_px
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slide = open_slide(slide_path)
+            try:
+                store = AnnotationStore.create(
+                    root, source, slide, mpp=mpp, classes=names, overwrite=restart
+                )
+            finally:
+                slide.close()
+            return store, "created"
+
+        def done(result) -> None:
+            store, how = result
+            self.store = store
+            self._show_store(slide_layer)
+            what = "Reopened the corrected annotation" if how == "reopened" else "Created"
+            self._say(
+                f"{what} in {store.root} ({store.mpp or store.downsample:g} "
+                f"{'µm/px' if store.mpp else 'x level 0'}, {len(store.regions())} corrected "
+                "regions). Draw a rectangle and press Edit region."
+            )
+
+        return self._run(_one_step(work, "preparing"), "Preparing the annotation", done)
+
+    def _show_store(self, slide_layer: Any = None) -> None:
+        """Show the store as the slide-level layer (new dask names: the edits appear)."""
+        slide_layer = slide_layer or self._slide_layer()
+        levels = self.store.levels()
+        data = levels if len(levels) > 1 else levels[0]
+        kwargs = store_layer_kwargs(self.store, slide_layer)
+        layer = self.store_layer
+        if (
+            layer is not None
+            and layer in self.viewer.layers
+            and layer.multiscale == (len(levels) > 1)
+        ):
+            layer.data = data
+            layer.metadata = kwargs["metadata"]
+            layer.refresh()
+        else:
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            layer = self.viewer.add_labels(data, multiscale=len(levels) > 1, **kwargs)
+        layer.editable = False
+        self.store_layer = layer
+        self._update_buttons()
+
+    # -- 2. edit -----------------------------------------------------------------------
+
+    def draw_rectangle(self) -> None:
+        """Add (or select) the Shapes layer for the region to edit, in rectangle mode."""
+        slide_layer = self._slide_layer()
+        s0 = slide_scale(slide_layer)
+        if self.rect_layer is None or self.rect_layer not in self.viewer.layers:
+            units = slide_units(slide_layer)
+            self.rect_layer = self.viewer.add_shapes(
+                **({"units": units} if units else {}),
+                name="region to edit",
+                edge_color="cyan",
+                face_color="transparent",
+                edge_width=3 * s0,
+                scale=(s0, s0),
+                translate=(-0.5 * s0, -0.5 * s0),
+                metadata={"napari_msunet": {"kind": "edit-rectangles"}},
+            )
+        self.viewer.layers.selection.active = self.rect_layer
+        self.rect_layer.mode = "add_rectangle"
+        self._say("Drag a rectangle over the region to correct, then press Edit region.")
+
+    def _drawn_region(self) -> tuple[int, int, int, int] | None:
+        layer = self.rect_layer
+        if layer is None or layer not in self.viewer.layers or len(layer.data) == 0:
+            return None
+        return level0_rect_of_shape(layer, len(layer.data) - 1, self._slide_layer())
+
+    def open_region(self, region: tuple[int, int, int, int] | None = None) -> Task | None:
+        """Open a level-0 window (default: the last rectangle, else the view) for painting."""
+        if self.store is None:
+            self._fail("Start the review first.")
+            return None
+        if self.edit_layer is not None:
+            self._fail("Apply or discard the open region first.")
+            return None
+        slide_layer = self._slide_layer()
+        if region is None:
+            region = self._drawn_region() or visible_region(self.viewer, slide_layer)
+        window = self.store.to_store(*region)
+        if window[2] * window[3] == 0:
+            self._fail("The region lies outside the slide.")
+            return None
+        if window[2] * window[3] > MAX_EDIT_PIXELS:
+            self._fail("The region is too large to paint on; draw a smaller one or zoom in.")
+            return None
+        store = self.store
+
+        def done(data: np.ndarray) -> None:
+            kwargs = edit_layer_kwargs(store, slide_layer, window)
+            self.edit_layer = self.viewer.add_labels(data, **kwargs)
+            self.viewer.layers.selection.active = self.edit_layer
+            self.edit_layer.mode = "paint"
+            self.edit_layer.selected_label = 1
+            self._say(
+                f"Paint the region ({window[2]} x {window[3]} px at "
+                f"{store.mpp or store.downsample:g} {'µm/px' if store.mpp else 'x level 0'}; "
+                "label 0 erases), then Apply."
+            )
+            self._update_buttons()
+
+        return self._run(
+            _one_step(lambda: store.read_store(*window), "reading"), "Opening the region", done
+        )
+
+    def apply(self) -> Task | None:
+        """Write the edited region back into the store (worker) and refresh the slide layer."""
+        if self.edit_layer is None:
+            self._fail("No region is open.")
+            return None
+        window = self.edit_layer.metadata["napari_msunet"]["window"]
+        data = np.array(self.edit_layer.data, dtype=np.uint8)
+        store = self.store
+
+        def done(edit) -> None:
+            self._close_edit_layer()
+            self._show_store()
+            self._say(
+                f"Applied: level-0 region {edit.region} recorded as corrected "
+                f"({len(store.regions())} corrected regions)."
+            )
+
+        work = lambda: store.apply_store(window[0], window[1], data)  # noqa: E731
+        return self._run(_one_step(work, "writing"), "Applying the correction", done)
+
+    def undo(self) -> Task | None:
+        """Undo the last applied edit (worker)."""
+        if self.store is None or not self.store.can_undo:
+            self._fail("Nothing to undo.")
+            return None
+        store = self.store
+
+        def done(edit) -> None:
+            self._show_store()
+            self._say(f"Undone: {edit.label} of level-0 region {edit.region}.")
+
+        return self._run(_one_step(store.undo, "undoing"), "Undoing the last edit", done)
+
+    def discard(self) -> None:
+        """Close the open region without writing it."""
+        self._close_edit_layer()
+        self._say("Region discarded; the annotation is unchanged.")
+
+    def _close_edit_layer(self) -> None:
+        if self.edit_layer is not None and self.edit_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.edit_layer)
+        self.edit_layer = None
+        if self.store_layer is not None and self.store_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.store_layer
+        self._update_buttons()
+
+    # -- 3. suspected missing annotations ----------------------------------------------
+
+    def find_missing(self) -> Task | None:
+        """Search the selected prediction for confident regions the annotation lacks."""
+        pred = plugin_meta(self.prediction_combo.current_layer())
+        probs = pred.get("probabilities")
+        if self.store is None:
+            self._fail("Start the review first.")
+            return None
+        if not probs or not Path(probs).exists():
+            self._fail("Pick a finished prediction (its probabilities are needed).")
+            return None
+        store, threshold = self.store, float(self.threshold.value())
+
+        def make(stop):
+            from napari_msunet.evaluation.missing import iter_missing
+
+            return (
+                yield from iter_missing(
+                    probs, store, threshold=threshold, rejected=store.rejected(), stop=stop
+                )
+            )
+
+        def done(found: list[Any]) -> None:
+            self.show_candidates(found)
+            self._say(
+                f"{len(found)} suspected missing annotations, largest and surest first. "
+                "Click one to go there."
+            )
+
+        return start_task(make, "Looking for suspected missing annotations", on_return=done)
+
+    def show_candidates(self, candidates: list[Any]) -> None:
+        """List candidates and outline them on the slide."""
+        self.candidates = list(candidates)
+        self.candidate_list.blockSignals(True)
+        self.candidate_list.clear()
+        for i, c in enumerate(self.candidates, 1):
+            area = (
+                f"{c.area_um2 / 1e6:.3f} mm²"
+                if c.area_um2 and c.area_um2 >= 1e5
+                else f"{c.area_um2:.0f} µm²"
+                if c.area_um2
+                else f"{c.area_px:.0f} px"
+            )
+            self.candidate_list.addItem(
+                f"{i}. {c.class_name}: {area}, confidence {c.confidence:.2f}"
+            )
+        self.candidate_list.blockSignals(False)
+        slide_layer = self._slide_layer()
+        shapes, kwargs = candidate_shapes(
+            self.candidates, slide_scale(slide_layer), slide_units(slide_layer)
+        )
+        if self.candidate_layer is not None and self.candidate_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.candidate_layer)
+        self.candidate_layer = None
+        if shapes:
+            self.candidate_layer = self.viewer.add_shapes(shapes, **kwargs)
+        if self.store_layer is not None:
+            self.viewer.layers.selection.active = self.store_layer
+        self._update_buttons()
+
+    def _current(self) -> Any:
+        row = self.candidate_list.currentRow()
+        return self.candidates[row] if 0 <= row < len(self.candidates) else None
+
+    def _candidate_selected(self, row: int) -> None:
+        if 0 <= row < len(self.candidates):
+            center_on(self.viewer, self._slide_layer(), self.candidates[row].bbox)
+        self._update_buttons()
+
+    def _drop_current(self) -> None:
+        row = self.candidate_list.currentRow()
+        remaining = [c for i, c in enumerate(self.candidates) if i != row]
+        self.show_candidates(remaining)
+        if remaining:
+            self.candidate_list.setCurrentRow(min(row, len(remaining) - 1))
+
+    def accept_candidate(self) -> Task | None:
+        """Add the selected candidate's predicted region to the annotation (worker)."""
+        cand = self._current()
+        if cand is None:
+            self._fail("Select a suspected missing annotation first.")
+            return None
+        labels = plugin_meta(self.prediction_combo.current_layer()).get("path")
+        labels = labels if labels and Path(labels).exists() else None
+        store = self.store
+
+        def work():
+            from napari_msunet.evaluation.missing import accept_candidate
+
+            return accept_candidate(store, cand, labels)
+
+        def done(edit) -> None:
+            self._drop_current()
+            self._show_store()
+            self._say(f"Accepted: {cand.class_name} added; region {edit.region} corrected.")
+
+        return self._run(_one_step(work, "accepting"), "Accepting the annotation", done)
+
+    def reject_candidate(self) -> None:
+        """Drop the selected candidate and remember the rejection in the workspace."""
+        cand = self._current()
+        if cand is None:
+            self._fail("Select a suspected missing annotation first.")
+            return
+        try:
+            self.store.reject(cand.bbox, cand.label)
+        except MsunetError as exc:
+            self._fail(str(exc))
+            return
+        self._drop_current()
+        self._say(f"Rejected; it will not be suggested again ({self.store.root}).")
+
+    def edit_candidate(self) -> Task | None:
+        """Open the selected candidate (with a margin) as an editable region."""
+        cand = self._current()
+        if cand is None:
+            self._fail("Select a suspected missing annotation first.")
+            return None
+        y, x, h, w = cand.bbox
+        my, mx = max(h // 4, 16), max(w // 4, 16)
+        return self.open_region((y - my, x - mx, h + 2 * my, w + 2 * mx))
+
+
+def layer_levels0(layer: Any) -> Any:
+    """The finest level of a Labels layer (its data when single-scale)."""
+    return layer.data[0] if layer.multiscale else layer.data

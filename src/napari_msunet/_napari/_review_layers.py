@@ -1,0 +1,145 @@
+"""Layers of the Review widget, placed exactly on the slide; the camera moves it makes.
+
+Coordinates: the slide layer draws level-0 pixel ``i`` with its centre at ``i * s0`` µm
+(``s0`` the slide's µm/px), so the level-0 point ``u`` (pixel corners at integers, as in
+GeoJSON) sits at ``(u - 0.5) * s0``. A store pixel ``r`` covers level-0 ``[r d, (r + 1) d)``
+and its centre ``(r + 0.5) d`` therefore lies at ``(r d + (d - 1) / 2) * s0``: the store
+layers get scale ``d s0`` and that translate, the same rule the prediction layers follow.
+Rectangles the user draws are mapped back through the layers' own transforms, whatever
+scale the Shapes layer has.
+
+Plain functions and layer-data dictionaries; nothing here computes or touches files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_msunet._napari._layers import plugin_meta
+
+__all__ = [
+    "candidate_shapes",
+    "center_on",
+    "edit_layer_kwargs",
+    "level0_rect_of_shape",
+    "slide_scale",
+    "slide_units",
+    "store_layer_kwargs",
+]
+
+
+def slide_scale(slide_layer: Any) -> float:
+    """µm per level-0 pixel of a slide layer (1 when unknown: the layer is in pixels)."""
+    return float(plugin_meta(slide_layer).get("mpp") or 1.0)
+
+
+def _colormap(store: Any) -> dict[int | None, tuple[float, ...]]:
+    colors: dict[int | None, tuple[float, ...]] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for i, c in enumerate(store.class_colors or []):
+        if i > 0:
+            colors[i] = (*(v / 255 for v in c[:3]), 1.0)
+    return colors
+
+
+def _placement(store: Any, s0: float, origin: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    d = store.downsample
+    return {
+        "scale": (d * s0, d * s0),
+        "translate": ((origin[0] * d + (d - 1) / 2) * s0, (origin[1] * d + (d - 1) / 2) * s0),
+    }
+
+
+def store_layer_kwargs(store: Any, slide_layer: Any) -> dict[str, Any]:
+    """Settings of the slide-level (multiscale, read-only) annotation layer of a store."""
+    meta = plugin_meta(slide_layer)
+    kwargs: dict[str, Any] = {
+        "name": f"{store.root.parent.name.removesuffix('.msunet')} annotation (corrected)",
+        "opacity": 0.45,
+        "colormap": _colormap(store),
+        "metadata": {"napari_msunet": store.layer_metadata(meta.get("path"))},
+        **_placement(store, slide_scale(slide_layer)),
+    }
+    if meta.get("mpp"):
+        kwargs["units"] = ("um", "um")
+    return kwargs
+
+
+def edit_layer_kwargs(store: Any, slide_layer: Any, window: tuple[int, int, int, int]):
+    """Settings of the editable (single-scale) Labels layer of one store window."""
+    meta = plugin_meta(slide_layer)
+    kwargs: dict[str, Any] = {
+        "name": "annotation region (edit, then Apply)",
+        "opacity": 0.6,
+        "colormap": _colormap(store),
+        "metadata": {
+            "napari_msunet": {
+                "kind": "annotation-edit",
+                "store": str(store.root),
+                "window": [int(v) for v in window],
+                "region": [int(v) for v in store.to_level0(*window)],
+            }
+        },
+        **_placement(store, slide_scale(slide_layer), (window[0], window[1])),
+    }
+    if meta.get("mpp"):
+        kwargs["units"] = ("um", "um")
+    return kwargs
+
+
+def level0_rect_of_shape(shape_layer: Any, index: int, slide_layer: Any):
+    """Level-0 ``(y, x, h, w)`` of a drawn shape's bounding box (through the layers' transforms)."""
+    verts = np.asarray(shape_layer.data[index], dtype=float)[:, -2:]
+    pts = []
+    for v in verts:
+        world = shape_layer.data_to_world(v)
+        pts.append(np.asarray(slide_layer.world_to_data(world), dtype=float)[-2:] + 0.5)
+    pts = np.asarray(pts)
+    y0, x0 = np.floor(pts.min(axis=0)).astype(int)
+    y1, x1 = np.ceil(pts.max(axis=0)).astype(int)
+    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
+def slide_units(slide_layer: Any) -> tuple[str, str] | None:
+    """``("um", "um")`` when the slide layer is in µm (so new layers match it), else ``None``."""
+    return ("um", "um") if plugin_meta(slide_layer).get("mpp") else None
+
+
+def candidate_shapes(
+    candidates: list[Any], s0: float, units: tuple[str, str] | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Rectangles around suspected missing annotations, as a Shapes layer in µm."""
+    shapes = []
+    for c in candidates:
+        y, x, h, w = c.bbox
+        shapes.append(np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float))
+    kwargs = {
+        "name": "suspected missing annotations",
+        "shape_type": "rectangle",
+        "edge_color": "yellow",
+        "face_color": "transparent",
+        "edge_width": 3 * s0,
+        "scale": (s0, s0),
+        "translate": (-0.5 * s0, -0.5 * s0),
+        "metadata": {"napari_msunet": {"kind": "candidates"}},
+    }
+    if units:
+        kwargs["units"] = units
+    return shapes, kwargs
+
+
+def center_on(viewer: Any, slide_layer: Any, bbox: tuple[int, int, int, int]) -> None:
+    """Centre the view on a level-0 box and zoom so that it fills about half the canvas."""
+    y, x, h, w = bbox
+    center = slide_layer.data_to_world([y + h / 2 - 0.5, x + w / 2 - 0.5])
+    s0 = slide_scale(slide_layer)
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None) if canvas is not None else None
+    if size is None:
+        size = viewer._canvas_size
+    ch, cw = (float(v) for v in size)
+    camera.center = tuple(float(v) for v in center[-2:])
+    camera.zoom = 0.5 * min(ch / max(h * s0, 1e-9), cw / max(w * s0, 1e-9))
