@@ -226,3 +226,30 @@ def test_a_failing_comparison_reports_the_problem(make_napari_viewer, qtbot, fil
     assert task.error is not None
     assert "tiny" in widget.run_bar.status.text()
     assert widget.overlay_layer is None
+
+
+def test_cancel_stops_the_comparison_and_adds_nothing(make_napari_viewer, qtbot):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    side = 32768  # 256 windows of 2048 x 2048 (lazy zeros: nothing held in memory)
+    levels = [da.zeros((side >> k, side >> k), dtype=np.uint8, chunks=2048) for k in range(7)]
+    classes = {"classes": [{"name": "GC", "label": 1}]}
+    viewer.add_labels(levels, name="big prediction", metadata={"napari_msunet": classes})
+    viewer.add_labels(levels, name="big annotation", metadata={"napari_msunet": classes})
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.prediction.current_layer().name == "big annotation"  # newest first
+    widget.annotation.set_layer(viewer.layers["big prediction"])
+    widget.run_bar.button.click()
+    task = widget.run_bar.task
+    qtbot.waitUntil(lambda: task.last is not None, timeout=60_000)
+    widget.run_bar.button.click()  # Cancel
+    qtbot.waitUntil(lambda: task.done, timeout=60_000)
+    assert task.cancelled
+    assert task.error is None
+    assert task.result is None
+    assert task.last.done < task.last.total
+    assert widget.overlay_layer is None
+    assert "Cancelled" in widget.run_bar.status.text()
+    assert widget.table.rowCount() == 0
