@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import imagecodecs
 import numpy as np
 import tifffile
 
@@ -227,7 +226,7 @@ class _ChunkFile:
             for by in range(0, block3.shape[1], n):
                 for bx in range(0, block3.shape[2], n):
                     sub = np.ascontiguousarray(block3[i, by : by + n, bx : bx + n])
-                    data = imagecodecs.zstd_encode(sub, level=1)
+                    data = _zstd().zstd_encode(sub, level=1)
                     with self.lock:
                         offset, self.end = self.end, self.end + len(data)
                     os.pwrite(self.fh.fileno(), data, offset)
@@ -242,7 +241,7 @@ class _ChunkFile:
                 offset, length = self.index[c, cy, cx]
                 if offset < 0:
                     continue
-                raw = imagecodecs.zstd_decode(os.pread(self.fh.fileno(), int(length), int(offset)))
+                raw = _zstd().zstd_decode(os.pread(self.fh.fileno(), int(length), int(offset)))
                 y0, x0 = cy * n, cx * n
                 chunk = np.frombuffer(raw, self.dtype).reshape(min(n, sh - y0), min(n, sw - x0))
                 ya, yb = max(y, y0), min(y + h, y0 + chunk.shape[0])
@@ -345,3 +344,10 @@ class _Pyramid:
             for r in iter_regions(self.shapes[level], self.tile)
         )
         yield from prefetched(one, items, workers=self.workers)
+
+
+def _zstd():
+    """imagecodecs, imported when a tile is coded: importing the I/O layer needs no codecs."""
+    import imagecodecs
+
+    return imagecodecs

@@ -400,12 +400,18 @@ def _write_svs(tif, spec, levels, tile, quality, common) -> None:
         metadata=None,
         **common,
     )
+    # associated images as Aperio writes them (JPEG thumbnail and macro, LZW label), unless a
+    # lossless/codec-free slide was asked for: then every page uses that compression
+    if common["compression"] == "jpeg":
+        assoc = {"compression": "jpeg", "compressionargs": {"level": 90}}
+        label_assoc = {"compression": "lzw"}
+    else:
+        assoc = label_assoc = {"compression": common["compression"]}
     thumb = _whole(spec, 768)
     tif.write(
         thumb,
         photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": 90},
+        **assoc,
         description=(
             f"Aperio Image Library v12.0.15 \n{w0}x{h0} -> {thumb.shape[1]}x{thumb.shape[0]}"
         ),
@@ -424,7 +430,7 @@ def _write_svs(tif, spec, levels, tile, quality, common) -> None:
     tif.write(
         label,
         photometric="rgb",
-        compression="lzw",
+        **label_assoc,
         subfiletype=1,
         description=f"Aperio Image Library v12.0.15\nlabel {label.shape[1]}x{label.shape[0]}",
         metadata=None,
@@ -433,8 +439,7 @@ def _write_svs(tif, spec, levels, tile, quality, common) -> None:
     tif.write(
         macro,
         photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": 90},
+        **assoc,
         subfiletype=9,
         description=f"Aperio Image Library v12.0.15\nmacro {macro.shape[1]}x{macro.shape[0]}",
         metadata=None,
