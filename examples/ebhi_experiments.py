@@ -99,6 +99,13 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+def run_dir_of(out: Path, arm: dict, seed: int, key: str) -> Path:
+    """The run's folder: an existing one with the same settings (key) under any arm name,
+    else a new one named after this arm."""
+    found = sorted((out / "runs").glob(f"*-s{seed}-{key}"))
+    return found[0] if found else out / "runs" / f"{_slug(arm['name'])}-s{seed}-{key}"
+
+
 # ---------------------------------------------------------------------------- data
 def fixed_split(data: Path, out: Path, val_fraction: float, seed: int):
     """The stratified split, saved to ``out/split.csv`` once and checked on every later call.
@@ -177,7 +184,7 @@ def _iou_note(train: list[ImagePair], folder: Path) -> float:
 def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
     config = arm_config(exp, arm, seed)
     key = run_key(exp, arm, config)
-    run_dir = out / "runs" / f"{_slug(arm['name'])}-s{seed}-{key}"
+    run_dir = run_dir_of(out, arm, seed, key)
     result_path = run_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -241,7 +248,7 @@ def runs_of(exp, out: Path) -> list[dict]:
         for seed in exp["seeds"]:
             config = arm_config(exp, arm, seed)
             key = run_key(exp, arm, config)
-            p = out / "runs" / f"{_slug(arm['name'])}-s{seed}-{key}" / "result.json"
+            p = run_dir_of(out, arm, seed, key) / "result.json"
             if p.exists():
                 found.append({**json.loads(p.read_text()), "arm": arm["name"]})
     return found
@@ -294,6 +301,7 @@ def plot(exp, results: list[dict], path: Path) -> Path:
         if len(rs) > 1:
             sd = curves.std(0, ddof=1)
             ax.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.15)
+    ax.set_xticks(range(1, 1 + max(len(r["history"]) for r in results)) if results else [])
     ax.set_xlabel("epoch (200 steps of 8 patches)")
     ax.set_ylabel("validation Dice (clean masks)")
     ax.set_title(exp.get("title", exp["name"]), fontsize=9)
