@@ -215,3 +215,18 @@ def test_memory_does_not_grow_with_the_slide(tmp_path):
         assert len(found) == 1
         assert found[0].area_px == (side // 4) ** 2
     assert peaks[1] < 1.5 * peaks[0]  # 4x the area, about the same memory
+
+
+def test_slivers_along_the_annotation_are_boundary_disagreements(tmp_path):
+    fg = np.full((200, 200), 20, np.uint8)
+    fg[48:112, 48:112] = 250  # the model's region is 2 px wider than the annotated one
+    fg[150:190, 120:180] = 250  # a missed region touching an annotated one on one side
+    path = tmp_path / "p.ome.zarr"
+    write_ome_zarr(path, np.stack([255 - fg, fg]), mpp=1.0, class_names=NAMES, chunk=64)
+    ann = np.zeros((200, 200), np.uint8)
+    ann[50:110, 50:110] = 1
+    ann[150:190, 100:120] = 1
+    kw = {"level": 0, "window": 64}
+    assert [c.bbox for c in find_missing(path, ann, **kw)] == [(150, 120, 40, 60)]
+    loose = find_missing(path, ann, max_edge_fraction=1.0, **kw)
+    assert (48, 48, 64, 64) in [c.bbox for c in loose]  # the ring, when asked for

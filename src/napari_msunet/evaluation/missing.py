@@ -207,6 +207,23 @@ class _Annotation:
         return block[np.ix_(rows - r0, cols - c0)]
 
 
+def _annotated(ann: _Annotation, shape, y: int, x: int, h: int, w: int, k: int):
+    """Annotated pixels of a window, and the other pixels within ``k`` steps of them.
+
+    The annotation is read with a ``k``-pixel margin so that nearness across window edges
+    counts too.
+    """
+    y0, x0 = max(0, y - k), max(0, x - k)
+    y1, x1 = min(shape[0], y + h + k), min(shape[1], x + w + k)
+    a = np.zeros((h + 2 * k, w + 2 * k), bool)
+    a[y0 - y + k : y1 - y + k, x0 - x + k : x1 - x + k] = ann.read(y0, x0, y1 - y0, x1 - x0) > 0
+    inner = a[k : k + h, k : k + w]
+    if k == 0:
+        return inner, np.zeros_like(inner)
+    near = ndimage.binary_dilation(a, iterations=k)[k : k + h, k : k + w]
+    return inner, near & ~inner
+
+
 # ------------------------------------------------------------------------------------------
 # the search
 
@@ -219,14 +236,16 @@ class _Regions:
         self.cls: list[int] = [0]
         self.area: list[int] = [0]
         self.conf: list[float] = [0.0]
+        self.edge: list[int] = [0]
         self.box: list[list[int]] = [[0, 0, 0, 0]]
         self.polys: list[list[Any]] = [[]]
 
-    def add(self, cls: int, area: int, conf: float, box: list[int], poly: Any) -> int:
+    def add(self, cls: int, area: int, conf: float, edge: int, box: list[int], poly: Any) -> int:
         self.parent.append(len(self.parent))
         self.cls.append(cls)
         self.area.append(area)
         self.conf.append(conf)
+        self.edge.append(edge)
         self.box.append(box)
         self.polys.append([poly])
         return len(self.parent) - 1
@@ -244,6 +263,7 @@ class _Regions:
         self.parent[rb] = ra
         self.area[ra] += self.area[rb]
         self.conf[ra] += self.conf[rb]
+        self.edge[ra] += self.edge[rb]
         ba, bb = self.box[ra], self.box[rb]
         self.box[ra] = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
         self.polys[ra].extend(self.polys[rb])
@@ -264,11 +284,15 @@ def _window_regions(
     cls: np.ndarray,
     conf: np.ndarray,
     cand: np.ndarray,
+    touch: np.ndarray,
     origin: tuple[int, int],
     d: tuple[float, float],
     min_pixels: int,
 ) -> np.ndarray:
-    """Label the candidate pixels of one window, register them; return global ids per pixel."""
+    """Label the candidate pixels of one window, register them; return global ids per pixel.
+
+    ``touch`` marks pixels near an annotated pixel (counted per region).
+    """
     gid = np.zeros(cand.shape, np.int64)
     h, w = cand.shape
     y0, x0 = origin
@@ -279,6 +303,7 @@ def _window_regions(
             continue
         area = np.bincount(comp.ravel(), minlength=n + 1)
         sums = np.bincount(comp.ravel(), weights=conf.ravel(), minlength=n + 1)
+        edge = np.bincount(comp.ravel(), weights=touch.ravel(), minlength=n + 1)
         slices = ndimage.find_objects(comp)
         keep = []
         for k, sl in enumerate(slices, 1):
@@ -296,7 +321,7 @@ def _window_regions(
             sl = slices[k - 1]
             geom = shapely.transform(ann.geometry, lambda xy: (xy + offset) * scale)
             box = [sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0]
-            lut[k] = regions.add(int(c), int(area[k]), float(sums[k]), box, geom)
+            lut[k] = regions.add(int(c), int(area[k]), float(sums[k]), int(edge[k]), box, geom)
         sel = kept > 0
         gid[sel] = lut[kept[sel]]
     return gid
@@ -313,6 +338,8 @@ def iter_missing(
     coarse_mpp: float = 8.0,
     min_area_um2: float = 0.0,
     min_pixels: int = 4,
+    max_edge_fraction: float = 0.5,
+    edge_width: int = 2,
     rejected: Sequence[dict[str, Any]] = (),
     limit: int | None = None,
     window: int = _WINDOW,
@@ -338,6 +365,12 @@ def iter_missing(
         µm/px (level 3 when the pixel size is unknown).
     min_area_um2, min_pixels
         Smallest candidate kept: in µm² and in pixels of the searched level.
+    max_edge_fraction, edge_width
+        Drop regions more than ``max_edge_fraction`` of whose pixels lie within
+        ``edge_width`` pixels (of the searched level) of the annotation: slivers along an
+        annotated region's outline are a boundary disagreement (what the fuzzy-boundary loss
+        is for), not a missing region; a missed region that merely touches an annotated one
+        keeps most of its pixels away from it.
     rejected
         Candidates rejected earlier (``AnnotationStore.rejected()``); see :func:`is_rejected`.
     limit
@@ -390,8 +423,9 @@ def iter_missing(
         h, w = min(sy, shape[0] - y), min(sx, shape[1] - x)
         probs = np.asarray(arr[:, y : y + h, x : x + w])
         cls, conf = bootstrap_confidence(probs)
-        cand = (cls > 0) & (conf >= threshold) & (ann.read(y, x, h, w) == 0)
-        gid = _window_regions(regions, cls, conf, cand, (y, x), d, min_px)
+        annotated, touch = _annotated(ann, shape, y, x, h, w, edge_width)
+        cand = (cls > 0) & (conf >= threshold) & ~annotated
+        gid = _window_regions(regions, cls, conf, cand, touch, (y, x), d, min_px)
         if y > 0 and x in bottom:
             regions.join_edge(bottom[x], gid[0])
         if x > 0 and right is not None:
@@ -402,7 +436,7 @@ def iter_missing(
     H, W = slide_shape
     out = []
     for r in regions.roots():
-        if regions.area[r] < min_px:
+        if regions.area[r] < min_px or regions.edge[r] > max_edge_fraction * regions.area[r]:
             continue
         r0, c0, r1, c1 = regions.box[r]
         y0, x0 = math.floor(r0 * d[0]), math.floor(c0 * d[1])
