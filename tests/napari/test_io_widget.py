@@ -215,3 +215,33 @@ def test_changing_the_format_follows_the_suffix(viewer_and_widget, files):
     assert widget.export_path.edit.text().endswith("prediction.ome.zarr")
     widget.export_format.setCurrentText(GEOJSON)
     assert widget.export_path.edit.text().endswith("prediction.geojson")
+
+
+def test_a_window_layer_exports_at_its_place_on_the_slide(viewer_and_widget, qtbot, files):
+    viewer, widget = viewer_and_widget
+    s0 = float(viewer.layers[0].scale[-1])
+    d, origin = 2.0, (150, 200)  # a 100 x 120 window of 2 x 2 slide pixels at (300, 400)
+    window = np.zeros((100, 120), np.uint8)
+    window[10:30, 20:60] = 1
+    layer = viewer.add_labels(
+        window,
+        name="edited region",
+        scale=(d * s0, d * s0),
+        # the review widget's rule: the window's origin plus the centre of a d x d block
+        translate=tuple((o * d + (d - 1) / 2) * s0 for o in origin),
+        metadata={
+            "napari_msunet": {
+                "kind": "annotation-edit",
+                "classes": [{"name": "GC", "label": 1, "color": [0, 200, 0]}],
+            }
+        },
+    )
+    widget.export_layer.set_layer(layer)
+    widget.export_format.setCurrentText(GEOJSON)
+    widget.export_slide.set_layer(viewer.layers[0])
+    task = _click(qtbot, widget.export_bar)
+    assert task.error is None, task.error
+    back = np.asarray(_import(qtbot, widget, widget.exported[-1]).data[0])
+    expected = np.zeros(SPEC.shape, np.uint8)
+    expected[300 + 20 : 300 + 60, 400 + 40 : 400 + 120] = 1
+    np.testing.assert_array_equal(back, expected)

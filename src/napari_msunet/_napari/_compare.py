@@ -65,7 +65,11 @@ _MEANING = {0: "", TP: "TP (both)", FP: "FP (prediction only)", FN: "FN (annotat
 
 
 def _is_labels(layer: Layer) -> bool:
-    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") != "overlay"
+    """Whole-slide Labels layers (not our overlays, nor the review widget's edit windows)."""
+    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") not in (
+        "overlay",
+        "annotation-edit",
+    )
 
 
 def _prediction_rank(layer: Layer) -> int:

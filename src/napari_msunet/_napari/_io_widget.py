@@ -311,6 +311,22 @@ class ImportExportWidget(QWidget):
         # no µm on one side: napari's own scales place the two, so they give the ratio
         return float(layer.scale[-1] / slide_layer.scale[-1])
 
+    def _offset(self, layer: Labels, slide_layer: Layer | None, d: float) -> tuple[float, float]:
+        """Level-0 ``(y, x)`` of the layer's top-left pixel corner on the slide.
+
+        napari puts pixel ``i``'s centre at ``i * scale + translate``; a layer made on the
+        slide's grid (pixel ``i`` covering level-0 ``[i d, (i + 1) d)``) is translated by
+        ``(d - 1) / 2`` slide pixels, so anything beyond that is a real offset (an edited
+        region). A layer left at the origin covers the slide from its corner.
+        """
+        t = np.asarray(layer.translate[-2:], dtype=float)
+        if slide_layer is None or not np.any(t):
+            return 0.0, 0.0
+        s0 = np.asarray(slide_layer.scale[-2:], dtype=float)
+        t0 = np.asarray(slide_layer.translate[-2:], dtype=float)
+        oy, ox = np.round((t - t0) / s0 - (d - 1) / 2, 6)
+        return float(oy), float(ox)
+
     def _run_export(self) -> Task | None:
         layer = self.export_layer.current_layer()
         if layer is None:
@@ -339,6 +355,7 @@ class ImportExportWidget(QWidget):
         infos, names, colours = export_classes(layer)
         mpp = layer_mpp(layer)
         downsample = self._downsample(layer, slide_layer)
+        offset = self._offset(layer, slide_layer, downsample)
 
         def make(_stop):
             yield Progress(0, 1, f"writing {path.name}")
@@ -346,7 +363,7 @@ class ImportExportWidget(QWidget):
             if key == "geojson":
                 from napari_msunet.io.vectorise import export_mask
 
-                export_mask(level0, path, infos, downsample, overwrite=overwrite)
+                export_mask(level0, path, infos, downsample, overwrite=overwrite, offset=offset)
             elif key == "ome-zarr":
                 from napari_msunet.io.ome_zarr import write_ome_zarr
 

@@ -51,6 +51,7 @@ def vectorise(
     *,
     block: int = 4096,
     simplify: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> AnnotationSet:
     """Turn a label mask into one polygon annotation per 4-connected region.
 
@@ -68,6 +69,9 @@ def vectorise(
     simplify
         Tolerance in mask pixels for :func:`shapely.coverage_simplify` (borders shared by two
         regions stay shared). ``0`` keeps the exact pixel-edge outline.
+    offset
+        Level-0 ``(y, x)`` of the mask's top-left corner, for a mask that covers only a
+        window of the slide (an edited region, say); added after scaling.
 
     Returns
     -------
@@ -83,7 +87,8 @@ def vectorise(
     table = _class_table(classes)
     runs = _mask_runs(mask, *_block_size(mask, block))
     polygons, labels = _polygons(runs)
-    return _to_annotations(polygons, labels, table, float(downsample), simplify)
+    oy, ox = (float(v) for v in offset)
+    return _to_annotations(polygons, labels, table, float(downsample), simplify, (oy, ox))
 
 
 def export_mask(
@@ -95,6 +100,7 @@ def export_mask(
     overwrite: bool = False,
     block: int = 4096,
     simplify: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> Path:
     """Write a label mask as QuPath GeoJSON in level-0 pixel coordinates, atomically.
 
@@ -111,7 +117,9 @@ def export_mask(
     path = Path(path)
     if path.exists() and not overwrite:
         raise WriterError(path, "already exists; pass overwrite=True to replace it")
-    annotations = vectorise(mask, classes, downsample, block=block, simplify=simplify)
+    annotations = vectorise(
+        mask, classes, downsample, block=block, simplify=simplify, offset=offset
+    )
     return write_geojson(annotations, path, overwrite=overwrite)
 
 
@@ -331,12 +339,16 @@ def _to_annotations(
     table: dict[int, ClassInfo],
     downsample: float,
     simplify: float,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> AnnotationSet:
     """Scale to level-0 coordinates, sort, name the classes and build the set."""
     if len(polygons) and simplify > 0:
         polygons = shapely.coverage_simplify(polygons, simplify)
     if len(polygons) and downsample != 1.0:
         polygons = shapely.transform(polygons, lambda xy: xy * downsample)
+    if len(polygons) and offset != (0.0, 0.0):
+        shift = np.array([offset[1], offset[0]])  # shapely coordinates are (x, y)
+        polygons = shapely.transform(polygons, lambda xy: xy + shift)
     bounds = shapely.bounds(polygons) if len(polygons) else np.zeros((0, 4))
     order = np.lexsort((bounds[:, 0], bounds[:, 1], labels))
     unnamed = sorted({int(v) for v in labels} - set(table))
