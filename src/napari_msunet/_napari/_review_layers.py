@@ -71,7 +71,7 @@ def edit_layer_kwargs(store: Any, slide_layer: Any, window: tuple[int, int, int,
     meta = plugin_meta(slide_layer)
     kwargs: dict[str, Any] = {
         "name": "annotation region (edit, then Apply)",
-        "opacity": 0.6,
+        "opacity": 0.7,
         "colormap": _colormap(store),
         "metadata": {
             "napari_msunet": {
