@@ -245,3 +245,28 @@ def test_a_window_layer_exports_at_its_place_on_the_slide(viewer_and_widget, qtb
     expected = np.zeros(SPEC.shape, np.uint8)
     expected[300 + 20 : 300 + 60, 400 + 40 : 400 + 120] = 1
     np.testing.assert_array_equal(back, expected)
+
+
+def test_cancel_stops_a_long_export_and_publishes_nothing(viewer_and_widget, qtbot, tmp_path):
+    import dask.array as da
+
+    viewer, widget = viewer_and_widget
+    side = 32768  # 1 GiB of lazy labels: seconds to write, nothing held in memory
+    levels = [da.zeros((side >> k, side >> k), dtype=np.uint8, chunks=2048) for k in range(7)]
+    layer = viewer.add_labels(levels, name="big", metadata={})
+    widget.export_layer.set_layer(layer)
+    widget.export_format.setCurrentText(ZARR)
+    target = tmp_path / "big.ome.zarr"
+    widget.export_path.edit.setText(str(target))
+    widget.export_path.edit.textEdited.emit(str(target))
+    widget.export_bar.button.click()
+    task = widget.export_bar.task
+    qtbot.waitUntil(lambda: task.last is not None, timeout=60_000)
+    widget.export_bar.button.click()  # Cancel
+    qtbot.waitUntil(lambda: task.done, timeout=60_000)
+    assert task.cancelled
+    assert task.error is None
+    assert task.result is None
+    assert not target.exists()
+    assert not list(tmp_path.glob("big.ome.zarr*"))  # no partial store left behind
+    assert widget.exported == []

@@ -48,6 +48,7 @@ from napari_msunet._napari._layers import (
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.evaluation.evaluate import Progress  # a plain (done, total, message) record
+from napari_msunet.io.writers import partial_path, remove_path
 
 if TYPE_CHECKING:
     import napari
@@ -111,15 +112,35 @@ def export_classes(layer: Labels) -> tuple[Any, list[str], list[list[int]]]:
     return infos or None, all_names, all_colours
 
 
-def _unsigned(level: Any) -> Any:
-    """Label data as unsigned integers (a painted layer may be int32/int64), lazily."""
-    dtype = np.dtype(level.dtype)
-    if dtype.kind == "u":
-        return level
+class _Cancelled(Exception):
+    """Raised into a writer by its source when the user cancels; nothing is published."""
+
+
+def _source(level: Any, stop: Any) -> Any:
+    """The layer's level as the writers' source: lazy, unsigned (a painted layer may be
+    int32/int64), and raising :class:`_Cancelled` at the next block once ``stop`` is set, so
+    Cancel stops a long write (the writers publish nothing unfinished)."""
     import dask.array as da
 
     arr = level if isinstance(level, da.Array) else da.from_array(level, chunks=1024)
-    return arr.astype(np.uint32 if dtype.itemsize >= 4 else np.dtype(f"u{dtype.itemsize}"))
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind != "u":
+        arr = arr.astype(np.uint32 if dtype.itemsize >= 4 else np.dtype(f"u{dtype.itemsize}"))
+
+    def guard(block: np.ndarray) -> np.ndarray:
+        if stop.is_set():
+            raise _Cancelled
+        return block
+
+    return arr.map_blocks(guard, dtype=arr.dtype)
+
+
+def _stopped_by_user(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, _Cancelled):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _PathRow(QWidget):
@@ -351,47 +372,44 @@ class ImportExportWidget(QWidget):
                 error=True,
             )
         slide_layer = self.export_slide.current_layer()
-        level0 = _unsigned(layer_levels(layer)[0])
+        level0 = layer_levels(layer)[0]
         infos, names, colours = export_classes(layer)
         mpp = layer_mpp(layer)
         downsample = self._downsample(layer, slide_layer)
         offset = self._offset(layer, slide_layer, downsample)
+        meta = {"mpp": mpp, "class_names": names, "class_colors": colours, "overwrite": overwrite}
 
-        def make(_stop):
-            yield Progress(0, 1, f"writing {path.name}")
-            path.parent.mkdir(parents=True, exist_ok=True)
+        def write(source: Any) -> None:
             if key == "geojson":
                 from napari_msunet.io.vectorise import export_mask
 
-                export_mask(level0, path, infos, downsample, overwrite=overwrite, offset=offset)
+                export_mask(source, path, infos, downsample, overwrite=overwrite, offset=offset)
             elif key == "ome-zarr":
                 from napari_msunet.io.ome_zarr import write_ome_zarr
 
-                write_ome_zarr(
-                    path,
-                    level0,
-                    kind="labels",
-                    mpp=mpp,
-                    class_names=names,
-                    class_colors=colours,
-                    overwrite=overwrite,
-                    resume=False,
-                )
+                write_ome_zarr(path, source, kind="labels", resume=False, **meta)
             else:
                 from napari_msunet.io.ome_tiff import write_ome_tiff
 
-                write_ome_tiff(
-                    path,
-                    level0,
-                    kind="labels",
-                    mpp=mpp,
-                    class_names=names,
-                    class_colors=colours,
-                    overwrite=overwrite,
-                )
+                write_ome_tiff(path, source, kind="labels", **meta)
+
+        def make(stop):
+            yield Progress(0, 1, f"writing {path.name}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write(_source(level0, stop))
+            except Exception as exc:
+                if stop.is_set() and _stopped_by_user(exc):
+                    if key == "ome-zarr":  # a partial store of this source: not to be resumed
+                        remove_path(partial_path(path))
+                    return None
+                raise
             return path
 
-        def done(written: Path) -> None:
+        def done(written: Path | None) -> None:
+            if written is None:
+                self.export_bar.status.setText(f"Cancelled; {path.name} was not written.")
+                return
             self.exported.append(written)
             self.export_bar.status.setText(f"Wrote {written}")
             show_info(f"Exported {layer.name} to {written}")
