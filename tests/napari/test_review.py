@@ -202,6 +202,7 @@ def test_without_a_prediction_the_store_is_at_the_bundled_models_resolution(
 ):
     _, widget = _viewer(make_napari_viewer, files)
     widget.prediction_combo.set_extra("(none)")
+    widget.set_annotation_file(files["geojson"])  # a file instead of a layer
     store = _start(qtbot, widget)
     assert store.downsample == 1  # the bundled model works at 0.27 µm/px: level 0 here
     before = _mask(store)
