@@ -191,6 +191,17 @@ def test_edit_a_candidate_opens_it_for_painting(make_napari_viewer, qtbot, files
     assert x + w > cx + cw
     widget.discard()
     assert widget.edit_layer is None
+    # no rectangle drawn: "Edit region" takes the current view
+    from napari_msunet._napari._segment import visible_region
+
+    view = visible_region(viewer, widget.slide_combo.current_layer())
+    _wait(qtbot, widget.open_region())
+    y, x, h, w = widget.edit_layer.metadata["napari_msunet"]["region"]
+    assert y <= view[0] < y + 2  # the view in whole store pixels (2 level-0 px)
+    assert x <= view[1] < x + 2
+    assert h >= view[2]
+    assert w >= view[3]
+    widget.discard()
     # a later session reopens the same store with its corrections
     widget2 = ReviewWidget(viewer)
     _wait(qtbot, widget2.start_review())

@@ -50,7 +50,6 @@ from napari_msunet._napari._review_layers import (
     slide_units,
     store_layer_kwargs,
 )
-from napari_msunet._napari._segment import visible_region
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
@@ -385,7 +384,11 @@ class ReviewWidget(QWidget):
             return None
         slide_layer = self._slide_layer()
         if region is None:
-            region = self._drawn_region() or visible_region(self.viewer, slide_layer)
+            region = self._drawn_region()
+        if region is None:
+            from napari_msunet._napari._segment import visible_region  # the shared view helper
+
+            region = visible_region(self.viewer, slide_layer)
         window = self.store.to_store(*region)
         if window[2] * window[3] == 0:
             self._fail("The region lies outside the slide.")
