@@ -109,13 +109,18 @@ def start_task(
     def yielded(record):
         task.last = record
         done, total, text = describe_progress(record)
-        if total:
-            if task.bar is None:
-                task.bar = progress(total=total, desc=description)
-            task.bar.total = total
-            task.bar.n = done
-            task.bar.set_description(f"{description}: {text}")
-            task.bar.refresh()
+        # napari's progress widgets call processEvents, so later records and even `finished`
+        # can be handled inside this call: keep a local reference, and never reopen a bar
+        # for a record that arrives after the end
+        if total and not task.done:
+            bar = task.bar
+            if bar is None:
+                bar = task.bar = progress(total=total, desc=description)
+            bar.total = total
+            bar.n = done
+            bar.set_description(f"{description}: {text}")
+            if not task.done:  # `finished` may have closed it inside set_description
+                bar.refresh()
         if on_yield is not None:
             on_yield(record)
         for fn in task.listeners:
