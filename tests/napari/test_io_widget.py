@@ -270,3 +270,4 @@ def test_cancel_stops_a_long_export_and_publishes_nothing(viewer_and_widget, qtb
     assert not target.exists()
     assert not list(tmp_path.glob("big.ome.zarr*"))  # no partial store left behind
     assert widget.exported == []
+    assert widget.export_bar.status.text() == "Cancelled; nothing was written."

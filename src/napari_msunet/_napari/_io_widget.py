@@ -190,7 +190,9 @@ class ImportExportWidget(QWidget):
         self.export_format.addItems(list(FORMATS))
         self.export_path = _PathRow("output file", self._browse_export)
         self.replace = QCheckBox("Replace an existing file")
-        self.export_bar = TaskBar("Export", self._run_export)
+        self.export_bar = TaskBar(
+            "Export", self._run_export, cancelled_text="Cancelled; nothing was written."
+        )
         self._custom_path = False
         self.export_path.edit.textEdited.connect(self._path_edited)
         for combo in (self.export_layer, self.export_slide, self.export_format):

@@ -162,11 +162,21 @@ class TaskBar(QWidget):
 
     The owner passes ``run`` (a callable that starts a :class:`Task` or returns ``None``
     when it refused to start, e.g. a missing layer); the bar handles the rest.
+    ``cancelled_text`` is what the status line says after a Cancel: resumable work keeps
+    its finished parts, an export publishes nothing.
     """
 
-    def __init__(self, label: str, run: Callable[[], Task | None], parent=None) -> None:
+    def __init__(
+        self,
+        label: str,
+        run: Callable[[], Task | None],
+        parent=None,
+        *,
+        cancelled_text: str = "Cancelled; finished parts are kept.",
+    ) -> None:
         super().__init__(parent)
         self._label, self._run = label, run
+        self._cancelled_text = cancelled_text
         self.task: Task | None = None
         self.button = QPushButton(label)
         self.button.clicked.connect(self._clicked)
@@ -209,7 +219,7 @@ class TaskBar(QWidget):
             if task.error is not None:
                 self.status.setText(f"Failed: {task.error}")
             elif task.cancelled:
-                self.status.setText("Cancelled; finished parts are kept.")
+                self.status.setText(self._cancelled_text)
             return
         done, total, text = describe_progress(task.last)
         if total:
