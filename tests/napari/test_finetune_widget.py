@@ -1,0 +1,171 @@
+"""Fine-tune widget end to end: real viewer, real workers, a tiny model on a small slide.
+
+(Named ``test_finetune_widget.py``: ``tests/training/test_finetune.py`` already holds the
+module name ``test_finetune`` and the test folders are not packages.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from finetune_case import make_case, open_in_viewer
+
+from napari_msunet._napari._finetune import FinetuneWidget
+from napari_msunet._napari._model_history import is_bundled, model_history, version_target
+from napari_msunet._napari._workspace import workspace_dir
+from napari_msunet.demo import default_model_path
+from napari_msunet.models.checkpoint import load_model, read_header
+
+TIMEOUT = 180_000  # ms; the machine is shared with a long training job
+
+
+@pytest.fixture
+def case(tmp_path):
+    return make_case(tmp_path)
+
+
+def _predictions(viewer):
+    return [
+        ly
+        for ly in viewer.layers
+        if ly.metadata.get("napari_msunet", {}).get("kind") == "prediction"
+    ]
+
+
+def _widget(make_napari_viewer, case, qtbot, steps):
+    viewer = make_napari_viewer()
+    slide, annotation = open_in_viewer(viewer, case)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.set_model_file(case.parent)
+    widget.steps.setValue(steps)
+    widget.batch.setValue(2)
+    widget.device.setCurrentText("cpu")
+    return viewer, widget, slide, annotation
+
+
+def _run(widget, qtbot):
+    widget.taskbar.button.click()
+    assert widget.taskbar.running
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert widget.task.error is None, widget.task.error
+
+
+def test_inputs_default_to_the_annotation_and_the_prediction_model(make_napari_viewer, case, qtbot):
+    viewer = make_napari_viewer()
+    slide, annotation = open_in_viewer(viewer, case)
+    widget = FinetuneWidget(viewer)
+    assert widget.slide_combo.currentData() is slide
+    assert widget.annotation_combo.currentData() is annotation
+    assert widget.parent_model() == default_model_path()  # no prediction layer yet
+    # a prediction layer made with another model becomes the default parent
+    viewer.add_labels(
+        annotation.data,
+        name="prediction",
+        metadata={
+            "napari_msunet": {
+                "kind": "prediction",
+                "model": str(case.parent),
+                "slide": str(case.slide),
+            }
+        },
+    )
+    assert widget.parent_model() == case.parent
+    # a GeoJSON file can be the annotation too
+    widget.set_annotation_file(case.geojson)
+    assert widget.annotation_combo.currentData() == case.geojson
+    assert not widget.advanced.isVisible()
+
+
+def test_bundled_model_versions_go_to_the_slide_workspace(case):
+    default = default_model_path()
+    assert is_bundled(default)
+    assert not is_bundled(case.parent)
+    target = version_target(default, case.slide)
+    assert target == workspace_dir(case.slide) / "models" / "default_model-ft1.safetensors"
+    assert version_target(case.parent, case.slide) == case.parent.with_name("tiny-ft1.safetensors")
+
+
+def test_finetune_saves_a_new_version_and_repredicts_the_view(make_napari_viewer, case, qtbot):
+    viewer, widget, _, _ = _widget(make_napari_viewer, case, qtbot, steps=6)
+    before = case.parent.read_bytes()
+    _run(widget, qtbot)
+    result = widget.result
+    new = case.parent.with_name("tiny-ft1.safetensors")
+    assert result.model == new
+    assert result.steps == 6
+    assert not result.stopped
+    assert case.parent.read_bytes() == before  # the parent is never touched
+    _, header = load_model(new)
+    assert header.training["kind"] == "fine-tune"
+    assert header.training["parent"]["path"] == str(case.parent)
+    assert header.training["slides"][0]["regions"] == str(case.regions)
+    assert widget.plot.steps == list(range(1, 7))
+    qtbot.waitUntil(lambda: widget.plot.redraws > 0, timeout=5_000)
+    assert "6 steps, last loss" in widget.taskbar.status.text()
+    # the view is predicted again with the new version
+    assert widget.parent_model() == new
+    assert widget.predict_task is not None
+    qtbot.waitUntil(lambda: widget.predict_task.done, timeout=TIMEOUT)
+    assert widget.predict_task.error is None
+    models = [ly.metadata["napari_msunet"]["model"] for ly in _predictions(viewer)]
+    assert str(new) in models
+    # history: the parent and its version, with what their headers say
+    assert widget.history_paths() == [case.parent, new]
+    assert "6 steps" in widget.history.list.item(1).text()
+    assert "from tiny.safetensors" in widget.history.list.item(1).text()
+    # switch back to the parent: the view is predicted with it again
+    widget.history.list.setCurrentRow(0)
+    task = widget.use_selected()
+    assert task is widget.predict_task
+    qtbot.waitUntil(lambda: task.done, timeout=TIMEOUT)
+    assert task.error is None
+    assert widget.parent_model() == case.parent
+    models = [ly.metadata["napari_msunet"]["model"] for ly in _predictions(viewer)]
+    assert str(case.parent) in models
+    # a second fine-tune from the parent gets the next number; nothing is overwritten
+    widget.repredict.setChecked(False)
+    widget.steps.setValue(2)
+    _run(widget, qtbot)
+    assert widget.result.model == case.parent.with_name("tiny-ft2.safetensors")
+    assert widget.history_paths() == [case.parent, new, widget.result.model]
+    assert case.parent.read_bytes() == before
+
+
+def test_cancel_mid_run_keeps_a_valid_version_and_no_broken_file(make_napari_viewer, case, qtbot):
+    _, widget, _, _ = _widget(make_napari_viewer, case, qtbot, steps=10_000)
+    before = case.parent.read_bytes()
+    widget.taskbar.button.click()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 2, timeout=TIMEOUT)
+    widget.taskbar.button.click()  # Cancel
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert widget.task.cancelled
+    assert widget.task.error is None
+    result = widget.result
+    assert result.stopped
+    assert 2 <= result.steps < 10_000
+    _, header = load_model(result.model)  # complete and loadable
+    assert header.training["steps"] == result.steps
+    assert case.parent.read_bytes() == before
+    folder = case.parent.parent
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "tiny-ft1.run",
+        "tiny-ft1.safetensors",
+        "tiny.safetensors",
+    ]  # no temporary or half-written file
+    assert widget.predict_task is None  # a stopped run is not shown automatically
+    assert "saved as a new version" in widget.taskbar.status.text()
+    assert "stopped early" in widget.info.text()
+    versions = model_history(case.parent)
+    assert [v.path for v in versions] == [case.parent, result.model]
+    assert versions[1].stopped_early
+    assert "(stopped)" in widget.history.list.item(1).text()
+    assert read_header(result.model).training["parent"]["path"] == str(case.parent)
+
+
+def test_missing_inputs_are_reported_not_raised(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    widget.taskbar.button.click()
+    assert widget.task is None
+    assert not widget.taskbar.running
+    assert "slide" in widget.taskbar.status.text()
