@@ -6,11 +6,13 @@ module name ``test_finetune`` and the test folders are not packages.)
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from finetune_case import make_case, open_in_viewer
+from finetune_case import NAMES, make_case, open_in_viewer
 
 from napari_msunet._napari._finetune import FinetuneWidget
 from napari_msunet._napari._model_history import is_bundled, model_history, version_target
+from napari_msunet._napari._reader import slide_layer
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.demo import default_model_path
 from napari_msunet.models.checkpoint import load_model, read_header
@@ -160,6 +162,39 @@ def test_cancel_mid_run_keeps_a_valid_version_and_no_broken_file(make_napari_vie
     assert versions[1].stopped_early
     assert "(stopped)" in widget.history.list.item(1).text()
     assert read_header(result.model).training["parent"]["path"] == str(case.parent)
+
+
+def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
+    """The corrected annotation as the Review widget keeps and shows it."""
+    from napari_msunet._napari._review_layers import store_layer_kwargs
+    from napari_msunet.io.annotation_store import AnnotationStore
+    from napari_msunet.io.slide import open_slide
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = slide_layer(open_slide(case.slide))
+    slide = viewer.add_image(data, **kwargs)
+    with open_slide(case.slide) as s:
+        store = AnnotationStore.create(
+            workspace_dir(case.slide) / "annotation", case.geojson, s, mpp=2.0, classes=NAMES
+        )
+    window = store.read_region(256, 256, 512, 512)
+    store.apply(256, 256, np.zeros_like(window))  # a corrected region: nothing there
+    levels = store.levels()
+    layer = viewer.add_labels(levels, multiscale=True, **store_layer_kwargs(store, slide))
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    assert widget.annotation_combo.currentData() is layer
+    widget.set_model_file(case.parent)
+    widget.steps.setValue(3)
+    widget.batch.setValue(2)
+    widget.device.setCurrentText("cpu")
+    widget.repredict.setChecked(False)
+    _run(widget, qtbot)
+    assert widget.result.steps == 3
+    used = read_header(widget.result.model).training["slides"][0]
+    assert used["annotation"] == str(store.mask_path)
+    assert used["regions"] == str(store.regions_path)
+    assert widget.info.text().startswith("Saved tiny-ft1.safetensors (3 steps)")
 
 
 def test_missing_inputs_are_reported_not_raised(make_napari_viewer, qtbot):
