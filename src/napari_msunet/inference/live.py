@@ -12,6 +12,10 @@ coarser levels of the same partial store, exactly as ``finalize`` will (``[::2, 
 what a viewer shows while the run goes on is what it will show afterwards. ``finalize``
 rebuilds those levels from level 0 anyway, so nothing here can change the final result.
 
+:func:`live_levels` gives a viewer array-likes for every level that work before the run
+(zeros), during it (the unfinished store) and after it (the published one), so a layer can be
+made once, when the user clicks Run, and only refreshed afterwards.
+
 Call :meth:`LivePyramid.update` from the thread that drives the prediction generator, between
 two of its records: the engine writes coarse levels only inside ``finalize``, which runs after
 its last batch, so the two never write the same arrays at the same time. No Qt here (the GUI
@@ -25,13 +29,14 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 from napari_msunet.errors import WriterError
-from napari_msunet.io.writers import partial_path
+from napari_msunet.io.writers import DEFAULT_CHUNK, default_n_levels, level_shapes, partial_path
 
-__all__ = ["LivePyramid"]
+__all__ = ["LiveLevel", "LivePyramid", "live_levels"]
 
 _DONE_LOG = "msunet-done.jsonl"  # the OmeZarrWriter's progress record
 
@@ -70,14 +75,9 @@ class LivePyramid:
         """Level-0 ``(Y, X)``."""
         return tuple(self._arrays[0].shape)
 
-    def levels(self) -> list[zarr.Array]:
-        """Read-only handles on every level, level 0 first, for a viewer.
-
-        Plain zarr arrays rather than dask: dask's cache (napari installs one) would keep
-        serving the blocks it read before they were filled in.
-        """
-        group = zarr.open_group(LocalStore(self.root, read_only=True), mode="r", zarr_format=3)
-        return [group[str(k)] for k in range(len(self._arrays))]
+    def levels(self) -> list[LiveLevel]:
+        """Views of every level for a viewer (see :func:`live_levels`)."""
+        return live_levels(self.path)
 
     def _new_regions(self) -> list[tuple[int, int, int, int]]:
         """Blocks recorded since the last call (only complete lines: the writer may be
@@ -120,3 +120,110 @@ class LivePyramid:
                     break
                 dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
         return regions
+
+
+def _n_levels(root: Path) -> int | None:
+    """Levels of the label store at ``root`` (unfinished or finished), ``None`` if absent."""
+    if not (root / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(LocalStore(root, read_only=True), mode="r", zarr_format=3)
+        return int(group.attrs["napari_msunet"]["n_levels"])
+    except Exception:
+        return None
+
+
+def live_levels(
+    labels: str | os.PathLike[str],
+    shape: tuple[int, int] | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> list[LiveLevel]:
+    """Views of every level of a label map, whatever state it is in, level 0 first.
+
+    A viewer can be given these before a prediction starts and keep them while it runs and
+    after: each read goes to the unfinished store (``<labels>.partial``) while it exists,
+    else to the finished one, else gives zeros. Level shapes come from whichever store
+    exists; when neither does yet, from ``shape`` (the output's level-0 ``(Y, X)``) and
+    ``chunk``, by the rules the engine's writer follows.
+
+    They are not dask arrays: dask's cache (napari installs one) would keep serving the
+    blocks it read before they were filled in.
+
+    Raises
+    ------
+    ValueError
+        When no store exists and ``shape`` is not given.
+    """
+    final = Path(labels)
+    partial = partial_path(final)
+    for root in (partial, final):
+        n = _n_levels(root)
+        if n is not None:
+            group = zarr.open_group(LocalStore(root, read_only=True), mode="r", zarr_format=3)
+            shapes = [tuple(group[str(k)].shape) for k in range(n)]
+            break
+    else:
+        if shape is None:
+            raise ValueError(f"{final}: no label map yet; pass its shape")
+        shapes = level_shapes(shape, default_n_levels(shape, chunk))
+    return [LiveLevel(partial, final, str(k), shapes[k]) for k in range(len(shapes))]
+
+
+class LiveLevel:
+    """One level of a label map that may be unwritten, being written, or finished (array-like).
+
+    Every read looks again at which store exists: the ``.partial`` one while a run writes it,
+    the final one after the writer has published it, none before a run (zeros). A store
+    whose level has another shape (made with other settings) reads as zeros rather than
+    as misplaced pixels.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, partial: Path, final: Path, key: str, shape: tuple[int, ...]) -> None:
+        self._roots = (partial, final)
+        self._key = key
+        self.shape: tuple[int, ...] = tuple(int(v) for v in shape)
+        self.ndim = len(self.shape)
+        self._root: Path | None = None
+        self._array: zarr.Array | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def source(self) -> Path | None:
+        """The store read now (``None``: none yet, or one of another shape)."""
+        for root in self._roots:
+            if (root / "zarr.json").is_file():
+                break
+        else:
+            root = None
+        if root != self._root:
+            self._root, self._array = root, None
+            if root is not None:
+                try:
+                    group = zarr.open_group(LocalStore(root, read_only=True), mode="r")
+                    array = group[self._key]
+                    if tuple(array.shape) == self.shape:
+                        self._array = array
+                except Exception:  # renamed away while opening: read zeros this time
+                    self._root = None
+        return self._root if self._array is not None else None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if self.source is None:
+            view = np.broadcast_to(np.zeros((), self.dtype), self.shape)[index]
+            return np.zeros(np.shape(view), self.dtype)
+        return self._array[index]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"LiveLevel({str(self.source)!r}, level {self._key}, shape={self.shape})"

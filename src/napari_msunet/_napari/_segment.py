@@ -1,0 +1,291 @@
+"""The Segment widget: run a model over a slide layer and watch the prediction appear.
+
+The widget only gathers settings; :func:`start_prediction` (shared with the Fine-tune widget)
+runs the engine in a worker and shows the growing Labels layer. Defaults are the ones a
+pathologist should not have to think about: the bundled model, the model's own µm/px, the
+device picked automatically, tile and batch size sized by the engine (under "Advanced").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msunet._napari._predict_run import (
+    PredictionRun,
+    prediction_layers,
+    start_prediction,
+    visible_region,
+    warm_up,
+)
+from napari_msunet._napari._tasks import Task, TaskBar
+from napari_msunet.errors import MsunetError
+
+__all__ = ["SegmentWidget", "prediction_layers", "start_prediction", "visible_region"]
+
+
+def _meta(layer: Any) -> dict[str, Any]:
+    return getattr(layer, "metadata", {}).get("napari_msunet", {}) or {}
+
+
+def _devices() -> list[str]:
+    """``auto`` and ``cpu``, plus the accelerators this torch build can use here."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: slide, model, resolution, device and tiling, then Run / Cancel."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.header: Any = None
+        self.last_run: PredictionRun | None = None
+
+        self.slide_combo = QComboBox()
+        self.slide_combo.setToolTip("The slide to segment (opened with the napari-msunet reader).")
+
+        self.model_edit = QLineEdit()
+        self.model_edit.setToolTip("Model file (.safetensors); the bundled default is preselected.")
+        self.model_edit.editingFinished.connect(self._model_changed)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        default = QPushButton("Default")
+        default.setToolTip("Use the bundled model (MS U-Net trained on EBHI-Seg)")
+        default.clicked.connect(self._use_default_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_edit, 1)
+        model_row.addWidget(browse)
+        model_row.addWidget(default)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setDecimals(3)
+        self.mpp_spin.setRange(0.05, 64.0)
+        self.mpp_spin.setSingleStep(0.25)
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setToolTip(
+            "Resolution the model sees. Its own (from its file) is the default: other values "
+            "change the scale of the tissue the model was trained on."
+        )
+
+        self.view_only = QCheckBox("Current view only")
+        self.view_only.setToolTip("Predict just the region shown on the canvas: a quick look.")
+        self.overwrite = QCheckBox("Replace an existing prediction")
+        self.overwrite.setToolTip(
+            "Recompute even when this model's finished prediction exists (otherwise it is "
+            "shown as is, and an interrupted one is resumed)."
+        )
+
+        # advanced settings, folded away
+        self.advanced_button = QToolButton()
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.toggled.connect(self._toggle_advanced)
+        self.advanced = QWidget()
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_devices())
+        self.device_combo.setToolTip("auto: a CUDA or Apple GPU when there is one, else the CPU.")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "Output tile side in working pixels, a multiple of the model's alignment. auto: "
+            "1024 on CPU, the largest that fits half the free memory on a GPU."
+        )
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(0, 64)
+        self.batch_spin.setSpecialValueText("auto")
+        self.batch_spin.setToolTip("Tiles per forward pass. auto: 1 on CPU, what fits on a GPU.")
+        adv = QFormLayout(self.advanced)
+        adv.setContentsMargins(12, 0, 0, 0)
+        adv.addRow("Device", self.device_combo)
+        adv.addRow("Tile size", self.tile_spin)
+        adv.addRow("Batch size", self.batch_spin)
+        self.advanced.setVisible(False)
+
+        self.taskbar = TaskBar("Run", self.run)
+        self.output_label = QLabel("")
+        self.output_label.setWordWrap(True)
+        self.output_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("Model", model_row)
+        form.addRow("", self.model_info)
+        form.addRow("Resolution", self.mpp_spin)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.view_only)
+        layout.addWidget(self.overwrite)
+        layout.addWidget(self.advanced_button)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self.taskbar)
+        layout.addWidget(self.output_label)
+        layout.addStretch(1)
+
+        events = self.viewer.layers.events
+        events.inserted.connect(self._refresh_slides)
+        events.removed.connect(self._refresh_slides)
+        events.reordered.connect(self._refresh_slides)
+        self._refresh_slides()
+        self._use_default_model()
+        warm_up()  # napari's first Labels layer is slow to make; prepare it in the background
+
+    # ------------------------------------------------------------------ inputs
+    def _refresh_slides(self, event: Any = None) -> None:
+        """List the slide layers; keep the selection, else pick the newest slide."""
+        current = self.slide_combo.currentData()
+        slides = [ly for ly in self.viewer.layers if _meta(ly).get("kind") == "slide"]
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        for layer in slides:
+            self.slide_combo.addItem(layer.name, layer)
+        keep = slides.index(current) if current in slides else len(slides) - 1
+        self.slide_combo.setCurrentIndex(keep)
+        self.slide_combo.blockSignals(False)
+
+    def slide_layer(self) -> Any:
+        """The selected slide layer, or ``None``."""
+        return self.slide_combo.currentData()
+
+    def _use_default_model(self) -> None:
+        from napari_msunet.demo import default_model_path
+
+        try:
+            self.set_model(default_model_path())
+        except MsunetError as exc:
+            self.model_info.setText(str(exc))
+
+    def _browse(self) -> None:
+        start = str(Path(self.model_edit.text()).parent) if self.model_edit.text() else ""
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a model file", start, "Model files (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.set_model(path)
+
+    def set_model(self, path: str | Path) -> None:
+        """Use the model file ``path``: show its classes and µm/px, make that the resolution."""
+        self.model_edit.setText(str(path))
+        self._model_changed()
+
+    def _model_changed(self) -> None:
+        from napari_msunet.models.checkpoint import read_header
+
+        text = self.model_edit.text().strip()
+        self.header = None
+        if not text:
+            self.model_info.setText("Choose a model file.")
+            return
+        try:
+            header = read_header(Path(text).expanduser())  # the JSON header only: fast
+        except MsunetError as exc:
+            self.model_info.setText(f"<span style='color:#e05050'>{exc}</span>")
+            return
+        self.header = header
+        classes = ", ".join(header.class_names[1:]) or "(none)"
+        self.model_info.setText(
+            f"{header.architecture}; classes: {classes}; trained at "
+            f"{header.input_um_per_px:g} µm/px"
+        )
+        self.mpp_spin.setValue(header.input_um_per_px)
+
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        arrow = Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow
+        self.advanced_button.setArrowType(arrow)
+
+    def config(self) -> Any:
+        """The :class:`~napari_msunet.inference.config.InferenceConfig` the widget describes."""
+        from napari_msunet.inference.config import AUTO, InferenceConfig
+
+        return InferenceConfig(
+            target_mpp=round(self.mpp_spin.value(), 6),
+            tile=self.tile_spin.value() or AUTO,
+            batch_size=self.batch_spin.value() or AUTO,
+            device=self.device_combo.currentText(),
+        )
+
+    # ------------------------------------------------------------------ running
+    def _fail(self, text: str) -> None:
+        self.taskbar.status.setText(text)
+        show_error(text)
+
+    def run(self) -> Task | None:
+        """Start the prediction the widget describes (the Run button); ``None`` if refused."""
+        layer = self.slide_layer()
+        if layer is None:
+            self._fail("Open a slide first (File > Open, or File > Open Sample > napari-msunet).")
+            return None
+        if self.header is None:
+            self._fail(f"Cannot use the model: {self.model_info.text() or 'none chosen'}")
+            return None
+        try:
+            config = self.config()
+        except MsunetError as exc:
+            self._fail(str(exc))
+            return None
+        region = visible_region(self.viewer, layer) if self.view_only.isChecked() else None
+        self.output_label.setText("")
+        return start_prediction(
+            self.viewer,
+            layer,
+            Path(self.model_edit.text().strip()).expanduser(),
+            region=region,
+            config=config,
+            on_done=self._done,
+            overwrite=self.overwrite.isChecked(),
+        )
+
+    def _done(self, run: PredictionRun) -> None:
+        self.last_run = run
+        if run.reused:
+            text = "Showing the finished prediction (tick 'Replace…' to recompute)."
+        elif run.completed:
+            r = run.result
+            text = (
+                f"Done: {r.tiles_computed} tiles computed"
+                + (f", {r.tiles_resumed} resumed" if r.tiles_resumed else "")
+                + f" in {r.timings.get('total', 0):.1f} s on {r.device.split(', amp')[0]}."
+            )
+        else:
+            r = run.result
+            text = (
+                f"Cancelled after {r.tiles_computed + r.tiles_resumed} of {r.tiles_total} "
+                "tiles; Run again to resume."
+            )
+        if run.completed:
+            self.taskbar.status.setText("Finished.")
+        self.output_label.setText(f"{text}\nSaved in {run.folder}")
