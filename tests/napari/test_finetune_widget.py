@@ -111,6 +111,7 @@ def test_finetune_saves_a_new_version_and_repredicts_the_view(make_napari_viewer
     assert widget.predict_task.error is None
     models = [ly.metadata["napari_msunet"]["model"] for ly in _predictions(viewer)]
     assert str(new) in models
+    assert widget.info.text() == "The current view is predicted with tiny-ft1.safetensors."
     # history: the parent and its version, with what their headers say
     assert widget.history_paths() == [case.parent, new]
     assert "6 steps" in widget.history.list.item(1).text()

@@ -358,8 +358,10 @@ class FinetuneWidget(QWidget):
             return result
 
         self.plot.clear(total=settings["steps"])
-        where = "corrected regions" if regions else "the whole annotation"
-        self.info.setText(f"Training on {where} of {annotation.name}; will save {target.name}.")
+        where = "the corrected regions" if regions else "all"
+        choice = self.annotation_combo.currentData()
+        name = getattr(choice, "name", annotation.name)
+        self.info.setText(f"Training on {where} of {name}; will save {target.name}.")
         # A full garbage collection of napari's ~700k objects holds the GIL for 0.3-0.6 s,
         # and the worker's allocations (model, batches, dask graphs) would trigger one early
         # in the run: the window would freeze. Objects that exist now are long-lived (the
@@ -410,12 +412,15 @@ class FinetuneWidget(QWidget):
             return None
         region = visible_region(self.viewer, layer)
         self.predict_task = start_prediction(self.viewer, layer, Path(model), region=region)
-        self.predict_task.listeners.append(self._predicted)
+        self.predict_task.listeners.append(lambda task: self._predicted(task, Path(model)))
         return self.predict_task
 
-    def _predicted(self, task: Task) -> None:
-        if task.done:
-            self.refresh_history()
+    def _predicted(self, task: Task, model: Path) -> None:
+        if not task.done:
+            return
+        self.refresh_history()
+        if task.error is None and not task.cancelled:
+            self.info.setText(f"The current view is predicted with {model.name}.")
 
     # ------------------------------------------------------------------ history
     def refresh_history(self) -> None:

@@ -39,6 +39,8 @@ class ModelHistoryPanel(QGroupBox):
         super().__init__("Model history", parent)
         self.list = QListWidget()
         self.list.setMinimumHeight(90)
+        self.list.setWordWrap(True)  # long names wrap instead of scrolling sideways
+        self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.list.itemDoubleClicked.connect(lambda _item: self.request_use())
         self.use_button = QPushButton("Use this model")
         self.use_button.setToolTip("Predict the current view with the selected version")

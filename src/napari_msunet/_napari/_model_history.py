@@ -52,18 +52,18 @@ class ModelVersion:
         return self.planned is not None and self.steps is not None and self.steps < self.planned
 
     def label(self) -> str:
-        """One line for the history list: name, date, steps, parent."""
-        parts = [self.path.name, self.time.strftime("%Y-%m-%d %H:%M")]
+        """Two lines for the history list: name and steps; date and parent."""
+        first = self.path.name
         if self.number == 0:
-            parts.append("original")
+            first += " · original"
         elif self.steps is not None:
-            steps = f"{self.steps} steps"
+            first += f" · {self.steps} steps"
             if self.stopped_early:
-                steps += f" of {self.planned} (stopped)"
-            parts.append(steps)
+                first += f" of {self.planned} (stopped)"
+        second = self.time.strftime("%Y-%m-%d %H:%M")
         if self.parent is not None:
-            parts.append(f"from {self.parent.name}")
-        return " · ".join(parts)
+            second += f" · from {self.parent.name}"
+        return f"{first}\n{second}"
 
 
 def is_bundled(model: str | os.PathLike[str]) -> bool:
