@@ -15,6 +15,8 @@ from napari_msunet._napari._model_history import is_bundled, model_history, vers
 from napari_msunet._napari._reader import slide_layer
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.demo import default_model_path
+from napari_msunet.errors import AnnotationError
+from napari_msunet.io.slide import open_slide
 from napari_msunet.models.checkpoint import load_model, read_header
 
 TIMEOUT = 180_000  # ms; the machine is shared with a long training job
@@ -169,7 +171,6 @@ def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
     """The corrected annotation as the Review widget keeps and shows it."""
     from napari_msunet._napari._review_layers import store_layer_kwargs
     from napari_msunet.io.annotation_store import AnnotationStore
-    from napari_msunet.io.slide import open_slide
 
     viewer = make_napari_viewer()
     data, kwargs, _ = slide_layer(open_slide(case.slide))
@@ -196,6 +197,24 @@ def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
     assert used["annotation"] == str(store.mask_path)
     assert used["regions"] == str(store.regions_path)
     assert widget.info.text().startswith("Saved tiny-ft1.safetensors (3 steps)")
+
+
+def test_a_failing_run_is_shown_and_writes_no_model(make_napari_viewer, case, qtbot):
+    """The bundled model knows Background/Gland; this GeoJSON has other classes."""
+    viewer = make_napari_viewer()
+    data, kwargs, _ = slide_layer(open_slide(case.slide))
+    viewer.add_image(data, **kwargs)
+    widget = FinetuneWidget(viewer)
+    widget.set_annotation_file(case.geojson)
+    assert widget.parent_model() == default_model_path()
+    widget.device.setCurrentText("cpu")
+    widget.taskbar.button.click()
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert isinstance(widget.task.error, AnnotationError)
+    assert widget.taskbar.status.text().startswith("Failed:")
+    assert "Germinal centre" in widget.info.text() or "Sinus" in widget.info.text()
+    assert not list((workspace_dir(case.slide) / "models").glob("*.safetensors"))
+    assert widget.result is None
 
 
 def test_missing_inputs_are_reported_not_raised(make_napari_viewer, qtbot):
