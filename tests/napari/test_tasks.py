@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 from napari_msunet._napari._tasks import TaskBar, describe_progress, start_task
@@ -33,10 +34,12 @@ def test_task_runs_to_completion_and_returns(qtbot):
 def test_cancel_stops_at_next_step_and_keeps_the_return_value(qtbot):
     task = start_task(lambda stop: _counting(stop, 1000, 0.01), "Counting")
     qtbot.waitUntil(lambda: task.last is not None and task.last.done >= 3, timeout=10_000)
+    assert gc.get_freeze_count() > 0  # no full collections stall the window during a run
     task.cancel()
     qtbot.waitUntil(lambda: task.done, timeout=10_000)
     assert task.cancelled
     assert 3 <= task.result < 1000
+    assert gc.get_freeze_count() == 0
 
 
 def test_errors_reach_the_widget_with_their_message(qtbot):

@@ -16,7 +16,6 @@ No compute here: the widget gathers paths and settings, the core does the work.
 from __future__ import annotations
 
 import contextlib
-import gc
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,11 +157,6 @@ class FinetuneWidget(QWidget):
             self._run,
             cancelled_text="Cancelled; the steps done so far are saved as a new version.",
         )
-        # the progress bar appearing must not widen the dock: that would resize (and
-        # repaint) the napari canvas as the run starts
-        policy = self.taskbar.bar.sizePolicy()
-        policy.setRetainSizeWhenHidden(True)
-        self.taskbar.bar.setSizePolicy(policy)
         self.plot = LossPlot(self)
         self.info = QLabel("")
         self.info.setWordWrap(True)
@@ -362,18 +356,12 @@ class FinetuneWidget(QWidget):
         choice = self.annotation_combo.currentData()
         name = getattr(choice, "name", annotation.name)
         self.info.setText(f"Training on {where} of {name}; will save {target.name}.")
-        # A full garbage collection of napari's ~700k objects holds the GIL for 0.3-0.6 s,
-        # and the worker's allocations (model, batches, dask graphs) would trigger one early
-        # in the run: the window would freeze. Objects that exist now are long-lived (the
-        # viewer, the layers, torch); freezing them keeps collections small during the run.
-        gc.freeze()
         self.task = start_task(
             make,
             f"Fine-tuning {parent.name}",
             on_yield=self._on_step,
             on_return=self._on_done,
             on_error=lambda exc: self.info.setText(f"Fine-tuning failed: {exc}"),
-            on_finish=lambda _task: gc.unfreeze(),
         )
         return self.task
 

@@ -13,6 +13,7 @@ The GUI thread only receives signals here; nothing in this module computes.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -24,6 +25,24 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 __all__ = ["Task", "TaskBar", "describe_progress", "start_task"]
+
+# How many tasks run now; while any does, the objects that existed at its start are frozen out
+# of garbage collection (see start_task).
+_gc_holds = 0
+
+
+def _hold_gc() -> None:
+    global _gc_holds
+    if _gc_holds == 0:
+        gc.freeze()
+    _gc_holds += 1
+
+
+def _release_gc() -> None:
+    global _gc_holds
+    _gc_holds = max(0, _gc_holds - 1)
+    if _gc_holds == 0:
+        gc.unfreeze()
 
 
 def describe_progress(record: Any) -> tuple[int | None, int | None, str]:
@@ -139,6 +158,7 @@ def start_task(
 
     def finished():
         task.done = True
+        _release_gc()
         if task.bar is not None:
             task.bar.close()
             task.bar = None
@@ -153,6 +173,12 @@ def start_task(
     worker.returned.connect(returned)
     worker.errored.connect(errored)
     worker.finished.connect(finished)
+    # A full garbage collection over napari's ~700k objects holds the GIL for 0.3-0.6 s, and
+    # the worker's allocations (models, batches, dask graphs) trigger one early in a run: the
+    # window would freeze. What exists now (viewer, layers, torch) is long-lived; freezing it
+    # keeps collections small until the last running task finishes (measured by the
+    # fine-tune widget's event-loop test).
+    _hold_gc()
     worker.start()
     return task
 
@@ -181,9 +207,15 @@ class TaskBar(QWidget):
         self.button = QPushButton(label)
         self.button.clicked.connect(self._clicked)
         self.bar = QProgressBar()
+        # the bar appearing or the status growing must not relayout the dock: that resizes
+        # and repaints the napari canvas as a run starts
+        policy = self.bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.bar.setSizePolicy(policy)
         self.bar.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
