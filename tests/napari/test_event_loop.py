@@ -3,7 +3,8 @@
 A real prediction runs from the Segment widget's Run button (worker thread, reader and writer
 threads, the live pyramid, the growing Labels layer and its throttled redraws on the GUI
 thread) while a QTimer ticks every 10 ms on the GUI thread. The largest gap between two ticks
-while the worker runs is how long the GUI was unable to react; it must stay under 100 ms.
+while the worker runs is how long the GUI was unable to react; it must stay under 100 ms
+(less the time the OS kept the GUI thread waiting for a core: see ``event_loop_probe``).
 
 The click itself makes the prediction layer and napari draws it (layer list row, controls,
 canvas): a fraction of a second of napari's own work, as when any layer is opened. That is
@@ -13,20 +14,21 @@ then on, while the worker loads the model and computes every tile, the bound hol
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
-from qtpy.QtCore import QTimer
+from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe
 from qtpy.QtWidgets import QApplication
 from segment_case import make_case
 
 from napari_msunet._napari._predict_run import prediction_layers, warm_up
 from napari_msunet._napari._segment import SegmentWidget
 
-MAX_GAP_S = 0.100
 
-
-def test_gui_stays_responsive_during_inference(make_napari_viewer, qtbot, tmp_path):
+def test_gui_stays_responsive_during_inference(
+    make_napari_viewer, qtbot, tmp_path, record_property
+):
     case = make_case(tmp_path)
     viewer = make_napari_viewer(show=True)  # drawn for real, so redraws cost what they cost
     viewer.open(str(case.slide), plugin="napari-msunet")
@@ -36,38 +38,34 @@ def test_gui_stays_responsive_during_inference(make_napari_viewer, qtbot, tmp_pa
     widget.tile_spin.setValue(64)  # about 70 tiles: seconds of work on two busy cores
     widget.device_combo.setCurrentText("cpu")
     qtbot.waitUntil(warm_up().is_set, timeout=60_000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the GUI thread needs a core of the two; more threads only spin
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    probe = EventLoopProbe()
     try:
-        timer.start()
+        probe.run()
         qtbot.wait(200)  # the timer runs steadily before the work starts
         t0 = time.perf_counter()
         widget.taskbar.button.click()  # makes the layer, starts the worker
         QApplication.processEvents()  # napari draws the new layer: the click's visible reaction
         click = time.perf_counter() - t0
         task = widget.taskbar.task
-        start = time.perf_counter()
+        probe.mark_start()
         qtbot.waitUntil(lambda: task.done, timeout=120_000)
-        end = time.perf_counter()
+        probe.mark_end()
         qtbot.wait(50)
     finally:
-        timer.stop()
-        torch.set_num_threads(threads)
+        probe.stop()
     assert task.error is None
+    # the task runner left a core to the GUI thread (torch would take them all)
+    assert torch.get_num_threads() <= max(1, (os.cpu_count() or 1) - 1)
     run = task.result
     assert run.completed
     assert run.result.tiles_computed >= 50  # seconds of real work, not a blink
     assert prediction_layers(viewer) == [run.layer]
-    during = [t for t in ticks if start <= t <= end]
-    gaps = [b - a for a, b in zip([start, *during], [*during, end], strict=True)]
-    worst = max(gaps)
+    gaps = probe.gaps()
+    record_property("max_event_loop_gap_ms", round(gaps.raw * 1000, 1))
+    record_property("max_event_loop_gap_less_run_queue_ms", round(gaps.ours * 1000, 1))
     print(
-        f"\nRun click (makes and draws the layer): {click * 1000:.0f} ms; then {len(during)} "
-        f"ticks over {end - start:.1f} s of prediction ({run.result.tiles_computed} tiles), "
-        f"max gap {worst * 1000:.0f} ms"
+        f"\nRun click (makes and draws the layer): {click * 1000:.0f} ms; then prediction "
+        f"({run.result.tiles_computed} tiles): {gaps.describe()}"
     )
-    assert worst < MAX_GAP_S, f"the GUI stalled for {worst * 1000:.0f} ms"
+    assert gaps.ours < MAX_GAP_S, f"the GUI stalled for {gaps.ours * 1000:.0f} ms"
+    assert gaps.raw < MAX_RAW_GAP_S, f"the GUI stalled for {gaps.raw * 1000:.0f} ms (raw)"

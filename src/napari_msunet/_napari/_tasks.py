@@ -38,6 +38,22 @@ def _hold_gc() -> None:
     _gc_holds += 1
 
 
+def _leave_a_core_for_the_gui() -> None:
+    """Let torch's CPU thread pool use every core but one while the GUI runs work.
+
+    On a 2-core laptop torch would otherwise take both cores for a forward pass and the GUI
+    thread would wait for one (the inference event-loop test measured the stalls). Set once,
+    process-wide, only when torch is already loaded and uses every core.
+    """
+    import os
+    import sys
+
+    torch = sys.modules.get("torch")
+    cores = os.cpu_count() or 1
+    if torch is not None and cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
 def _release_gc() -> None:
     global _gc_holds
     _gc_holds = max(0, _gc_holds - 1)
@@ -179,6 +195,7 @@ def start_task(
     # keeps collections small until the last running task finishes (measured by the
     # fine-tune widget's event-loop test).
     _hold_gc()
+    _leave_a_core_for_the_gui()
     worker.start()
     return task
 
