@@ -224,3 +224,25 @@ def test_missing_inputs_are_reported_not_raised(make_napari_viewer, qtbot):
     assert widget.task is None
     assert not widget.taskbar.running
     assert "slide" in widget.taskbar.status.text()
+
+
+def test_nothing_corrected_yet_is_explained_not_run(make_napari_viewer, case, qtbot):
+    """A review store without any corrected region: say what to do, start nothing."""
+    from napari_msunet._napari._review_layers import store_layer_kwargs
+    from napari_msunet.io.annotation_store import AnnotationStore
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = slide_layer(open_slide(case.slide))
+    slide = viewer.add_image(data, **kwargs)
+    with open_slide(case.slide) as s:
+        store = AnnotationStore.create(
+            workspace_dir(case.slide) / "annotation", case.geojson, s, mpp=2.0, classes=NAMES
+        )
+    viewer.add_labels(store.levels(), multiscale=True, **store_layer_kwargs(store, slide))
+    widget = FinetuneWidget(viewer)
+    widget.set_model_file(case.parent)
+    widget.taskbar.button.click()
+    assert widget.task is None
+    assert not widget.taskbar.running
+    assert "No region has been corrected yet" in widget.taskbar.status.text()
+    assert list(case.parent.parent.glob("*-ft*.safetensors")) == []

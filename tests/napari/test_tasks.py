@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import time
 
+import numpy as np
+
 from napari_msunet._napari._tasks import TaskBar, describe_progress, start_task
 from napari_msunet.inference.progress import Progress
 
@@ -73,3 +75,34 @@ def test_describe_progress_reads_training_steps():
 
     step = TrainStep(0, 3, 3, 10, 0.5, 0.5, 0.0, 0.0, 0.1)
     assert describe_progress(step)[:2] == (3, 10)
+
+
+def test_records_reach_the_widget_in_order(qtbot):
+    # napari's progress bar processes events inside the yielded handler; records must still
+    # arrive at the widget in the order they were yielded
+    seen = []
+    task = start_task(lambda stop: _counting(stop, 200, 0.0005), "Counting", on_yield=seen.append)
+    qtbot.waitUntil(lambda: task.done, timeout=20_000)
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert len(seen) == 200
+
+
+def test_taskbar_says_done_when_the_widget_wrote_nothing(qtbot):
+    bar = TaskBar("Run", lambda: start_task(lambda stop: _counting(stop, 5, 0.001), "Count"))
+    qtbot.addWidget(bar)
+    bar.button.click()
+    qtbot.waitUntil(lambda: not bar.running, timeout=10_000)
+    assert bar.status.text() == "Done."
+
+
+def test_same_layer_sees_through_napari_proxies(make_napari_viewer):
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_msunet._napari._layers import same_layer
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((4, 4), np.uint8))
+    proxied = PublicOnlyProxy(viewer)
+    assert proxied.layers[0] is not layer
+    assert same_layer(proxied.layers[0], layer)
+    assert not same_layer(None, layer)

@@ -42,6 +42,7 @@ from napari_msunet._napari._layers import (
     is_slide,
     layer_pyramid,
     plugin_meta,
+    same_layer,
     slide_path_of,
 )
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
@@ -289,7 +290,7 @@ class CompareWidget(QWidget):
         if truth is None:
             return None
         truth_arg, truth_name, truth_slide = truth
-        if self.annotation.current_layer() is pred:
+        if same_layer(self.annotation.current_layer(), pred):
             self._refuse("The prediction and the annotation are the same layer.")
             return None
         slide_layer = self.slide.current_layer()

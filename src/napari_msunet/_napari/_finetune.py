@@ -48,6 +48,7 @@ from napari_msunet._napari._finetune_inputs import (
     prediction_layers,
 )
 from napari_msunet._napari._history_panel import ModelHistoryPanel
+from napari_msunet._napari._layers import same_layer
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
@@ -206,8 +207,9 @@ class FinetuneWidget(QWidget):
     def _current_prediction(self) -> Any | None:
         active = self.viewer.layers.selection.active
         predictions = self._prediction_layers()
-        if active is not None and any(active is p for p in predictions):
-            return active
+        for p in predictions:
+            if same_layer(active, p):
+                return p
         return predictions[-1] if predictions else None
 
     def _layers_changed(self, _event: Any = None) -> None:
@@ -335,6 +337,13 @@ class FinetuneWidget(QWidget):
         except (ValueError, OSError) as exc:
             self._fail(str(exc))
             return None
+        if regions is not None and _no_regions(regions):
+            self._fail(
+                f"No region has been corrected yet ({regions.name} is empty): correct at least "
+                "one region in 'Review and correct' first, or pick the annotation itself to "
+                "fine-tune on all of it."
+            )
+            return None
         spec = SlideSpec(slide, annotation, regions=regions)
         settings = {
             "steps": self.steps.value(),
@@ -449,3 +458,15 @@ class FinetuneWidget(QWidget):
             self._fail("Select a model version in the history first.")
             return None
         return self.use_model(path)
+
+
+def _no_regions(path: Path) -> bool:
+    """Whether a corrected-regions GeoJSON exists but holds no feature (nothing reviewed)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False  # the core reads it and names the problem
+    features = data.get("features") if isinstance(data, dict) else data
+    return isinstance(features, list) and not features

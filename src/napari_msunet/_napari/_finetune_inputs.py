@@ -92,7 +92,10 @@ def annotation_items(
             continue
         own = m.get("slide") or m.get("slide_path")
         other_slide = slide is not None and own is not None and Path(own) != slide
-        ranked.append(((m.get("kind") != "annotation") * 2 + other_slide, layer))
+        # corrected annotations (a review store, with its regions) first, then other
+        # annotations, then any labels with a file; this slide's before other slides'
+        rank = 0 if m.get("regions") else 2 if m.get("kind") == "annotation" else 4
+        ranked.append((rank + other_slide, layer))
     ranked.sort(key=lambda r: r[0])
     items: Items = [(ly.name, ly) for _, ly in ranked]
     items += [(f"{p.name} (file)", p) for p in files]

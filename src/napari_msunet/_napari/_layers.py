@@ -41,6 +41,19 @@ def plugin_meta(layer: Layer | None) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy`` (dock widgets get a proxied viewer, whose
+    layers are proxies too: ``is`` between a proxy and the layer itself is False)."""
+    while hasattr(obj, "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj
+
+
+def same_layer(a: Any, b: Any) -> bool:
+    """Whether two references, proxied or not, are the same layer."""
+    return a is not None and unwrap(a) is unwrap(b)
+
+
 def is_slide(layer: Layer) -> bool:
     """Whether ``layer`` is a slide opened by our reader (or an RGB image with a path)."""
     return isinstance(layer, Image) and plugin_meta(layer).get("kind") == "slide"

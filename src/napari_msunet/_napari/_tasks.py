@@ -143,11 +143,15 @@ def start_task(
 
     def yielded(record):
         task.last = record
+        # the widget first: napari's progress bar below calls processEvents, so later
+        # records (even `finished`) can be handled inside it, and they must reach the widget
+        # after this one (a loss plot would otherwise draw steps out of order)
+        if on_yield is not None:
+            on_yield(record)
+        for fn in task.listeners:
+            fn(task)
         done, total, text = describe_progress(record)
-        # napari's progress widgets call processEvents, so later records and even `finished`
-        # can be handled inside this call: keep a local reference, and never reopen a bar
-        # for a record that arrives after the end
-        if total and not task.done:
+        if total and not task.done:  # never reopen a bar for a record after the end
             bar = task.bar
             if bar is None:
                 bar = task.bar = progress(total=total, desc=description)
@@ -156,10 +160,6 @@ def start_task(
             bar.set_description(f"{description}: {text}")
             if not task.done:  # `finished` may have closed it inside set_description
                 bar.refresh()
-        if on_yield is not None:
-            on_yield(record)
-        for fn in task.listeners:
-            fn(task)
 
     def returned(value):
         task.result = value
@@ -220,6 +220,7 @@ class TaskBar(QWidget):
         super().__init__(parent)
         self._label, self._run = label, run
         self._cancelled_text = cancelled_text
+        self._progress_text = ""
         self.task: Task | None = None
         self.button = QPushButton(label)
         self.button.clicked.connect(self._clicked)
@@ -269,9 +270,13 @@ class TaskBar(QWidget):
                 self.status.setText(f"Failed: {task.error}")
             elif task.cancelled:
                 self.status.setText(self._cancelled_text)
+            elif self.status.text() == self._progress_text:
+                # the widget wrote no result line of its own: do not leave "step 5/6" there
+                self.status.setText("Done.")
             return
         done, total, text = describe_progress(task.last)
         if total:
             self.bar.setRange(0, total)
             self.bar.setValue(done)
+        self._progress_text = text
         self.status.setText(text)
