@@ -146,7 +146,7 @@ def noisy_pairs(train: list[ImagePair], exp: dict, out: Path) -> list[ImagePair]
         return result
     folder.mkdir(parents=True, exist_ok=True)
     totals = {"regions": 0, "dropped": 0, "vanished": 0, "changed_pixels": 0, "pixels": 0}
-    fg_before = fg_after = 0
+    fg_before = fg_after = inter = union = 0
     for i, p in enumerate(train):
         with Image.open(p.mask) as m:
             mask = np.asarray(m).astype(np.uint8)
@@ -155,29 +155,21 @@ def noisy_pairs(train: list[ImagePair], exp: dict, out: Path) -> list[ImagePair]
         for k in ("regions", "dropped", "vanished", "changed_pixels"):
             totals[k] += getattr(rep, k)
         totals["pixels"] += mask.size
-        fg_before += int((mask > 0).sum())
-        fg_after += int((noisy > 0).sum())
+        clean, dirty = mask > 0, noisy > 0
+        fg_before += int(clean.sum())
+        fg_after += int(dirty.sum())
+        inter += int((clean & dirty).sum())
+        union += int((clean | dirty).sum())
     totals.update(
         noise=noise.to_dict(),
         seed=seed,
         images=len(train),
         foreground_before=fg_before,
         foreground_after=fg_after,
-        label_agreement_iou=_iou_note(train, folder),
+        label_agreement_iou=inter / union if union else float("nan"),
     )
     report.write_text(json.dumps(totals, indent=2))
     return result
-
-
-def _iou_note(train: list[ImagePair], folder: Path) -> float:
-    """Pooled foreground IoU of the corrupted vs the clean training masks."""
-    inter = union = 0
-    for p in train:
-        with Image.open(p.mask) as a, Image.open(folder / f"{p.stem}.png") as b:
-            ma, mb = np.asarray(a) > 0, np.asarray(b) > 0
-        inter += int((ma & mb).sum())
-        union += int((ma | mb).sum())
-    return inter / union if union else float("nan")
 
 
 # ---------------------------------------------------------------------------- running
