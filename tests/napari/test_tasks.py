@@ -106,3 +106,15 @@ def test_same_layer_sees_through_napari_proxies(make_napari_viewer):
     assert proxied.layers[0] is not layer
     assert same_layer(proxied.layers[0], layer)
     assert not same_layer(None, layer)
+
+
+def test_a_core_that_yields_faster_than_the_bar_draws(make_napari_viewer, qtbot):
+    """Thousands of records with no pause: the bar shows the newest, nothing recurses."""
+    make_napari_viewer()  # its activity dock draws each progress bar (and processes events)
+    seen = []
+    task = start_task(lambda stop: _counting(stop, 3000, 0.0), "Counting", on_yield=seen.append)
+    qtbot.waitUntil(lambda: task.done, timeout=60_000)
+    assert task.error is None
+    assert task.result == 3000
+    assert [p.done for p in seen] == list(range(1, 3001))
+    assert task.bar is None  # closed at the end, none left open

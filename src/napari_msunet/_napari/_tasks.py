@@ -95,6 +95,7 @@ class Task:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
+    showing: bool = False  # the progress bar is being updated (see _show_on_bar)
     listeners: list[Callable[[Task], None]] = field(default_factory=list)
 
     def cancel(self) -> None:
@@ -104,6 +105,28 @@ class Task:
     @property
     def cancelled(self) -> bool:
         return self.stop.is_set()
+
+
+def _show_on_bar(task: Task, description: str) -> None:
+    """Move the napari progress bar to the newest record, until no newer one arrives."""
+    shown = None
+    while task.last is not shown and not task.done:  # never reopen a bar after the end
+        shown = task.last
+        done, total, text = describe_progress(shown)
+        if not total:
+            return
+        bar = task.bar
+        if bar is None:
+            bar = progress(total=total, desc=description)
+            if task.done:  # `finished` ran inside the bar's creation: it had none to close
+                bar.close()
+                return
+            task.bar = bar
+        bar.total = total
+        bar.n = done
+        bar.set_description(f"{description}: {text}")
+        if not task.done:  # `finished` may have closed it inside set_description
+            bar.refresh()
 
 
 def start_task(
@@ -150,16 +173,16 @@ def start_task(
             on_yield(record)
         for fn in task.listeners:
             fn(task)
-        done, total, text = describe_progress(record)
-        if total and not task.done:  # never reopen a bar for a record after the end
-            bar = task.bar
-            if bar is None:
-                bar = task.bar = progress(total=total, desc=description)
-            bar.total = total
-            bar.n = done
-            bar.set_description(f"{description}: {text}")
-            if not task.done:  # `finished` may have closed it inside set_description
-                bar.refresh()
+        if task.showing:
+            # re-entered from the bar's own processEvents: the outer call shows task.last
+            # when it gets control back (creating a bar per nested record recursed without
+            # end when a fast core yielded faster than the activity dock could draw)
+            return
+        task.showing = True
+        try:
+            _show_on_bar(task, description)
+        finally:
+            task.showing = False
 
     def returned(value):
         task.result = value
