@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from napari_msunet.io.mosaic import EBHI_UM_PER_PX
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         train_pairs, _ = stratified_split(find_pairs(args.data), 0.2, 0)
         sources["EBHI-Seg folder (JPEG 224 px)"] = (
             FolderDataset(train_pairs, size, label_map={}, seed=0),
-            {"class_names": ("Background", "Gland"), "mpp": 0.27},
+            {"class_names": ("Background", "Gland"), "mpp": EBHI_UM_PER_PX},
         )
     args.workdir.mkdir(parents=True, exist_ok=True)
     slide = args.workdir / "train_slide_12000.svs"

@@ -13,8 +13,8 @@ Usage::
 
     python examples/make_mosaic_slide.py ../shared/data/ebhi-seg out/mosaic.svs --rows 12 --cols 16
 
-The EBHI-Seg pixel size is not stated exactly (about 0.25-0.3 µm/px at 400x); ``--mpp``
-(default 0.27) is written into the slide so downstream tools have a scale, and is a nominal value.
+EBHI-Seg does not state its pixel size; its tissue says about 1 µm/px (normal crypts, see
+``examples/estimate_pixel_size.py``), the default ``--mpp`` written into the slide.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_msunet.io.mosaic import CREDIT, REGION, MosaicSpec, pick_stems
+from napari_msunet.io.mosaic import CREDIT, EBHI_UM_PER_PX, REGION, MosaicSpec, pick_stems
 from napari_msunet.io.ome_tiff import write_ome_tiff
 from napari_msunet.io.synthetic import write_synthetic_slide
 from napari_msunet.io.vectorise import export_mask
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--cols", type=int, default=16)
     ap.add_argument("--margin", type=int, default=256, help="white glass around the grid, px")
-    ap.add_argument("--mpp", type=float, default=0.27, help="nominal µm/px (default 0.27)")
+    ap.add_argument(
+        "--mpp", type=float, default=EBHI_UM_PER_PX, help=f"µm/px (default {EBHI_UM_PER_PX})"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 

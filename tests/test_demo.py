@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from napari_msunet.demo import default_model_path, sample_data_dir
+from napari_msunet.demo import build_sample_slide, default_model_path, sample_data_dir
+from napari_msunet.io.mosaic import EBHI_UM_PER_PX
+from napari_msunet.io.slide import open_slide
 from napari_msunet.models.checkpoint import read_header
 
 
@@ -25,6 +27,27 @@ def test_default_model_header():
     assert header.class_names == ("Background", "Gland")
     assert "EBHI-Seg" in json.dumps(header.training)
     assert default_model_path().stat().st_size < 20e6
+    # the scale of the EBHI-Seg images, measured from their tissue (examples/estimate_pixel_size.py)
+    assert header.input_um_per_px == EBHI_UM_PER_PX
+    assert header.class_colours[1] not in {(255, 0, 0), (0, 255, 0), (0, 0, 255)}  # not TP/FP/FN
+
+
+def test_sample_is_reused_at_its_scale_and_rebuilt_from_an_older_scale(tmp_path):
+    files = build_sample_slide(tmp_path)
+    with open_slide(files.slide) as slide:
+        assert slide.mpp == pytest.approx(EBHI_UM_PER_PX)
+    stamp = files.slide.stat().st_mtime_ns
+    assert build_sample_slide(tmp_path).slide.stat().st_mtime_ns == stamp  # reused
+    # a sample left by a version that wrote 0.27 µm/px is rebuilt, not reused
+    text = files.slide.read_bytes()
+    old = text.replace(b"MPP = 1.0000", b"MPP = 0.2700", 1)  # same length: offsets hold
+    assert old != text
+    files.slide.write_bytes(old)
+    with open_slide(files.slide) as slide:
+        assert slide.mpp == pytest.approx(0.27)
+    build_sample_slide(tmp_path)
+    with open_slide(files.slide) as slide:
+        assert slide.mpp == pytest.approx(EBHI_UM_PER_PX)
 
 
 @pytest.mark.slow

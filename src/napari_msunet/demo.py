@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from napari_msunet.errors import ModelFileError
+from napari_msunet.errors import ModelFileError, MsunetError
 
 __all__ = [
     "DemoFiles",
@@ -54,8 +54,12 @@ class DemoFiles:
 
 
 def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoFiles:
-    """Write the demo slide (SVS-like, 0.27 µm/px), its QuPath GeoJSON and its label mask."""
-    from napari_msunet.io.mosaic import REGION, MosaicSpec
+    """Write the demo slide (SVS-like, EBHI-Seg's ~1 µm/px), its QuPath GeoJSON and label mask.
+
+    Files already there are reused when they are at the current scale (the demo is
+    deterministic); a sample written by an older version at another µm/px is rebuilt.
+    """
+    from napari_msunet.io.mosaic import EBHI_UM_PER_PX, REGION, MosaicSpec
     from napari_msunet.io.ome_tiff import write_ome_tiff
     from napari_msunet.io.synthetic import write_synthetic_slide
     from napari_msunet.io.vectorise import export_mask
@@ -64,11 +68,13 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
     out.mkdir(parents=True, exist_ok=True)
     files_ = DemoFiles(out / "sample.svs", out / "sample.geojson", out / "sample_mask.ome.tif")
     if files_.slide.exists() and files_.annotation.exists() and not overwrite:
-        return files_  # reuse: the demo is deterministic
+        mpp = _slide_mpp(files_.slide)
+        if mpp is not None and abs(mpp - EBHI_UM_PER_PX) < 1e-6:
+            return files_
     data = sample_data_dir()
     with (data / "index.csv").open(newline="") as f:
         stems = [row["stem"] for row in csv.DictReader(f)]
-    spec = MosaicSpec(stems[: _ROWS * _COLS], data, _ROWS, _COLS, margin=192, mpp=0.27)
+    spec = MosaicSpec(stems[: _ROWS * _COLS], data, _ROWS, _COLS, margin=192, mpp=EBHI_UM_PER_PX)
     write_synthetic_slide(files_.slide, spec, "svs", quality=90)
     mask = spec.mask()
     export_mask(mask, files_.annotation, [REGION], overwrite=True)
@@ -76,12 +82,23 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
         files_.mask,
         mask,
         kind="labels",
-        mpp=0.27,
+        mpp=EBHI_UM_PER_PX,
         class_names=["background", REGION.name],
         class_colors=[[0, 0, 0, 0], [*REGION.color, 255]],
         overwrite=True,
     )
     return files_
+
+
+def _slide_mpp(path: Path) -> float | None:
+    """Level-0 µm/px of an existing sample slide (``None`` if it cannot be read)."""
+    from napari_msunet.io.slide import open_slide
+
+    try:
+        with open_slide(path) as slide:
+            return slide.mpp
+    except (MsunetError, OSError):  # an unreadable leftover is rebuilt, not an error
+        return None
 
 
 def run_demo(

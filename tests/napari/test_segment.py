@@ -82,7 +82,7 @@ def test_widget_defaults_to_the_bundled_model_and_lists_slides(make_napari_viewe
     widget = SegmentWidget(viewer)
     assert widget.model_edit.text() == str(default_model_path())
     assert "Gland" in widget.model_info.text()
-    assert widget.mpp_spin.value() == pytest.approx(0.27)  # the model's own resolution
+    assert widget.mpp_spin.value() == pytest.approx(1.0)  # the model's own resolution (EBHI-Seg)
     assert widget.slide_combo.count() == 0
     assert widget.run() is None  # no slide: refused, with a message
     assert "Open a slide" in widget.taskbar.status.text()
@@ -231,8 +231,8 @@ def test_sample_data_opens_slide_and_annotation(make_napari_viewer, tmp_path, mo
     assert annotation.metadata["napari_msunet"]["kind"] == "annotation"
     assert slide.multiscale
     assert annotation.multiscale
-    assert tuple(slide.scale) == pytest.approx((0.27, 0.27))
-    assert tuple(annotation.scale) == pytest.approx((0.27, 0.27))
+    assert tuple(slide.scale) == pytest.approx((1.0, 1.0))  # EBHI-Seg's ~1 µm/px
+    assert tuple(annotation.scale) == pytest.approx((1.0, 1.0))
     assert [a.shape for a in annotation.data] == [s.shape[:2] for s in slide.data]
     assert (np.asarray(annotation.data[-1]) > 0).mean() > 0.2  # glands annotated
     for layer in layers:

@@ -19,7 +19,8 @@ def show_demo(results: dict[str, Any]) -> None:
     pred = results["prediction"]
     data, kwargs, _ = mask_layer(pred.outputs.labels)
     kwargs["name"] = "prediction"
-    viewer.add_labels(data, **kwargs)
+    # hidden under the comparison: mixed colours would read as neither (its eye shows it)
+    viewer.add_labels(data, visible=False, **kwargs)
     viewer.add_labels(
         evaluation.overlay_levels,
         name="TP (green) / FP (red) / FN (blue)",

@@ -1,7 +1,7 @@
 """Sample data: a small real slide with its annotation, so a new user can try everything.
 
 The slide is the demo's EBHI-Seg mosaic (48 colon-biopsy patches from the validation split the
-bundled model never trained on, tiled into an SVS-like pyramid at 0.27 µm/px) with its QuPath
+bundled model never trained on, tiled into an SVS-like pyramid at about 1 µm/px) with its QuPath
 GeoJSON annotation. It is built once into the user's cache folder (``NAPARI_MSUNET_CACHE`` or
 ``XDG_CACHE_HOME`` when set, else ``~/.cache``) and reused; its workspace (predictions,
 corrections) sits next to it there.

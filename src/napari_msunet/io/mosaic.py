@@ -21,11 +21,18 @@ from PIL import Image
 
 from napari_msunet.io.annotations import ClassInfo
 
-__all__ = ["CREDIT", "PATCH", "REGION", "MosaicSpec", "pick_stems"]
+__all__ = ["CREDIT", "EBHI_UM_PER_PX", "PATCH", "REGION", "MosaicSpec", "pick_stems"]
 
 PATCH = 224
 CREDIT = "EBHI-Seg, Shi et al., Front. Med. 10:1114673 (2023), CC BY 4.0"
-REGION = ClassInfo(name="Gland", label=1, color=(220, 40, 40))  # EBHI: gland or lesion
+# EBHI: gland or lesion; yellow, apart from the TP green / FP red / FN blue of comparisons
+REGION = ClassInfo(name="Gland", label=1, color=(255, 200, 0))
+# EBHI-Seg states "400x" but no pixel size. Its tissue says about 1 µm/px: normal crypts measure
+# 62.7 px across (median of 155), i.e. 0.80-1.12 µm/px for crypts of 50-70 µm, and its pixels
+# are about 1.3x wider than tall (a 4:3 frame squeezed to a square). The "400x" reading of
+# 0.27 µm/px would make a 224 px image 60 µm wide, narrower than one crypt.
+# examples/estimate_pixel_size.py measures it.
+EBHI_UM_PER_PX = 1.0
 
 
 class MosaicSpec:
