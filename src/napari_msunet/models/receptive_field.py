@@ -103,11 +103,17 @@ def _reach(
             with torch.enable_grad():
                 y = model(x).movedim(2 + axis, 2)
                 picked = y[torch.arange(len(phases)), :, c0 + phases]
-                seed = torch.ones_like(picked) if positive else torch.randn_like(picked)
+                seed = (
+                    torch.ones_like(picked)
+                    if positive
+                    else torch.randn(picked.shape, generator=gen, dtype=picked.dtype)
+                )
                 (grad,) = torch.autograd.grad((picked * seed).sum(), x)
             profiles = grad.abs().movedim(2 + axis, 2).sum(dim=(1, 3))  # (phases, size)
             for p, profile in zip(phases.tolist(), profiles, strict=True):
                 hit = torch.nonzero(profile).flatten()
+                if hit.numel() == 0:
+                    continue  # every path to this pixel is a dead ReLU for this input: no reach
                 lo, hi = int(hit.min()), int(hit.max())
                 if lo == 0 or hi == size - 1:
                     touched = True
