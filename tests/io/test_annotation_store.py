@@ -220,6 +220,7 @@ def test_a_crash_mid_edit_is_rolled_back_on_opening(geojson, tmp_path, crash_in)
     )
     store.apply(300, 300, np.full((20, 20), 1, np.uint8))
     before, regions = mask0(store), store.regions()
+    store.close()  # hand the store to the other process (one program edits it at a time)
     out = subprocess.run(
         [sys.executable, "-c", _crash_script(store.root, crash_in)], capture_output=True
     )

@@ -229,3 +229,39 @@ def test_without_a_prediction_the_store_is_at_the_bundled_models_resolution(
     levels = layer.data if layer.multiscale else [layer.data]
     for k, level in enumerate(levels):  # a display pyramid, if any, is in sync
         np.testing.assert_array_equal(np.asarray(level), expected[:: 2**k, :: 2**k])
+
+
+def test_a_store_another_program_edits_is_refused_with_its_name(make_napari_viewer, qtbot, files):
+    import subprocess
+    import sys
+    import textwrap
+
+    _, widget = _viewer(make_napari_viewer, files)
+    store = _start(qtbot, widget)
+    root = store.root
+    store.close()
+    widget.store = None
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from napari_msunet.io.annotation_store import AnnotationStore
+        store = AnnotationStore.open({str(root)!r})
+        print("holding", flush=True)
+        sys.stdin.readline()
+        """
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline().strip() == "holding"
+        task = widget.start_review()
+        qtbot.waitUntil(lambda: task.done, timeout=60_000)
+        assert task.error is not None
+        text = widget.status.text()
+        assert "being edited by another program" in text
+        assert f"process {other.pid}" in text
+        assert widget.store is None
+    finally:
+        other.communicate("\n", timeout=60)
+    assert _start(qtbot, widget).root == root  # free again once the other program closed

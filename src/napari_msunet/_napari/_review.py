@@ -312,6 +312,8 @@ class ReviewWidget(QWidget):
 
         def done(result) -> None:
             store, how = result
+            if self.store is not None and self.store is not store:
+                self.store.close()  # its edit lock (this process's count of it)
             self.store = store
             self._show_store(slide_layer)
             what = "Reopened the corrected annotation" if how == "reopened" else "Created"

@@ -32,7 +32,10 @@ chunks about to change is saved to the journal and flushed to disk first, then t
 written, each one atomically (a temporary file renamed over the chunk, after an fsync), then
 the pyramid above them and the regions file. A crash at any point is rolled back to the state
 before the edit when the store is next opened; :meth:`AnnotationStore.undo` uses the same
-entries. One process edits a store at a time.
+entries. One program edits a store at a time: the store holds ``<store>.lock`` beside its
+folder while it is open (see :mod:`napari_msunet.io._store_lock`); another program opening it
+gets an error naming the holder. :meth:`AnnotationStore.close` (or the end of the process)
+releases it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from zarr.storage import LocalStore
 
 from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import AnnotationError, WriterError
+from napari_msunet.io import _store_lock
 from napari_msunet.io._store_journal import DurableStore, Journal
 from napari_msunet.io._store_sources import open_source
 from napari_msunet.io.annotations import Annotation, AnnotationSet, ClassInfo
@@ -173,6 +177,16 @@ class AnnotationStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._closed = True
+        _store_lock.acquire(self.root)  # before recovery: that writes too
+        self._closed = False
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         info_path = self.root / INFO_NAME
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -206,6 +220,18 @@ class AnnotationStore:
         self.chunk: tuple[int, int] = tuple(int(c) for c in self._arrays[0].chunks)  # type: ignore[assignment]
         self._journal = Journal(self.root / JOURNAL_NAME)
         self._recover()
+
+    def close(self) -> None:
+        """Release the store's edit lock (once; the object must not edit afterwards)."""
+        if not self._closed:
+            self._closed = True
+            _store_lock.release(self.root)
+
+    def __enter__(self) -> AnnotationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- creation ------------------------------------------------------------------------
 
@@ -283,6 +309,22 @@ class AnnotationStore:
             The source cannot be read or does not fit the slide.
         """
         root = Path(root)
+        _store_lock.acquire(root)  # nobody edits the store being replaced meanwhile
+        try:
+            return (
+                yield from cls._iter_create(
+                    root, source, slide, slide_mpp, mpp, downsample, classes, colors, chunk,
+                    overwrite, stop,
+                )
+            )  # fmt: skip
+        finally:
+            _store_lock.release(root)
+
+    @classmethod
+    def _iter_create(
+        cls, root, source, slide, slide_mpp, mpp, downsample, classes, colors, chunk, overwrite,
+        stop,
+    ) -> Generator[Progress, None, AnnotationStore | None]:  # fmt: skip
         if cls.exists(root) and not overwrite:
             raise WriterError(
                 root, "an annotation store exists here; open it, or pass overwrite=True"
@@ -624,5 +666,10 @@ def _read_regions(path: Path) -> list[Window]:
 
 
 def remove_store(root: str | os.PathLike[str]) -> None:
-    """Delete a store folder (used to start a review over)."""
-    remove_path(Path(root))
+    """Delete a store folder (used to start a review over); refused while another program
+    edits it."""
+    _store_lock.acquire(root)
+    try:
+        remove_path(Path(root))
+    finally:
+        _store_lock.release(root)

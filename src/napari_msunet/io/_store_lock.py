@@ -1,0 +1,173 @@
+"""One program edits an annotation store at a time: a lock file beside the store.
+
+Two napari windows (or a napari window and a script) writing the same store would interleave
+their chunk writes and undo journals, and an undo in one could restore what the other wrote.
+The store therefore takes ``<store>.lock`` (beside the store folder, so that replacing the
+folder does not move it) before it recovers, creates or edits anything. The file names the
+holder: process id, host, program and time, so the refusal can say who holds it.
+
+Within one process the lock is shared and counted (the GUI reopens a store it already
+holds); it is released when the last holder closes it, or when the process exits. A lock left
+by a process that no longer runs on this host (a crash, a kill) is taken over. A lock from
+another host (a shared network folder) cannot be checked: the message says which file to
+delete once that program is closed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from napari_msunet.errors import AnnotationError
+
+__all__ = ["acquire", "holder", "lock_path", "release"]
+
+_held: dict[Path, int] = {}  # lock file -> how many holders in this process
+_guard = threading.Lock()
+
+
+def lock_path(root: str | os.PathLike[str]) -> Path:
+    """The lock file of the store at ``root``: ``<root>.lock`` beside it."""
+    root = Path(root).absolute()
+    return root.with_name(root.name + ".lock")
+
+
+def holder(path: Path) -> dict[str, Any] | None:
+    """What the lock file at ``path`` says about its holder (``None``: none, or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def acquire(root: str | os.PathLike[str]) -> None:
+    """Take the edit lock of the store at ``root`` for this process (counted).
+
+    Raises
+    ------
+    AnnotationError
+        Another running program holds it; the message names it and the lock file.
+    """
+    path = lock_path(root)
+    with _guard:
+        if path in _held:
+            _held[path] += 1
+            return
+        _take(path, Path(root))
+        _held[path] = 1
+
+
+def release(root: str | os.PathLike[str]) -> None:
+    """Drop one hold; the last one removes the lock file (if it is still this process's)."""
+    path = lock_path(root)
+    with _guard:
+        count = _held.get(path, 0)
+        if count > 1:
+            _held[path] = count - 1
+            return
+        _held.pop(path, None)
+        if count:
+            _remove_if_mine(path)
+
+
+def _me() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "program": " ".join(sys.argv[:1]) or "python",
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _take(path: Path, root: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a stale lock removed by two takers at once: O_EXCL decides
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = holder(path)
+            if other is not None and not _is_stale(other):
+                raise AnnotationError(root, _refusal(other, path)) from None
+            if other is None and _age(path) < 5.0:
+                time.sleep(0.2)  # being written by its taker right now
+                continue
+            path.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            raise AnnotationError(root, f"cannot take the edit lock {path}: {exc}") from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_me(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    raise AnnotationError(root, f"cannot take the edit lock {path}; try again")
+
+
+def _refusal(other: dict[str, Any], path: Path) -> str:
+    who = f"process {other.get('pid')} ({other.get('program', '?')}) on {other.get('host', '?')}"
+    return (
+        f"is being edited by another program: {who}, since {other.get('since', '?')}. Close "
+        f"it there first; if that program is no longer running, delete {path}"
+    )
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _is_stale(other: dict[str, Any]) -> bool:
+    """Whether the holder is gone: on this host, its process is not running any more."""
+    if other.get("host") != socket.gethostname():
+        return False  # another machine's process cannot be checked from here
+    pid = other.get("pid")
+    if not isinstance(pid, int):
+        return True
+    if pid == os.getpid():
+        return True  # this process, but not held: left by an earlier process with our pid
+    return not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _remove_if_mine(path: Path) -> None:
+    other = holder(path)
+    if other and other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    with _guard:
+        for path in list(_held):
+            _remove_if_mine(path)
+        _held.clear()
