@@ -241,3 +241,52 @@ def test_sample_data_opens_slide_and_annotation(make_napari_viewer, tmp_path, mo
     assert str(tmp_path) in slide.metadata["napari_msunet"]["path"]
     widget = SegmentWidget(viewer)  # the sample is ready to segment
     assert widget.slide_layer() is slide
+
+
+def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
+    qtbot, make_napari_viewer, files, tmp_path
+):
+    """A plain TIFF (no µm/px in the file): the widget asks; the prediction lies on it."""
+    import tifffile
+
+    with open_slide(files["slide"]) as slide:
+        rgb = np.asarray(slide.levels[0])
+    plain = tmp_path / "scan.tif"
+    tifffile.imwrite(plain, rgb, photometric="rgb", tile=(256, 256))
+    viewer = make_napari_viewer()
+    (slide_layer,) = viewer.open(str(plain), plugin="napari-msunet")
+    assert slide_layer.metadata["napari_msunet"]["mpp"] is None
+    widget = SegmentWidget(viewer)
+    widget.show()
+    widget.set_model(files["model"])
+    widget.tile_spin.setValue(64)
+    widget.device_combo.setCurrentText("cpu")
+    assert widget.slide_needs_mpp()
+    assert widget.slide_mpp_spin.isVisible()
+    assert widget.run() is None  # refused until the user says
+    assert "Slide µm/px" in widget.taskbar.status.text()
+
+    widget.slide_mpp_spin.setValue(0.5)
+    task = _run(qtbot, widget)
+    assert task.result.completed
+    (layer,) = prediction_layers(viewer)
+    # in the slide layer's units (pixels): one prediction pixel covers 2 x 2 slide pixels
+    assert tuple(layer.scale) == pytest.approx((2.0, 2.0))
+    assert tuple(layer.translate) == pytest.approx((0.5, 0.5))
+    assert layer.metadata["napari_msunet"]["mpp"] == pytest.approx(1.0)  # real µm/px
+    net, header = load_model(files["model"])
+    with open_slide(plain) as slide:
+        gen = predict_slide(slide, net, header, CFG, tmp_path / "direct", mpp=0.5)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as end:
+            direct = end.value
+    reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), reference)
+
+    # a slide that states its size needs nothing more
+    (svs_layer,) = viewer.open(str(files["slide"]), plugin="napari-msunet")
+    widget.slide_combo.setCurrentIndex(widget.slide_combo.findText(svs_layer.name))
+    assert not widget.slide_needs_mpp()
+    assert not widget.slide_mpp_spin.isVisible()

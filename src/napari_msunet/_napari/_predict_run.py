@@ -196,7 +196,9 @@ class _Plan:
     """Everything about a run that the GUI thread knows before it starts."""
 
     slide: Path
-    slide_mpp: float | None
+    slide_mpp: float | None  # the slide's µm/px: its own, or the one the user gave
+    given_mpp: float | None  # the one the user gave for a slide that does not state it
+    display_mpp: float | None  # the slide layer's scale (None: the layer is in pixels)
     model: Path
     header: Any
     config: Any
@@ -214,7 +216,13 @@ class _Plan:
         return "view" if self.region is not None else "slide"
 
 
-def _plan(slide_meta: dict[str, Any], model_path: Path, region: Any, config: Any) -> _Plan:
+def _plan(
+    slide_meta: dict[str, Any],
+    model_path: Path,
+    region: Any,
+    config: Any,
+    slide_mpp: float | None = None,
+) -> _Plan:
     """Read the model header and the slide's geometry; choose the folder (fast: no pixels)."""
     from napari_msunet.inference.config import InferenceConfig
     from napari_msunet.inference.reading import working_geometry
@@ -227,15 +235,16 @@ def _plan(slide_meta: dict[str, Any], model_path: Path, region: Any, config: Any
         warnings.simplefilter("ignore")  # the reader showed the slide's warnings already
         slide = open_slide(slide_meta["path"])
     try:
-        geometry = working_geometry(slide, cfg.target_mpp)
+        given = slide_mpp if slide.mpp is None else None  # the file's own value wins
+        geometry = working_geometry(slide, cfg.target_mpp, given)
     finally:
         slide.close()
     folder = prediction_dir(
         slide_meta["path"], model_path, cfg.target_mpp, header.input_um_per_px, region
     )
     return _Plan(
-        Path(slide_meta["path"]), geometry.slide_mpp, model_path, header, cfg, folder,
-        geometry.shape, geometry.downsample, region,
+        Path(slide_meta["path"]), geometry.slide_mpp, given, slide_meta.get("mpp"), model_path,
+        header, cfg, folder, geometry.shape, geometry.downsample, region,
     )  # fmt: skip
 
 
@@ -244,9 +253,10 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
 
     Output pixel ``i`` covers level-0 pixels ``[i d, (i + 1) d)``; napari puts a pixel's
     centre at ``i * scale + translate``, so the translate moves it onto the centre of that
-    area, ``(d - 1) / 2`` slide pixels (a fraction of a µm) to the lower right.
+    area, ``(d - 1) / 2`` slide pixels (a fraction of a µm) to the lower right. The scale is
+    the slide layer's: µm when the file states its µm/px, pixels when the user gave it.
     """
-    s0 = float(plan.slide_mpp or 1.0)
+    s0 = float(plan.display_mpp or 1.0)
     (dy, dx), header = plan.downsample, plan.header
     names = list(header.class_names)
     colours = header.class_colours or [(128, 128, 128)] * len(names)
@@ -262,7 +272,7 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
         "name": f"{plan.model.stem} prediction" + (" (view)" if plan.region else ""),
         "scale": (dy * s0, dx * s0),
         "translate": ((dy - 1) / 2 * s0, (dx - 1) / 2 * s0),
-        "units": ("um", "um"),
+        **({"units": ("um", "um")} if plan.display_mpp else {}),
         "opacity": 0.6,  # 0.5 barely shows a red class on pink H&E
         "colormap": colormap,
         "metadata": {
@@ -273,7 +283,7 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
                 "prediction_dir": str(plan.folder),
                 "model": str(plan.model),
                 "slide": str(plan.slide),
-                "mpp": dy * s0,
+                "mpp": dy * plan.slide_mpp if plan.slide_mpp else None,
                 "region": None if plan.region is None else list(plan.region),
                 "classes": classes,
             }
@@ -320,6 +330,7 @@ def start_prediction(
     config: Any = None,
     on_done: Callable[[PredictionRun], None] | None = None,
     overwrite: bool = False,
+    slide_mpp: float | None = None,
 ) -> Task:
     """Predict a slide layer with a model file in a worker; show the result as it grows.
 
@@ -343,6 +354,9 @@ def start_prediction(
     overwrite
         Recompute a finished prediction in the same folder (and discard an interrupted
         one) instead of reusing it.
+    slide_mpp
+        µm/px of the slide's level 0, for a file that does not state it (ignored when it
+        does). Without either the run fails with a message asking for it.
 
     Returns
     -------
@@ -365,7 +379,7 @@ def start_prediction(
     what = "the current view of " if region is not None else ""
     description = f"Segmenting {what}{Path(meta['path']).name} with {model_path.name}"
     try:
-        plan = _plan(meta, model_path, region, config)
+        plan = _plan(meta, model_path, region, config, slide_mpp)
         finished = (plan.labels / "zarr.json").is_file()
         if finished and not overwrite and (why := _reuse_refusal(plan)):
             raise MsunetError(f"{why}; tick 'Replace an existing prediction' to recompute it")
@@ -457,7 +471,7 @@ def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable
         try:
             gen = predict_slide(
                 slide, model, header, plan.config, outputs, overwrite=overwrite,
-                resume=not overwrite, stop=stop, region=plan.region,
+                resume=not overwrite, stop=stop, region=plan.region, mpp=plan.given_mpp,
             )  # fmt: skip
             poller, sent = None, 0.0
             try:

@@ -96,6 +96,19 @@ class SegmentWidget(QWidget):
             "change the scale of the tissue the model was trained on."
         )
 
+        # only for slides whose file does not state its pixel size (a plain TIFF, a PNG)
+        self.slide_mpp_spin = QDoubleSpinBox()
+        self.slide_mpp_spin.setDecimals(4)
+        self.slide_mpp_spin.setRange(0.0, 64.0)
+        self.slide_mpp_spin.setSingleStep(0.05)
+        self.slide_mpp_spin.setSpecialValueText("enter it")
+        self.slide_mpp_spin.setSuffix(" µm/px")
+        self.slide_mpp_spin.setToolTip(
+            "This slide's file does not say how large its pixels are. Enter the scanner's "
+            "value (about 0.25 µm/px at 40x, 0.5 at 20x): the model must see tissue at the "
+            "scale it learned."
+        )
+
         self.view_only = QCheckBox("Current view only")
         self.view_only.setToolTip("Predict just the region shown on the canvas: a quick look.")
         self.overwrite = QCheckBox("Replace an existing prediction")
@@ -145,6 +158,8 @@ class SegmentWidget(QWidget):
         form.addRow("Model", model_row)
         form.addRow("", self.model_info)
         form.addRow("Resolution", self.mpp_spin)
+        form.addRow("Slide µm/px", self.slide_mpp_spin)
+        self._form = form
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.view_only)
@@ -159,6 +174,7 @@ class SegmentWidget(QWidget):
         events.inserted.connect(self._refresh_slides)
         events.removed.connect(self._refresh_slides)
         events.reordered.connect(self._refresh_slides)
+        self.slide_combo.currentIndexChanged.connect(self._slide_changed)
         self._refresh_slides()
         self._use_default_model()
         warm_up()  # napari's first Labels layer is slow to make; prepare it in the background
@@ -175,6 +191,21 @@ class SegmentWidget(QWidget):
         keep = slides.index(current) if current in slides else len(slides) - 1
         self.slide_combo.setCurrentIndex(keep)
         self.slide_combo.blockSignals(False)
+        self._slide_changed()
+
+    def _slide_changed(self, *_: Any) -> None:
+        """Ask for the slide's µm/px only when its file does not state it."""
+        shown = self.slide_needs_mpp()
+        if hasattr(self._form, "setRowVisible"):  # Qt >= 6.4
+            self._form.setRowVisible(self.slide_mpp_spin, shown)
+        else:
+            self._form.labelForField(self.slide_mpp_spin).setVisible(shown)
+            self.slide_mpp_spin.setVisible(shown)
+
+    def slide_needs_mpp(self) -> bool:
+        """Whether the selected slide's file does not state its µm/px."""
+        layer = self.slide_layer()
+        return layer is not None and _meta(layer).get("mpp") is None
 
     def slide_layer(self) -> Any:
         """The selected slide layer, or ``None``."""
@@ -257,6 +288,15 @@ class SegmentWidget(QWidget):
         except MsunetError as exc:
             self._fail(str(exc))
             return None
+        slide_mpp = None
+        if self.slide_needs_mpp():
+            slide_mpp = round(self.slide_mpp_spin.value(), 6) or None
+            if slide_mpp is None:
+                self._fail(
+                    f"{layer.name}: the file does not say how large its pixels are. Enter its "
+                    "µm/px in 'Slide µm/px' (the scanner's value: about 0.25 at 40x, 0.5 at 20x)."
+                )
+                return None
         region = visible_region(self.viewer, layer) if self.view_only.isChecked() else None
         self.output_label.setText("")
         return start_prediction(
@@ -267,6 +307,7 @@ class SegmentWidget(QWidget):
             config=config,
             on_done=self._done,
             overwrite=self.overwrite.isChecked(),
+            slide_mpp=slide_mpp,
         )
 
     def _done(self, run: PredictionRun) -> None:
