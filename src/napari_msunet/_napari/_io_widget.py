@@ -45,7 +45,7 @@ from napari_msunet._napari._layers import (
     plugin_meta,
     slide_path_of,
 )
-from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.evaluation.evaluate import Progress  # a plain (done, total, message) record
 from napari_msunet.io.writers import partial_path, remove_path
@@ -237,16 +237,14 @@ class ImportExportWidget(QWidget):
         if slide_path is None:
             return self._refuse(self.import_bar, f"{slide_layer.name}: not a slide file.")
 
-        def make(_stop):
+        def read():
             from napari_msunet._napari._annotation_layers import annotation_layers
             from napari_msunet.io.geojson_fit import read_geojson_for_slide
             from napari_msunet.io.slide import open_slide
 
-            yield Progress(0, 1, f"reading {path.name}")
             with open_slide(slide_path) as slide:
                 read_geojson_for_slide(path, slide.shape)  # refuse another slide's file
-                layers = annotation_layers(path, slide)
-            return layers
+                return annotation_layers(path, slide)
 
         def add(layers: list[Any]) -> None:
             for data, kwargs, _kind in layers:
@@ -261,7 +259,9 @@ class ImportExportWidget(QWidget):
                 classes = "1 class" if n == 1 else f"{n} classes"
                 self.import_bar.status.setText(f"Imported {path.name} ({classes}).")
 
-        return start_task(make, f"Importing {path.name}", on_return=add)
+        return start_task(
+            one_step(read, f"reading {path.name}"), f"Importing {path.name}", on_return=add
+        )
 
     # ------------------------------------------------------------------ export
 

@@ -24,33 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Labels, Layer
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_msunet._napari._candidate_panel import CandidatePanel
 from napari_msunet._napari._layers import LayerCombo, is_slide, plugin_meta, slide_path_of
 from napari_msunet._napari._review_layers import (
+    annotation_rank,
     candidate_shapes,
     center_on,
     edit_layer_kwargs,
+    is_annotation_layer,
+    level0_of,
     level0_rect_of_shape,
     slide_scale,
     slide_units,
     store_layer_kwargs,
 )
-from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
 
@@ -60,33 +61,6 @@ FILE_ENTRY = "QuPath GeoJSON or mask file…"
 EMPTY_ENTRY = "(start from an empty annotation)"
 MAX_EDIT_PIXELS = 4096 * 4096
 """Largest editable window (store pixels): beyond it painting and writing get slow."""
-
-
-def _is_annotation(layer: Layer) -> bool:
-    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") in (
-        "annotation",
-        "labels",
-        None,
-    )
-
-
-def _annotation_rank(layer: Layer) -> int:
-    meta = plugin_meta(layer)
-    if meta.get("regions"):
-        return 0  # a store: continue the review
-    return 1 if meta.get("kind") == "annotation" else 2
-
-
-def _one_step(fn, message: str):
-    """A task generator that runs ``fn()`` once in the worker and returns its result."""
-
-    def make(_stop):
-        from napari_msunet.evaluation.evaluate import Progress
-
-        yield Progress(0, 1, message)
-        return fn()
-
-    return make
 
 
 class ReviewWidget(QWidget):
@@ -100,15 +74,14 @@ class ReviewWidget(QWidget):
         self.edit_layer: Any = None
         self.rect_layer: Any = None
         self.candidate_layer: Any = None
-        self.candidates: list[Any] = []
         self.annotation_file: Path | None = None
         self._busy: Task | None = None
 
         self.slide_combo = LayerCombo(napari_viewer, is_slide)
         self.annotation_combo = LayerCombo(
             napari_viewer,
-            _is_annotation,
-            _annotation_rank,
+            is_annotation_layer,
+            annotation_rank,
             extra=[FILE_ENTRY, EMPTY_ENTRY],
             auto=lambda ly: plugin_meta(ly).get("kind") == "annotation",
         )
@@ -152,36 +125,18 @@ class ReviewWidget(QWidget):
             row.addWidget(b)
         grid.addLayout(row)
 
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.1, 0.99)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.8)
-        self.threshold.setToolTip("Minimum bootstrap confidence w_bs = 2|p - 0.5| (paper eq. 2)")
-        self.find_bar = TaskBar("Find suspected missing annotations", self.find_missing)
-        self.candidate_list = QListWidget()
-        self.candidate_list.currentRowChanged.connect(self._candidate_selected)
-        self.accept_button = QPushButton("Accept")
-        self.reject_button = QPushButton("Reject")
-        self.edit_candidate_button = QPushButton("Edit")
-        self.accept_button.clicked.connect(lambda: self.accept_candidate())
-        self.reject_button.clicked.connect(self.reject_candidate)
-        self.edit_candidate_button.clicked.connect(lambda: self.edit_candidate())
-        missing = QGroupBox("3. Suspected missing annotations")
-        mbox = QVBoxLayout(missing)
-        mform = QFormLayout()
-        mform.addRow("Confidence ≥", self.threshold)
-        mbox.addLayout(mform)
-        mbox.addWidget(self.find_bar)
-        mbox.addWidget(self.candidate_list)
-        row = QHBoxLayout()
-        for b in (self.accept_button, self.reject_button, self.edit_candidate_button):
-            row.addWidget(b)
-        mbox.addLayout(row)
+        self.missing = CandidatePanel(self.find_missing)
+        self.missing.selected.connect(self._candidate_selected)
+        self.missing.accept_button.clicked.connect(lambda: self.accept_candidate())
+        self.missing.reject_button.clicked.connect(self.reject_candidate)
+        self.missing.edit_button.clicked.connect(lambda: self.edit_candidate())
+        self.candidate_list = self.missing.list  # shorthands
+        self.threshold = self.missing.threshold
 
         self.status = QLabel("Pick the slide and its annotation, then Start review.")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
-        for w in (setup, edit, missing, self.status):
+        for w in (setup, edit, self.missing, self.status):
             layout.addWidget(w)
         layout.addStretch(1)
         self._update_buttons()
@@ -206,9 +161,7 @@ class ReviewWidget(QWidget):
         self.apply_button.setEnabled(editing and not busy)
         self.discard_button.setEnabled(editing and not busy)
         self.undo_button.setEnabled(has_store and not editing and not busy and self.store.can_undo)
-        has_candidate = self.candidate_list.currentRow() >= 0
-        for b in (self.accept_button, self.reject_button, self.edit_candidate_button):
-            b.setEnabled(has_store and has_candidate and not busy and not editing)
+        self.missing.enable_actions(has_store and not busy and not editing)
 
     def _run(self, make, description: str, on_return) -> Task | None:
         """Start a store operation in a worker; one at a time."""
@@ -270,7 +223,7 @@ class ReviewWidget(QWidget):
         if meta.get("store"):
             source, root = None, Path(meta["store"])
         elif layer is not None:
-            source = meta.get("path") or layer_levels0(layer)
+            source = meta.get("path") or level0_of(layer)
         elif self.annotation_combo.current_extra() == FILE_ENTRY:
             if self.annotation_file is None:
                 self._fail("Choose the annotation file first.")
@@ -323,7 +276,7 @@ class ReviewWidget(QWidget):
                 "regions). Draw a rectangle and press Edit region."
             )
 
-        return self._run(_one_step(work, "preparing"), "Preparing the annotation", done)
+        return self._run(one_step(work, "preparing"), "Preparing the annotation", done)
 
     def _show_store(self, slide_layer: Any = None) -> None:
         """Show the store as the slide-level layer (new dask names: the edits appear)."""
@@ -414,7 +367,7 @@ class ReviewWidget(QWidget):
             self._update_buttons()
 
         return self._run(
-            _one_step(lambda: store.read_store(*window), "reading"), "Opening the region", done
+            one_step(lambda: store.read_store(*window), "reading"), "Opening the region", done
         )
 
     def apply(self) -> Task | None:
@@ -435,7 +388,7 @@ class ReviewWidget(QWidget):
             )
 
         work = lambda: store.apply_store(window[0], window[1], data)  # noqa: E731
-        return self._run(_one_step(work, "writing"), "Applying the correction", done)
+        return self._run(one_step(work, "writing"), "Applying the correction", done)
 
     def undo(self) -> Task | None:
         """Undo the last applied edit (worker)."""
@@ -448,7 +401,7 @@ class ReviewWidget(QWidget):
             self._show_store()
             self._say(f"Undone: {edit.label} of level-0 region {edit.region}.")
 
-        return self._run(_one_step(store.undo, "undoing"), "Undoing the last edit", done)
+        return self._run(one_step(store.undo, "undoing"), "Undoing the last edit", done)
 
     def discard(self) -> None:
         """Close the open region without writing it."""
@@ -497,21 +450,7 @@ class ReviewWidget(QWidget):
 
     def show_candidates(self, candidates: list[Any]) -> None:
         """List candidates and outline them on the slide."""
-        self.candidates = list(candidates)
-        self.candidate_list.blockSignals(True)
-        self.candidate_list.clear()
-        for i, c in enumerate(self.candidates, 1):
-            area = (
-                f"{c.area_um2 / 1e6:.3f} mm²"
-                if c.area_um2 and c.area_um2 >= 1e5
-                else f"{c.area_um2:.0f} µm²"
-                if c.area_um2
-                else f"{c.area_px:.0f} px"
-            )
-            self.candidate_list.addItem(
-                f"{i}. {c.class_name}: {area}, confidence {c.confidence:.2f}"
-            )
-        self.candidate_list.blockSignals(False)
+        self.missing.set_candidates(candidates)
         slide_layer = self._slide_layer()
         shapes, kwargs = candidate_shapes(
             self.candidates, slide_scale(slide_layer), slide_units(slide_layer)
@@ -525,9 +464,10 @@ class ReviewWidget(QWidget):
             self.viewer.layers.selection.active = self.store_layer
         self._update_buttons()
 
-    def _current(self) -> Any:
-        row = self.candidate_list.currentRow()
-        return self.candidates[row] if 0 <= row < len(self.candidates) else None
+    @property
+    def candidates(self) -> list[Any]:
+        """The suspected missing annotations listed, best first."""
+        return self.missing.candidates
 
     def _candidate_selected(self, row: int) -> None:
         if 0 <= row < len(self.candidates):
@@ -535,15 +475,14 @@ class ReviewWidget(QWidget):
         self._update_buttons()
 
     def _drop_current(self) -> None:
-        row = self.candidate_list.currentRow()
-        remaining = [c for i, c in enumerate(self.candidates) if i != row]
+        remaining, row = self.missing.without_current()
         self.show_candidates(remaining)
-        if remaining:
-            self.candidate_list.setCurrentRow(min(row, len(remaining) - 1))
+        if row >= 0:
+            self.candidate_list.setCurrentRow(row)
 
     def accept_candidate(self) -> Task | None:
         """Add the selected candidate's predicted region to the annotation (worker)."""
-        cand = self._current()
+        cand = self.missing.current()
         if cand is None:
             self._fail("Select a suspected missing annotation first.")
             return None
@@ -561,11 +500,11 @@ class ReviewWidget(QWidget):
             self._show_store()
             self._say(f"Accepted: {cand.class_name} added; region {edit.region} corrected.")
 
-        return self._run(_one_step(work, "accepting"), "Accepting the annotation", done)
+        return self._run(one_step(work, "accepting"), "Accepting the annotation", done)
 
     def reject_candidate(self) -> None:
         """Drop the selected candidate and remember the rejection in the workspace."""
-        cand = self._current()
+        cand = self.missing.current()
         if cand is None:
             self._fail("Select a suspected missing annotation first.")
             return
@@ -579,15 +518,10 @@ class ReviewWidget(QWidget):
 
     def edit_candidate(self) -> Task | None:
         """Open the selected candidate (with a margin) as an editable region."""
-        cand = self._current()
+        cand = self.missing.current()
         if cand is None:
             self._fail("Select a suspected missing annotation first.")
             return None
         y, x, h, w = cand.bbox
         my, mx = max(h // 4, 16), max(w // 4, 16)
         return self.open_region((y - my, x - mx, h + 2 * my, w + 2 * mx))
-
-
-def layer_levels0(layer: Any) -> Any:
-    """The finest level of a Labels layer (its data when single-scale)."""
-    return layer.data[0] if layer.multiscale else layer.data

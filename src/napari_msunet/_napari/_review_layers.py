@@ -20,14 +20,41 @@ import numpy as np
 from napari_msunet._napari._layers import plugin_meta
 
 __all__ = [
+    "annotation_rank",
     "candidate_shapes",
     "center_on",
     "edit_layer_kwargs",
+    "is_annotation_layer",
+    "level0_of",
     "level0_rect_of_shape",
     "slide_scale",
     "slide_units",
     "store_layer_kwargs",
 ]
+
+
+def is_annotation_layer(layer: Any) -> bool:
+    """Labels an annotation can come from: ours (annotation or plain labels), or anyone's."""
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") in (
+        "annotation",
+        "labels",
+        None,
+    )
+
+
+def annotation_rank(layer: Any) -> int:
+    """Order of preference: a review store first (continue it), then annotations, then labels."""
+    meta = plugin_meta(layer)
+    if meta.get("regions"):
+        return 0
+    return 1 if meta.get("kind") == "annotation" else 2
+
+
+def level0_of(layer: Any) -> Any:
+    """The finest level of a Labels layer (its data when single-scale)."""
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 def slide_scale(slide_layer: Any) -> float:

@@ -24,7 +24,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-__all__ = ["Task", "TaskBar", "describe_progress", "start_task"]
+__all__ = ["Task", "TaskBar", "describe_progress", "one_step", "start_task"]
 
 # How many tasks run now; while any does, the objects that existed at its start are frozen out
 # of garbage collection (see start_task).
@@ -221,6 +221,22 @@ def start_task(
     _leave_a_core_for_the_gui()
     worker.start()
     return task
+
+
+def one_step(fn: Callable[[], Any], message: str) -> Callable[[threading.Event], Generator]:
+    """A task for :func:`start_task` that runs ``fn()`` once in the worker and returns it.
+
+    For short work that cannot stop part-way (open a file, write one edit): one progress
+    record with ``message``, then the result.
+    """
+
+    def make(_stop):
+        from napari_msunet.inference.progress import Progress
+
+        yield Progress(0, 1, message)
+        return fn()
+
+    return make
 
 
 class TaskBar(QWidget):
