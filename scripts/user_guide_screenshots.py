@@ -200,17 +200,17 @@ def main() -> None:
     dw, rev = dock("Review and correct")
     rev.start_bar.button.click()
     wait("review start", lambda: rev.store is not None and not rev._busy_now())
-    rev.find_bar.button.click()
-    wait("missing annotations", lambda: task_done(rev.find_bar))
-    if rev.find_bar.task.error is not None:
-        sys.exit(f"search failed: {rev.find_bar.task.error}")
+    rev.missing.find_bar.button.click()
+    wait("missing annotations", lambda: task_done(rev.missing.find_bar))
+    if rev.missing.find_bar.task.error is not None:
+        sys.exit(f"search failed: {rev.missing.find_bar.task.error}")
     if rev.candidates:
         rev.candidate_list.setCurrentRow(0)
         pump(0.5)
     shot("review_missing")
     # edit a region around the first candidate, paint, show it, Apply
     if rev.candidates:
-        rev.edit_candidate_button.click()
+        rev.missing.edit_button.click()
         wait("region open", lambda: rev.edit_layer is not None and not rev._busy_now())
         edit = rev.edit_layer
         # paint what a reviewer would: the glands the annotation missed (here the model's
@@ -228,7 +228,7 @@ def main() -> None:
     if rev.candidates:
         rev.candidate_list.setCurrentRow(0)
         pump(0.3)
-        rev.accept_button.click()
+        rev.missing.accept_button.click()
         wait("accept", lambda: not rev._busy_now())
         print("  after Accept:", rev.status.text())
         print("  start bar status:", rev.start_bar.status.text())

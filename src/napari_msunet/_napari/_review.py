@@ -312,7 +312,7 @@ class ReviewWidget(QWidget):
             self.rect_layer = self.viewer.add_shapes(
                 **({"units": units} if units else {}),
                 name="region to edit",
-                edge_color="cyan",
+                edge_color="white",
                 face_color="transparent",
                 edge_width=3 * s0,
                 scale=(s0, s0),

@@ -144,7 +144,7 @@ def candidate_shapes(
     kwargs = {
         "name": "suspected missing annotations",
         "shape_type": "rectangle",
-        "edge_color": "yellow",
+        "edge_color": "cyan",  # apart from the yellow glands and the white edit box
         "face_color": "transparent",
         "edge_width": 3 * s0,
         "scale": (s0, s0),
