@@ -313,18 +313,39 @@ class AnnotationStore:
         try:
             return (
                 yield from cls._iter_create(
-                    root, source, slide, slide_mpp, mpp, downsample, classes, colors, chunk,
-                    overwrite, stop,
+                    root,
+                    source,
+                    slide,
+                    slide_mpp=slide_mpp,
+                    mpp=mpp,
+                    downsample=downsample,
+                    classes=classes,
+                    colors=colors,
+                    chunk=chunk,
+                    overwrite=overwrite,
+                    stop=stop,
                 )
-            )  # fmt: skip
+            )
         finally:
             _store_lock.release(root)
 
     @classmethod
     def _iter_create(
-        cls, root, source, slide, slide_mpp, mpp, downsample, classes, colors, chunk, overwrite,
-        stop,
-    ) -> Generator[Progress, None, AnnotationStore | None]:  # fmt: skip
+        cls,
+        root: Path,
+        source: Any,
+        slide: Any,
+        *,
+        slide_mpp: float | None,
+        mpp: float | None,
+        downsample: int | None,
+        classes: Sequence[str] | None,
+        colors: Sequence[Any] | None,
+        chunk: int,
+        overwrite: bool,
+        stop: StopRequest,
+    ) -> Generator[Progress, None, AnnotationStore | None]:
+        """:meth:`iter_create` once the store's edit lock is held."""
         if cls.exists(root) and not overwrite:
             raise WriterError(
                 root, "an annotation store exists here; open it, or pass overwrite=True"
