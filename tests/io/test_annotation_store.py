@@ -13,6 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import WriterError
 from napari_msunet.io.annotation_store import AnnotationStore, store_downsample
 from napari_msunet.io.geojson import read_geojson
@@ -44,14 +45,6 @@ def check_pyramid(store):
     assert len(levels) > 1
     for k, lv in enumerate(levels):
         np.testing.assert_array_equal(lv, levels[0][:: 2**k, :: 2**k])
-
-
-def drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 def digest(path):
@@ -292,7 +285,7 @@ def test_cancelled_creation_resumes(geojson, tmp_path):
     gen = AnnotationStore.iter_create(tmp_path / "store", geojson, SHAPE, **kwargs)
     next(gen)
     stop.set()
-    assert drain(gen) is None
+    assert run_to_end(gen) is None
     assert not AnnotationStore.exists(tmp_path / "store")
     store = AnnotationStore.create(tmp_path / "store", geojson, SHAPE, slide_mpp=MPP, chunk=64)
     ann = read_geojson(geojson)

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from napari_msunet.io._store_lock import lock_path
 from napari_msunet.io.annotation_store import AnnotationStore, remove_store
 
 SHAPE = (256, 320)
+HOLDER = Path(__file__).with_name("hold_store.py")
 
 
 @pytest.fixture
@@ -29,17 +30,11 @@ def root(tmp_path):
 
 def _holder(root):
     """A second process that opens the store, says so, and waits for a line on stdin."""
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from napari_msunet.io.annotation_store import AnnotationStore
-        store = AnnotationStore.open({str(root)!r})
-        print("holding", flush=True)
-        sys.stdin.readline()
-        """
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HOLDER), str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "holding"
     return proc

@@ -234,24 +234,19 @@ def test_without_a_prediction_the_store_is_at_the_bundled_models_resolution(
 def test_a_store_another_program_edits_is_refused_with_its_name(make_napari_viewer, qtbot, files):
     import subprocess
     import sys
-    import textwrap
+    from pathlib import Path
 
     _, widget = _viewer(make_napari_viewer, files)
     store = _start(qtbot, widget)
     root = store.root
     store.close()
     widget.store = None
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from napari_msunet.io.annotation_store import AnnotationStore
-        store = AnnotationStore.open({str(root)!r})
-        print("holding", flush=True)
-        sys.stdin.readline()
-        """
-    )
+    holder = Path(__file__).parents[1] / "io" / "hold_store.py"  # a second program
     other = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(holder), str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert other.stdout.readline().strip() == "holding"

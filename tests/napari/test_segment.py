@@ -17,6 +17,7 @@ import torch
 import zarr
 from segment_case import make_case
 
+from napari_msunet._generators import run_to_end
 from napari_msunet._napari._predict_run import prediction_layers, visible_region
 from napari_msunet._napari._segment import SegmentWidget
 from napari_msunet._napari._workspace import workspace_dir
@@ -43,12 +44,7 @@ def files(tmp_path_factory):
     case = make_case(tmp_path_factory.mktemp("segment"))
     net, header = load_model(case.model)
     with open_slide(case.slide) as slide:
-        gen = predict_slide(slide, net, header, CFG, case.slide.parent / "direct")
-        try:
-            while True:
-                next(gen)
-        except StopIteration as end:
-            direct = end.value
+        direct = run_to_end(predict_slide(slide, net, header, CFG, case.slide.parent / "direct"))
     reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
     assert (reference == 1).mean() > 0.05  # both classes occur on tissue
     return {"slide": case.slide, "model": case.model, "reference": reference, "direct": direct}
@@ -276,12 +272,7 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     assert layer.metadata["napari_msunet"]["mpp"] == pytest.approx(1.0)  # real µm/px
     net, header = load_model(files["model"])
     with open_slide(plain) as slide:
-        gen = predict_slide(slide, net, header, CFG, tmp_path / "direct", mpp=0.5)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as end:
-            direct = end.value
+        direct = run_to_end(predict_slide(slide, net, header, CFG, tmp_path / "direct", mpp=0.5))
     reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
     np.testing.assert_array_equal(np.asarray(layer.data[0]), reference)
 

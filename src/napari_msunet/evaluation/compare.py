@@ -40,6 +40,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, MsunetError
 from napari_msunet.evaluation._inputs import Prediction, is_geojson, load_region, load_truth
 from napari_msunet.evaluation._windows import Resampled, check_label_array, scan, window_shape
@@ -494,8 +495,4 @@ def compare(
 ) -> Comparison | None:
     """Run :func:`iter_compare` to the end and return its result (same parameters)."""
     gen = iter_compare(pred, truth, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(gen)

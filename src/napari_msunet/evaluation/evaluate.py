@@ -25,6 +25,7 @@ import dask.array as da
 import numpy as np
 
 from napari_msunet._atomic import check_new_file
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, MsunetError, WriterError
 from napari_msunet.evaluation._inputs import (
     Prediction,
@@ -452,8 +453,4 @@ def evaluate(
         overlay_max_side=overlay_max_side,
         workers=workers,
     )
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)

@@ -40,6 +40,7 @@ import zarr
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError
 from napari_msunet.evaluation.evaluate import Progress
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
@@ -463,11 +464,7 @@ def iter_missing(
 def find_missing(probabilities: str | Path, annotation: Any, **kwargs: Any) -> list[Candidate]:
     """:func:`iter_missing` run to the end (for scripts and the CLI)."""
     gen = iter_missing(probabilities, annotation, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(gen)
 
 
 def accept_candidate(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import ConfigError, InputShapeError
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.inference.device import Normalization, prepare_model, resolve_device_settings
@@ -116,8 +117,4 @@ def predict_array(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run :func:`predict_array_iter` to the end and return ``(labels, probabilities)``."""
     gen = predict_array_iter(image, model, norm, config, tissue=tissue, probabilities=probabilities)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(gen)

@@ -59,6 +59,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, WriterError
 from napari_msunet.io import _store_lock
 from napari_msunet.io._store_journal import DurableStore, Journal
@@ -249,12 +250,7 @@ class AnnotationStore:
     @classmethod
     def create(cls, root: str | os.PathLike[str], source: Any, slide: Any, **kwargs: Any):
         """Create a store and return it (see :meth:`iter_create` for the parameters)."""
-        gen = cls.iter_create(root, source, slide, **kwargs)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(cls.iter_create(root, source, slide, **kwargs))
 
     @classmethod
     def iter_create(
