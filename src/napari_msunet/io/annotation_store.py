@@ -25,7 +25,8 @@ while an editing window and every write are ``d²`` times smaller than at level 
 Creation streams the source (a QuPath GeoJSON rasterised window by window, or a label mask of
 any resolution sampled nearest-neighbour) through
 :class:`~napari_msunet.io.ome_zarr.OmeZarrWriter`, so memory does not grow with the slide,
-and a cancelled creation resumes. The user's GeoJSON or mask is only read, never written.
+and a cancelled creation resumes (:mod:`napari_msunet.io._store_build` writes it). The user's
+GeoJSON or mask is only read, never written.
 
 Edits (:meth:`AnnotationStore.apply`) are write-ahead journalled: the previous content of the
 chunks about to change is saved to the journal and flushed to disk first, then the chunks are
@@ -42,19 +43,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
-import shapely
 import zarr
 from zarr.storage import LocalStore
 
@@ -62,12 +61,25 @@ from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, WriterError
 from napari_msunet.io import _store_lock
+from napari_msunet.io._store_build import (
+    CORRECTED_CLASS,
+    INFO_NAME,
+    JOURNAL_NAME,
+    MASK_NAME,
+    REGIONS_NAME,
+    REJECTED_NAME,
+    STORE_FORMAT,
+    Progress,
+    StopRequest,
+    Window,
+    iter_build,
+    read_regions,
+    store_downsample,
+    store_exists,
+    write_regions,
+)
 from napari_msunet.io._store_journal import DurableStore, Journal
-from napari_msunet.io._store_sources import open_source
-from napari_msunet.io.annotations import Annotation, AnnotationSet, ClassInfo
-from napari_msunet.io.geojson import read_geojson, write_geojson
-from napari_msunet.io.ome_zarr import OmeZarrWriter
-from napari_msunet.io.writers import DEFAULT_CHUNK, prefetched, publish, remove_path
+from napari_msunet.io.writers import DEFAULT_CHUNK, remove_path
 
 __all__ = [
     "CORRECTED_CLASS",
@@ -78,30 +90,8 @@ __all__ = [
     "store_downsample",
 ]
 
-STORE_FORMAT = "napari-msunet-annotation-store"
-STORE_VERSION = 1
-INFO_NAME = "store.json"
-MASK_NAME = "mask.ome.zarr"
-REGIONS_NAME = "corrected_regions.geojson"
-JOURNAL_NAME = "journal"
-REJECTED_NAME = "rejected.json"
-CORRECTED_CLASS = ClassInfo("Corrected", 1, (255, 200, 0))
-"""Class of the rectangles in the corrected-regions GeoJSON."""
-
 MAX_UNDO = 200
 """Edits kept in the journal; older ones can no longer be undone."""
-
-Window = tuple[int, int, int, int]  # (y, x, h, w)
-StopRequest = Callable[[], bool] | threading.Event | None
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Progress of a store creation: ``done`` of ``total`` windows written."""
-
-    done: int
-    total: int
-    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,26 +114,6 @@ class Edit:
     window: Window
     region: Window
     label: str
-
-
-def store_downsample(slide_mpp: float | None, mpp: float | None) -> int:
-    """The integer downsample of a store at ``mpp`` µm/px on a slide at ``slide_mpp``.
-
-    ``round(mpp / slide_mpp)``, at least 1; 1 (level 0) when either is unknown.
-    """
-    if slide_mpp is None or mpp is None:
-        return 1
-    if not (slide_mpp > 0 and mpp > 0):
-        raise ValueError(f"pixel sizes must be positive, got {slide_mpp} and {mpp}")
-    return max(1, round(mpp / slide_mpp))
-
-
-def _stopped(stop: StopRequest) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,8 +209,7 @@ class AnnotationStore:
     @staticmethod
     def exists(root: str | os.PathLike[str]) -> bool:
         """Whether ``root`` holds a complete store."""
-        r = Path(root)
-        return (r / INFO_NAME).is_file() and (r / MASK_NAME).is_dir()
+        return store_exists(root)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> AnnotationStore:
@@ -307,107 +276,22 @@ class AnnotationStore:
         root = Path(root)
         _store_lock.acquire(root)  # nobody edits the store being replaced meanwhile
         try:
-            return (
-                yield from cls._iter_create(
-                    root,
-                    source,
-                    slide,
-                    slide_mpp=slide_mpp,
-                    mpp=mpp,
-                    downsample=downsample,
-                    classes=classes,
-                    colors=colors,
-                    chunk=chunk,
-                    overwrite=overwrite,
-                    stop=stop,
-                )
+            built = yield from iter_build(
+                root,
+                source,
+                slide,
+                slide_mpp=slide_mpp,
+                mpp=mpp,
+                downsample=downsample,
+                classes=classes,
+                colors=colors,
+                chunk=chunk,
+                overwrite=overwrite,
+                stop=stop,
             )
+            return cls(root) if built else None  # opened while the lock is still held
         finally:
             _store_lock.release(root)
-
-    @classmethod
-    def _iter_create(
-        cls,
-        root: Path,
-        source: Any,
-        slide: Any,
-        *,
-        slide_mpp: float | None,
-        mpp: float | None,
-        downsample: int | None,
-        classes: Sequence[str] | None,
-        colors: Sequence[Any] | None,
-        chunk: int,
-        overwrite: bool,
-        stop: StopRequest,
-    ) -> Generator[Progress, None, AnnotationStore | None]:
-        """:meth:`iter_create` once the store's edit lock is held."""
-        if cls.exists(root) and not overwrite:
-            raise WriterError(
-                root, "an annotation store exists here; open it, or pass overwrite=True"
-            )
-        if hasattr(slide, "shape") and not isinstance(slide, tuple | list):
-            slide_shape = tuple(int(s) for s in slide.shape[:2])
-            slide_mpp = slide_mpp if slide_mpp is not None else getattr(slide, "mpp", None)
-            slide_path = str(getattr(slide, "path", "")) or None
-        else:
-            slide_shape, slide_path = (int(slide[0]), int(slide[1])), None
-        d = int(downsample) if downsample is not None else store_downsample(slide_mpp, mpp)
-        if d < 1:
-            raise ValueError(f"downsample must be >= 1, got {downsample}")
-        shape = (math.ceil(slide_shape[0] / d), math.ceil(slide_shape[1] / d))
-        read, names, rgba, desc = open_source(source, slide_shape, d, shape, classes, colors)
-        store_mpp = slide_mpp * d if slide_mpp is not None else None
-
-        build = root.with_name(root.name + ".creating")
-        build.mkdir(parents=True, exist_ok=True)
-        writer = OmeZarrWriter(
-            build / MASK_NAME,
-            shape,
-            kind="labels",
-            dtype=np.uint8,
-            chunk=chunk,
-            mpp=store_mpp,
-            class_names=names,
-            class_colors=rgba,
-            overwrite=True,
-        )
-        step = writer.chunk * max(1, 2048 // writer.chunk)
-        todo = [
-            (y, x, min(step, shape[0] - y), min(step, shape[1] - x))
-            for y in range(0, shape[0], step)
-            for x in range(0, shape[1], step)
-        ]
-        todo = [r for r in todo if not writer.is_done(*r)]
-        total = len(todo)
-        yield Progress(0, total, "preparing the editable annotation")
-        with writer:
-            items = prefetched(lambda r: (r, read(*r)), todo, depth=2)
-            for done, ((y, x, _, _), block) in enumerate(items, 1):
-                writer.write_region(y, x, block)
-                yield Progress(done, total, f"rasterising the annotation ({desc})")
-                if _stopped(stop):
-                    return None
-            writer.finalize()
-        info = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "slide": slide_path,
-            "slide_shape": list(slide_shape),
-            "slide_mpp": slide_mpp,
-            "downsample": d,
-            "mpp": store_mpp,
-            "shape": list(shape),
-            "class_names": names,
-            "class_colors": rgba,
-            "source": desc,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        _write_regions(build / REGIONS_NAME, [])
-        (build / JOURNAL_NAME).mkdir(exist_ok=True)
-        atomic_write_bytes(build / INFO_NAME, json.dumps(info, indent=1).encode(), overwrite=True)
-        publish(build, root, overwrite)
-        return cls(root)
 
     # -- geometry ------------------------------------------------------------------------
 
@@ -455,7 +339,7 @@ class AnnotationStore:
 
     def regions(self) -> list[Window]:
         """The corrected regions, level-0 ``(y, x, h, w)`` rectangles, oldest first."""
-        return _read_regions(self.regions_path)
+        return read_regions(self.regions_path)
 
     def edits(self) -> list[Edit]:
         """The edits that can be undone, oldest first."""
@@ -538,7 +422,7 @@ class AnnotationStore:
             try:
                 self._write(aligned, after, before)
                 if regions_after != regions_before:
-                    _write_regions(self.regions_path, regions_after)
+                    write_regions(self.regions_path, regions_after)
                 self._journal.mark_applied(index)
             except Exception as exc:
                 # put back what was written; if even that fails, opening the store will
@@ -622,7 +506,7 @@ class AnnotationStore:
         self._write(aligned, before, self.read_store(*aligned))
         regions = [tuple(r) for r in entry["regions_before"]]
         if self.regions() != regions:
-            _write_regions(self.regions_path, regions)
+            write_regions(self.regions_path, regions)
         self._journal.remove(index)
 
     def _recover(self) -> None:
@@ -654,32 +538,6 @@ class AnnotationStore:
             f"AnnotationStore({str(self.root)!r}, shape={self.shape}, "
             f"downsample={self.downsample}, edits={len(self._journal.indices())})"
         )
-
-
-def _write_regions(path: Path, regions: Sequence[Window]) -> None:
-    """Rewrite the corrected-regions GeoJSON atomically (level-0 rectangles)."""
-    annotations = [
-        Annotation(
-            shapely.box(x, y, x + w, y + h),
-            CORRECTED_CLASS.name,
-            name=f"corrected region {i + 1}",
-        )
-        for i, (y, x, h, w) in enumerate(regions)
-        if h > 0 and w > 0
-    ]
-    write_geojson(
-        AnnotationSet.from_annotations(annotations, [CORRECTED_CLASS]), path, overwrite=True
-    )
-
-
-def _read_regions(path: Path) -> list[Window]:
-    if not path.exists():
-        return []
-    out = []
-    for a in read_geojson(path):
-        x0, y0, x1, y1 = (round(v) for v in a.geometry.bounds)
-        out.append((y0, x0, y1 - y0, x1 - x0))
-    return out
 
 
 def remove_store(root: str | os.PathLike[str]) -> None:
