@@ -260,3 +260,24 @@ def test_a_store_another_program_edits_is_refused_with_its_name(make_napari_view
     finally:
         other.communicate("\n", timeout=60)
     assert _start(qtbot, widget).root == root  # free again once the other program closed
+
+
+def test_rectangle_outlines_stay_visible_at_any_zoom(make_napari_viewer, qtbot, files):
+    from napari_msunet._napari._review_layers import EDGE_SCREEN_PX, _camera
+
+    viewer, widget = _viewer(make_napari_viewer, files)
+    _start(qtbot, widget)
+    widget.draw_rectangle()
+    layer = widget.rect_layer
+    camera = _camera(viewer)
+
+    def on_screen(width):  # data units -> screen pixels
+        return width * camera.zoom * layer.scale[-1]
+
+    camera.zoom = 4.0
+    assert on_screen(layer.current_edge_width) == pytest.approx(EDGE_SCREEN_PX)
+    layer.add_rectangles(np.array([[[200, 300], [330, 470]]], float))
+    camera.zoom = 0.05  # the whole slide and more
+    assert on_screen(layer.edge_width[0]) == pytest.approx(EDGE_SCREEN_PX)
+    viewer.layers.remove(layer)
+    camera.zoom = 1.0  # a removed layer is left alone (and its handler gone)

@@ -45,6 +45,7 @@ from napari_msunet._napari._review_layers import (
     center_on,
     edit_layer_kwargs,
     is_annotation_layer,
+    keep_edges_visible,
     level0_of,
     level0_rect_of_shape,
     slide_scale,
@@ -314,11 +315,11 @@ class ReviewWidget(QWidget):
                 name="region to edit",
                 edge_color="white",
                 face_color="transparent",
-                edge_width=3 * s0,
                 scale=(s0, s0),
                 translate=(-0.5 * s0, -0.5 * s0),
                 metadata={"napari_msunet": {"kind": "edit-rectangles"}},
             )
+            keep_edges_visible(self.viewer, self.rect_layer)
         self.viewer.layers.selection.active = self.rect_layer
         self.rect_layer.mode = "add_rectangle"
         self._say("Drag a rectangle over the region to correct, then press Edit region.")
@@ -460,6 +461,7 @@ class ReviewWidget(QWidget):
         self.candidate_layer = None
         if shapes:
             self.candidate_layer = self.viewer.add_shapes(shapes, **kwargs)
+            keep_edges_visible(self.viewer, self.candidate_layer)
         if self.store_layer is not None:
             self.viewer.layers.selection.active = self.store_layer
         self._update_buttons()

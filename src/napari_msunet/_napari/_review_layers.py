@@ -25,6 +25,7 @@ __all__ = [
     "center_on",
     "edit_layer_kwargs",
     "is_annotation_layer",
+    "keep_edges_visible",
     "level0_of",
     "level0_rect_of_shape",
     "slide_scale",
@@ -156,13 +157,44 @@ def candidate_shapes(
     return shapes, kwargs
 
 
+EDGE_SCREEN_PX = 2.5
+"""Outline width of the review's rectangles on screen, whatever the zoom."""
+
+
+def _camera(viewer: Any) -> Any:
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9 moved the camera there
+    return scene.camera if scene is not None else viewer.camera
+
+
+def keep_edges_visible(viewer: Any, layer: Any, screen_px: float = EDGE_SCREEN_PX) -> None:
+    """Keep a Shapes layer's outlines ``screen_px`` wide on screen as the user zooms.
+
+    napari draws edge widths in data units, so a fixed width vanishes on a zoomed-out slide
+    (a 3-pixel outline on a 100,000-pixel slide) and swamps the tissue when zoomed in. The
+    width follows the camera's zoom until the layer leaves the viewer.
+    """
+    camera = _camera(viewer)
+    scale = float(layer.scale[-1])
+
+    def update(_event: Any = None) -> None:
+        if layer not in viewer.layers:
+            camera.events.zoom.disconnect(update)
+            return
+        width = screen_px / max(camera.zoom * scale, 1e-12)
+        layer.current_edge_width = width
+        if layer.nshapes:
+            layer.edge_width = width
+
+    camera.events.zoom.connect(update)
+    update()
+
+
 def center_on(viewer: Any, slide_layer: Any, bbox: tuple[int, int, int, int]) -> None:
     """Centre the view on a level-0 box and zoom so that it fills about half the canvas."""
     y, x, h, w = bbox
     center = slide_layer.data_to_world([y + h / 2 - 0.5, x + w / 2 - 0.5])
     s0 = slide_scale(slide_layer)
-    scene = getattr(viewer, "scene", None)
-    camera = scene.camera if scene is not None else viewer.camera
+    camera = _camera(viewer)
     canvas = getattr(viewer, "canvas", None)
     size = getattr(canvas, "size", None) if canvas is not None else None
     if size is None:
