@@ -18,7 +18,10 @@ import zarr
 from segment_case import make_case
 
 from napari_msunet._generators import run_to_end
+from napari_msunet._napari._finetune import FinetuneWidget
+from napari_msunet._napari._layers import slide_mpp_of
 from napari_msunet._napari._predict_run import prediction_layers, visible_region
+from napari_msunet._napari._review import EMPTY_ENTRY, ReviewWidget
 from napari_msunet._napari._segment import SegmentWidget
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.inference import InferenceConfig, predict_slide
@@ -276,8 +279,25 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
     np.testing.assert_array_equal(np.asarray(layer.data[0]), reference)
 
+    # the value entered is kept with the slide layer: Review and Fine-tune use it
+    assert slide_mpp_of(slide_layer) == pytest.approx(0.5)
+    review = ReviewWidget(viewer)
+    review.annotation_combo.set_extra(EMPTY_ENTRY)
+    task = review.start_review()
+    qtbot.waitUntil(lambda: task.done, timeout=TIMEOUT)
+    assert task.error is None, task.error
+    assert review.store.slide_mpp == pytest.approx(0.5)
+    assert review.store.downsample == 2  # the prediction's 1 µm/px on the 0.5 µm/px scan
+    finetune = FinetuneWidget(viewer)
+    assert finetune._given_slide_mpp() == pytest.approx(0.5)
+
     # a slide that states its size needs nothing more
     (svs_layer,) = viewer.open(str(files["slide"]), plugin="napari-msunet")
     widget.slide_combo.setCurrentIndex(widget.slide_combo.findText(svs_layer.name))
     assert not widget.slide_needs_mpp()
     assert not widget.slide_mpp_spin.isVisible()
+    finetune.slide_combo.setCurrentIndex(finetune.slide_combo.findText(svs_layer.name))
+    assert finetune._given_slide_mpp() is None  # its file's own value is used
+    # back on the plain TIFF, the field shows what was entered
+    widget.slide_combo.setCurrentIndex(widget.slide_combo.findText(slide_layer.name))
+    assert widget.slide_mpp_spin.value() == pytest.approx(0.5)

@@ -48,7 +48,7 @@ from napari_msunet._napari._finetune_inputs import (
     prediction_layers,
 )
 from napari_msunet._napari._history_panel import ModelHistoryPanel
-from napari_msunet._napari._layers import same_layer
+from napari_msunet._napari._layers import plugin_meta, same_layer, slide_mpp_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
@@ -195,6 +195,11 @@ class FinetuneWidget(QWidget):
         self.advanced.setVisible(open_)
         arrow = Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow
         self.advanced_toggle.setArrowType(arrow)
+
+    def _given_slide_mpp(self) -> float | None:
+        """The µm/px entered in Segment for a slide whose file does not state it, else None."""
+        layer = self.slide_combo.currentData()
+        return None if plugin_meta(layer).get("mpp") else slide_mpp_of(layer)
 
     def _slide_path(self) -> Path | None:
         layer = self.slide_combo.currentData()
@@ -344,7 +349,7 @@ class FinetuneWidget(QWidget):
                 "fine-tune on all of it."
             )
             return None
-        spec = SlideSpec(slide, annotation, regions=regions)
+        spec = SlideSpec(slide, annotation, regions=regions, mpp=self._given_slide_mpp())
         settings = {
             "steps": self.steps.value(),
             "lr": self.lr.value(),

@@ -95,6 +95,25 @@ def layer_pyramid(layer: Labels) -> LabelPyramid:
     return LabelPyramid(layer_levels(layer), layer_mpp(layer), layer_classes(layer), layer.name)
 
 
+def slide_mpp_of(layer: Layer | None) -> float | None:
+    """µm/px of a slide layer: what its file states, else what the user entered for it.
+
+    A file that does not state its pixel size gets one in the Segment widget ("Slide µm/px");
+    it is kept in the layer's metadata as ``mpp_given`` so that Review and Fine-tune read the
+    slide at the same scale. The layer itself stays in pixels.
+    """
+    meta = plugin_meta(layer)
+    value = meta.get("mpp") or meta.get("mpp_given")
+    return float(value) if value else None
+
+
+def remember_slide_mpp(layer: Layer, mpp: float) -> None:
+    """Record the µm/px the user entered for a slide layer whose file does not state it."""
+    meta = layer.metadata.get("napari_msunet")
+    if isinstance(meta, dict) and meta.get("mpp") is None:
+        meta["mpp_given"] = float(mpp)
+
+
 def slide_path_of(layer: Layer | None) -> Path | None:
     """The slide file a layer belongs to: its own path for a slide, else what it names."""
     meta = plugin_meta(layer)

@@ -38,7 +38,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msunet._napari._candidate_panel import CandidatePanel
-from napari_msunet._napari._layers import LayerCombo, is_slide, plugin_meta, slide_path_of
+from napari_msunet._napari._layers import (
+    LayerCombo,
+    is_slide,
+    plugin_meta,
+    slide_mpp_of,
+    slide_path_of,
+)
 from napari_msunet._napari._review_layers import (
     annotation_rank,
     candidate_shapes,
@@ -240,6 +246,7 @@ class ReviewWidget(QWidget):
             for c in pred["classes"]:
                 names[int(c["label"])] = c["name"]
         pred_mpp = pred.get("mpp")
+        slide_mpp = slide_mpp_of(slide_layer)  # the file's, or the one entered in Segment
 
         def work():
             from napari_msunet.io.annotation_store import AnnotationStore
@@ -258,7 +265,13 @@ class ReviewWidget(QWidget):
                 slide = open_slide(slide_path)
             try:
                 store = AnnotationStore.create(
-                    root, source, slide, mpp=mpp, classes=names, overwrite=restart
+                    root,
+                    source,
+                    slide,
+                    slide_mpp=slide_mpp,
+                    mpp=mpp,
+                    classes=names,
+                    overwrite=restart,
                 )
             finally:
                 slide.close()

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msunet._napari._layers import remember_slide_mpp, slide_mpp_of
 from napari_msunet._napari._predict_run import (
     PredictionRun,
     prediction_layers,
@@ -196,6 +197,8 @@ class SegmentWidget(QWidget):
     def _slide_changed(self, *_: Any) -> None:
         """Ask for the slide's µm/px only when its file does not state it."""
         shown = self.slide_needs_mpp()
+        if shown:  # what the user entered for this slide before, else "enter it"
+            self.slide_mpp_spin.setValue(slide_mpp_of(self.slide_layer()) or 0.0)
         if hasattr(self._form, "setRowVisible"):  # Qt >= 6.4
             self._form.setRowVisible(self.slide_mpp_spin, shown)
         else:
@@ -297,6 +300,7 @@ class SegmentWidget(QWidget):
                     "µm/px in 'Slide µm/px' (the scanner's value: about 0.25 at 40x, 0.5 at 20x)."
                 )
                 return None
+            remember_slide_mpp(layer, slide_mpp)  # for Review and Fine-tune
         region = visible_region(self.viewer, layer) if self.view_only.isChecked() else None
         self.output_label.setText("")
         return start_prediction(
