@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import zarr
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
-from napari_msunet._generators import run_to_end
+from napari_msunet._generators import Stop, run_to_end
 from napari_msunet.errors import AnnotationError
 from napari_msunet.evaluation.evaluate import Progress
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
@@ -59,7 +59,7 @@ __all__ = [
     "iter_missing",
 ]
 
-StopRequest = Callable[[], bool] | threading.Event | None
+StopRequest = Stop
 _WINDOW = 1024  # coarse pixels per window edge (rounded to the store's chunks)
 
 

@@ -6,18 +6,14 @@ can print them; no Qt and no callbacks here (see GUIDE: long work is a generator
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from napari_msunet._generators import Stop, stopped  # re-exported: the engine's API
 from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.tiling import TilePlan
 
 __all__ = ["PredictionResult", "Progress", "Stop", "stopped"]
-
-Stop = Callable[[], bool] | threading.Event | None
-"""A stop request: a callable returning True, or a ``threading.Event``; checked per batch."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +87,6 @@ class PredictionResult:
         """Slide area at the working resolution per second of the whole call."""
         t = self.timings.get("total", 0.0)
         return self.shape[0] * self.shape[1] / 1e6 / t if t else float("nan")
-
-
-def stopped(stop: Stop) -> bool:
-    """Whether ``stop`` asks to stop now."""
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
 
 
 def make_progress(

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import shapely
 
 from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet._generators import Stop, stopped
 from napari_msunet.errors import WriterError
 from napari_msunet.io._store_sources import open_source
 from napari_msunet.io.annotations import Annotation, AnnotationSet, ClassInfo
@@ -41,7 +41,7 @@ CORRECTED_CLASS = ClassInfo("Corrected", 1, (255, 200, 0))
 """Class of the rectangles in the corrected-regions GeoJSON."""
 
 Window = tuple[int, int, int, int]  # (y, x, h, w)
-StopRequest = Callable[[], bool] | threading.Event | None
+StopRequest = Stop
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,6 @@ def store_downsample(slide_mpp: float | None, mpp: float | None) -> int:
     if not (slide_mpp > 0 and mpp > 0):
         raise ValueError(f"pixel sizes must be positive, got {slide_mpp} and {mpp}")
     return max(1, round(mpp / slide_mpp))
-
-
-def stopped(stop: StopRequest) -> bool:
-    """Whether a stop request (event or callable) is set."""
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
 
 
 def store_exists(root: str | Path) -> bool:
