@@ -4,7 +4,7 @@ Same model (lite MS U-Net, random weights with a fixed seed: compute does not de
 weights), same synthetic slide, one process, so ratios are meaningful on a noisy machine:
 
 (a) throughput in megapixels/s of slide area at the working resolution: the engine
-    (``predict_slide``, default settings, tissue detection on, outputs written as OME-Zarr)
+    (``iter_predict_slide``, default settings, tissue detection on, outputs written as OME-Zarr)
     against a naive baseline written here like the paper's tiling and MONAI's
     ``sliding_window_inference(overlap=0.5, mode="constant")``: 1024² windows every 512 px,
     overlapping probabilities averaged in memory, windows read one after the other with no
@@ -51,13 +51,18 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_msunet.inference import InferenceConfig, Normalization, predict_array, predict_slide
+from napari_msunet.inference import (
+    InferenceConfig,
+    Normalization,
+    iter_predict_slide,
+    predict_array,
+)
 from napari_msunet.inference.device import prepare_model, resolve_device_settings
-from napari_msunet.inference.reading import SlideReader, working_geometry
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
-from napari_msunet.inference.tissue import detect_tissue
 from napari_msunet.io.slide import open_slide
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from napari_msunet.io.tissue import detect_tissue
+from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.models import build_model
 
 NORM = Normalization((0.8, 0.6, 0.75), (0.15, 0.2, 0.15))
@@ -161,7 +166,7 @@ def model_only(slide, model, settings, config, mpp=None):
     """
     geometry = working_geometry(slide, config.target_mpp, mpp)
     tiling = resolve_tiling(config, model, settings, geometry.shape)
-    tissue = detect_tissue(slide, config) if config.tissue else None
+    tissue = detect_tissue(slide, config.tissue_settings) if config.tissue else None
     keep = None
     if tissue is not None:
         dy, dx = geometry.downsample
@@ -248,7 +253,7 @@ def child_rss(slide_path: str, device: str) -> None:
         with open_slide(slide_path) as slide:
             cfg = InferenceConfig(device=device)
             t0 = time.perf_counter()
-            result = _drain(predict_slide(slide, model, NORM, cfg, out / "pred"))
+            result = _drain(iter_predict_slide(slide, model, NORM, cfg, out / "pred"))
             dt = time.perf_counter() - t0
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -353,12 +358,12 @@ def main() -> None:
             try:
                 # model-only right before and after the engine: the machine's speed drifts
                 dt, n_win, window, gflop = model_only(slide, model, settings, config)
-                r = _drain(predict_slide(slide, model, NORM, config, tmp / "e1"))
+                r = _drain(iter_predict_slide(slide, model, NORM, config, tmp / "e1"))
                 r1 = r if r1 is None or r.timings["total"] < r1.timings["total"] else r1
                 dt2 = model_only(slide, model, settings, config)[0]
                 t_model = min(t_model, dt, dt2)
                 cfg2 = InferenceConfig(device=args.device, tissue=False)
-                r = _drain(predict_slide(slide, model, NORM, cfg2, tmp / "e2"))
+                r = _drain(iter_predict_slide(slide, model, NORM, cfg2, tmp / "e2"))
                 r2 = r if r2 is None or r.timings["total"] < r2.timings["total"] else r2
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -374,7 +379,7 @@ def main() -> None:
             tmp = Path(tempfile.mkdtemp(prefix="msunet-bench-"))
             try:
                 cfg3 = InferenceConfig(device=args.device, tile=args.big_tile)
-                big = _drain(predict_slide(slide, model, NORM, cfg3, tmp / "e3"))
+                big = _drain(iter_predict_slide(slide, model, NORM, cfg3, tmp / "e3"))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             print(f"# engine with tile {args.big_tile}: {big.timings['total']:.1f} s", flush=True)

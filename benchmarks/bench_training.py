@@ -1,6 +1,6 @@
 """Benchmark: training throughput (patches/s) and the share of step time spent waiting for data.
 
-Runs the real trainer (:func:`napari_msunet.training.trainer.train`) for a fixed number of steps
+Runs the real trainer (:func:`napari_msunet.training.trainer.iter_train`) for a fixed number of steps
 on (a) a folder of image/mask pairs (EBHI-Seg, path given) and (b) a synthetic whole slide read
 lazily through the slide patch dataset, each with 0 and 2 DataLoader workers. The trainer
 measures, per step, the time blocked on the next batch (data wait) and the whole step.
@@ -32,14 +32,14 @@ from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.folder_dataset import FolderDataset, find_pairs, stratified_split
 from napari_msunet.training.losses import LossConfig
 from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
-from napari_msunet.training.trainer import TrainStep, train
+from napari_msunet.training.trainer import TrainStep, iter_train
 
 
 def measure(cfg: TrainConfig, dataset, warmup: int) -> dict:
     steps = []
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        for rec in train(cfg, dataset, None, out, resume=False):
+        for rec in iter_train(cfg, dataset, None, out, resume=False):
             if isinstance(rec, TrainStep):
                 steps.append(rec)
         wall = time.perf_counter() - t0

@@ -51,7 +51,7 @@ from napari_msunet.training.folder_dataset import (
     stratified_split,
 )
 from napari_msunet.training.label_noise import LabelNoise, corrupt_mask
-from napari_msunet.training.trainer import EpochEnd, train
+from napari_msunet.training.trainer import EpochEnd, iter_train
 
 CREDIT = (
     "EBHI-Seg (Shi et al., Frontiers in Medicine 2023, doi:10.3389/fmed.2023.1114673), CC BY 4.0"
@@ -186,7 +186,7 @@ def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
     val_set = FolderDataset(val_pairs, None)
     log(f"[{exp['name']}] {arm['name']} seed {seed} -> {run_dir}")
     t0 = time.perf_counter()
-    gen = train(config, train_set, val_set, run_dir, provenance={"experiment": exp["name"]})
+    gen = iter_train(config, train_set, val_set, run_dir, provenance={"experiment": exp["name"]})
     steps = 0
     while True:
         try:

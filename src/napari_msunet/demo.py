@@ -17,11 +17,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from napari_msunet.errors import ModelFileError, MsunetError
+from napari_msunet.progress import eager
 
 __all__ = [
     "DemoFiles",
     "build_sample_slide",
     "default_model_path",
+    "demo",
+    "iter_demo",
     "sample_data_dir",
 ]
 
@@ -101,7 +104,7 @@ def _slide_mpp(path: Path) -> float | None:
         return None
 
 
-def run_demo(
+def iter_demo(
     out_dir: str | Path, *, model: str | Path | None = None, device: str = "auto"
 ) -> Generator[tuple[str, object], None, dict]:
     """Build, predict, evaluate; yields ``(stage, progress)`` records, returns the results.
@@ -110,7 +113,7 @@ def run_demo(
     so the CLI can show their progress bars and the GUI could run the same in a worker.
     """
     from napari_msunet.evaluation import iter_evaluate
-    from napari_msunet.inference import InferenceConfig, predict_slide
+    from napari_msunet.inference import InferenceConfig, iter_predict_slide
     from napari_msunet.io.slide import open_slide
     from napari_msunet.models.checkpoint import load_model
 
@@ -122,7 +125,7 @@ def run_demo(
     config = InferenceConfig(target_mpp=header.input_um_per_px, device=device)
     pred_dir = out / "prediction"
     with open_slide(demo.slide) as slide:
-        gen = predict_slide(slide, net, header, config, pred_dir, overwrite=True, resume=False)
+        gen = iter_predict_slide(slide, net, header, config, pred_dir, overwrite=True, resume=False)
         result = yield from _relay("predict", gen)
     evaluation = yield from _relay(
         "evaluate",
@@ -147,3 +150,6 @@ def _relay(stage: str, gen):
         return stop.value
     finally:
         gen.close()
+
+
+demo = eager(iter_demo)

@@ -1,4 +1,4 @@
-"""predict_slide(region=...): only the tiles meeting a level-0 window are computed, and inside
+"""iter_predict_slide(region=...): only the tiles meeting a level-0 window are computed, and inside
 the window the labels equal a whole-slide run (the GUI's "current view only")."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import zarr
 from inference_helpers import header_for, make_model
 
 from napari_msunet.errors import ConfigError, MsunetError
-from napari_msunet.inference import InferenceConfig, predict_slide
-from napari_msunet.inference.reading import SlideReader, working_geometry
+from napari_msunet.inference import InferenceConfig, iter_predict_slide
 from napari_msunet.io.slide import open_slide
+from napari_msunet.io.working_image import SlideReader, working_geometry
 
 # tissue detection off, so every tile of the grid counts and "not computed" is unambiguous
 CFG = InferenceConfig(tile=256, device="cpu", chunk=256, tissue=False)
@@ -50,7 +50,7 @@ def header(model):
 def whole(slide_path, model, header, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "out"
     with open_slide(slide_path) as slide:
-        _, result = _drive(predict_slide(slide, model, header, CFG, out))
+        _, result = _drive(iter_predict_slide(slide, model, header, CFG, out))
     return result
 
 
@@ -59,7 +59,7 @@ def test_window_equals_whole_slide_and_nothing_else_is_computed(
 ):
     with open_slide(slide_path) as slide:
         records, result = _drive(
-            predict_slide(slide, model, header, CFG, tmp_path / "view", region=REGION)
+            iter_predict_slide(slide, model, header, CFG, tmp_path / "view", region=REGION)
         )
     assert result.completed
     assert result.region == REGION
@@ -93,14 +93,14 @@ def test_region_outside_the_slide_or_malformed_is_refused(slide_path, model, hea
     with open_slide(slide_path) as slide:
         for bad in [(5000, 0, 10, 10), (0, 0, 0, 10), (0, 0, 10), "view"]:
             with pytest.raises(ConfigError, match="region"):
-                _drive(predict_slide(slide, model, header, CFG, tmp_path / "o", region=bad))
+                _drive(iter_predict_slide(slide, model, header, CFG, tmp_path / "o", region=bad))
     assert not (tmp_path / "o").exists()
 
 
 def test_view_reaching_past_the_edge_is_clipped(slide_path, model, header, tmp_path):
     with open_slide(slide_path) as slide:
         _, result = _drive(
-            predict_slide(
+            iter_predict_slide(
                 slide, model, header, CFG, tmp_path / "edge", region=(-500, 3900, 600, 900)
             )
         )
@@ -110,9 +110,9 @@ def test_view_reaching_past_the_edge_is_clipped(slide_path, model, header, tmp_p
 def test_resume_with_another_region_is_refused(slide_path, model, header, tmp_path):
     out = tmp_path / "view"
     with open_slide(slide_path) as slide:
-        gen = predict_slide(slide, model, header, CFG, out, region=REGION)
+        gen = iter_predict_slide(slide, model, header, CFG, out, region=REGION)
         next(gen)
         next(gen)  # one tile done
         gen.close()
         with pytest.raises(MsunetError, match="region"):
-            _drive(predict_slide(slide, model, header, CFG, out, region=(0, 0, 100, 100)))
+            _drive(iter_predict_slide(slide, model, header, CFG, out, region=(0, 0, 100, 100)))

@@ -1,4 +1,4 @@
-"""predict_slide end to end: outputs and metadata, background skipping, stop/close and resume,
+"""iter_predict_slide end to end: outputs and metadata, background skipping, stop/close and resume,
 refusals and bad inputs. One 4096² synthetic slide (1024² at 1 µm/px) with large white areas,
 a narrow U-Net with tiles of 256 (16 tiles)."""
 
@@ -20,13 +20,13 @@ from napari_msunet.inference import (
     PredictionResult,
     Progress,
     SlideOutputs,
+    iter_predict_slide,
     predict_array,
-    predict_slide,
 )
 from napari_msunet.inference.engine import _on_tissue
-from napari_msunet.inference.reading import SlideReader, working_geometry
-from napari_msunet.inference.tissue import detect_tissue
 from napari_msunet.io.slide import SlideWarning, open_slide
+from napari_msunet.io.tissue import detect_tissue
+from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.io.writers import partial_path
 
 CFG = InferenceConfig(tile=256, device="cpu", chunk=256)
@@ -61,7 +61,7 @@ def full_run(slide_path, model, header, tmp_path_factory):
     """One uninterrupted prediction: (result, progress records, output folder)."""
     out = tmp_path_factory.mktemp("full") / "out"
     with open_slide(slide_path) as slide:
-        progress, result = run(predict_slide(slide, model, header, CFG, out))
+        progress, result = run(iter_predict_slide(slide, model, header, CFG, out))
     return result, progress, out
 
 
@@ -128,7 +128,7 @@ def test_background_tiles_are_skipped_and_left_zero(full_run, slide_path, model)
     with open_slide(slide_path) as slide:
         geom = working_geometry(slide, 1.0)
         working = SlideReader(slide, geom).read(0, 0, *geom.shape)
-        tissue = detect_tissue(slide, CFG)
+        tissue = detect_tissue(slide, CFG.tissue_settings)
     ref_labels, ref_probs = predict_array(working, model, NORM, CFG)
     # labels are background wherever the tissue mask says glass, also inside computed tiles
     on_tissue = _on_tissue(np.ones(geom.shape, np.uint8), tissue, 0, 0, geom.downsample) > 0
@@ -157,7 +157,7 @@ def test_all_glass_slide_computes_nothing(tmp_path, model, header):
     with pytest.warns(SlideWarning, match="µm/px unknown"):
         slide = open_slide(path)
     with slide:
-        _, result = run(predict_slide(slide, model, header, CFG, tmp_path / "o", mpp=1.0))
+        _, result = run(iter_predict_slide(slide, model, header, CFG, tmp_path / "o", mpp=1.0))
     assert result.completed
     assert result.tiles_computed == 0
     assert result.tiles_skipped == 12
@@ -174,13 +174,13 @@ def test_stop_then_resume_equals_uninterrupted(full_run, slide_path, model, head
         return calls["n"] > 3
 
     with open_slide(slide_path) as slide:
-        _, first = run(predict_slide(slide, model, header, CFG, out, stop=stop))
+        _, first = run(iter_predict_slide(slide, model, header, CFG, out, stop=stop))
         assert not first.completed
         assert first.tiles_computed == 3
         assert partial_path(out / "labels.ome.zarr").is_dir()
         assert not (out / "labels.ome.zarr").exists()
         assert (out / "prediction.run.json").exists()
-        _, second = run(predict_slide(slide, model, header, CFG, out))
+        _, second = run(iter_predict_slide(slide, model, header, CFG, out))
     assert second.completed
     assert second.tiles_resumed == 3
     assert second.tiles_computed == result.tiles_computed - 3
@@ -196,7 +196,7 @@ def test_close_keeps_finished_tiles_and_stops_threads(slide_path, model, header,
     out = tmp_path / "out"
     before = {t.ident for t in threading.enumerate()}
     with open_slide(slide_path) as slide:
-        progress, result = run(predict_slide(slide, model, header, CFG, out), stop_after=2)
+        progress, result = run(iter_predict_slide(slide, model, header, CFG, out), stop_after=2)
         assert result is None
         assert progress[-1].done == 2
         leftover = [
@@ -205,7 +205,7 @@ def test_close_keeps_finished_tiles_and_stops_threads(slide_path, model, header,
         assert leftover == []
         log = partial_path(out / "labels.ome.zarr") / "msunet-done.jsonl"
         assert len(log.read_text().splitlines()) == 2
-        _, again = run(predict_slide(slide, model, header, CFG, out))
+        _, again = run(iter_predict_slide(slide, model, header, CFG, out))
     assert again.completed
     assert again.tiles_resumed == 2
 
@@ -214,7 +214,9 @@ def test_event_stop_before_start(slide_path, model, header, tmp_path):
     ev = threading.Event()
     ev.set()
     with open_slide(slide_path) as slide:
-        progress, result = run(predict_slide(slide, model, header, CFG, tmp_path / "o", stop=ev))
+        progress, result = run(
+            iter_predict_slide(slide, model, header, CFG, tmp_path / "o", stop=ev)
+        )
     assert not result.completed
     assert result.tiles_computed == 0
     assert [p.message for p in progress] == ["starting"]
@@ -223,12 +225,12 @@ def test_event_stop_before_start(slide_path, model, header, tmp_path):
 def test_resume_with_another_model_is_refused(slide_path, model, header, tmp_path):
     out = tmp_path / "out"
     with open_slide(slide_path) as slide:
-        run(predict_slide(slide, model, header, CFG, out), stop_after=1)
+        run(iter_predict_slide(slide, model, header, CFG, out), stop_after=1)
         other = make_model("unet", seed=2)
         with pytest.raises(MsunetError, match="different model"):
-            run(predict_slide(slide, other, header_for(other), CFG, out))
+            run(iter_predict_slide(slide, other, header_for(other), CFG, out))
         # resume=False discards the interrupted run
-        _, result = run(predict_slide(slide, other, header_for(other), CFG, out, resume=False))
+        _, result = run(iter_predict_slide(slide, other, header_for(other), CFG, out, resume=False))
     assert result.completed
     assert result.tiles_resumed == 0
 
@@ -239,9 +241,9 @@ def test_finished_output_is_refused_unless_overwrite(full_run, slide_path, model
     shutil.copytree(full_out, out)
     with open_slide(slide_path) as slide:
         with pytest.raises(WriterError, match=r"finished prediction.*overwrite"):
-            next(predict_slide(slide, model, header, CFG, out))
+            next(iter_predict_slide(slide, model, header, CFG, out))
         cfg = InferenceConfig(tile=512, device="cpu", chunk=256, save_probabilities=False)
-        _, result = run(predict_slide(slide, model, header, cfg, out, overwrite=True))
+        _, result = run(iter_predict_slide(slide, model, header, cfg, out, overwrite=True))
     assert result.completed
     assert result.tile == 512
     assert not (out / "probabilities.ome.zarr").exists()  # stale: not made by this run
@@ -258,8 +260,8 @@ def test_unknown_mpp_needs_an_override(tmp_path, model, header):
     with slide:
         assert slide.mpp is None
         with pytest.raises(SlideError, match=r"resolution is unknown.*--mpp"):
-            next(predict_slide(slide, model, header, CFG, tmp_path / "o"))
-        _, result = run(predict_slide(slide, model, header, CFG, tmp_path / "o", mpp=0.5))
+            next(iter_predict_slide(slide, model, header, CFG, tmp_path / "o"))
+        _, result = run(iter_predict_slide(slide, model, header, CFG, tmp_path / "o", mpp=0.5))
     assert result.completed
     assert result.shape == (150, 200)
     assert result.mpp == pytest.approx(1.0)
@@ -269,7 +271,7 @@ def test_unknown_mpp_needs_an_override(tmp_path, model, header):
 def test_model_must_take_rgb(slide_path, header, tmp_path):
     four = make_model("unet", in_channels=4)
     with open_slide(slide_path) as slide, pytest.raises(ConfigError, match="4 input channels"):
-        next(predict_slide(slide, four, header, CFG, tmp_path / "o"))
+        next(iter_predict_slide(slide, four, header, CFG, tmp_path / "o"))
     with pytest.raises(ConfigError, match="4 input channels"):
         predict_array(np.zeros((64, 64, 3), np.uint8), four, NORM, CFG)
 
@@ -277,9 +279,11 @@ def test_model_must_take_rgb(slide_path, header, tmp_path):
 def test_bad_settings_fail_before_any_output(slide_path, model, header, tmp_path):
     with open_slide(slide_path) as slide:
         with pytest.raises(ConfigError, match="tile 250 is not a multiple"):
-            next(predict_slide(slide, model, header, InferenceConfig(tile=250), tmp_path / "o"))
+            next(
+                iter_predict_slide(slide, model, header, InferenceConfig(tile=250), tmp_path / "o")
+            )
         with pytest.raises(ConfigError, match="normalisation std"):
-            next(predict_slide(slide, model, ((0, 0, 0), (1, 0, 1)), CFG, tmp_path / "o"))
+            next(iter_predict_slide(slide, model, ((0, 0, 0), (1, 0, 1)), CFG, tmp_path / "o"))
     assert not (tmp_path / "o").exists()  # nothing is created before the inputs are checked
 
 
@@ -287,7 +291,7 @@ def test_explicit_output_paths(slide_path, model, header, tmp_path):
     outputs = SlideOutputs.in_dir(tmp_path / "shared", prefix="s1.")
     cfg = InferenceConfig(tile=512, device="cpu", tissue=False)
     with open_slide(slide_path) as slide:
-        _, result = run(predict_slide(slide, model, header, cfg, outputs))
+        _, result = run(iter_predict_slide(slide, model, header, cfg, outputs))
     assert result.tiles_skipped == 0
     assert result.tiles_computed == 4
     assert (tmp_path / "shared" / "s1.labels.ome.zarr").is_dir()

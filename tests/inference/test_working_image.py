@@ -8,10 +8,10 @@ from conftest import SLIDE_SPEC
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.inference import InferenceConfig, detect_tissue, working_geometry
-from napari_msunet.inference.reading import SlideReader
-from napari_msunet.inference.tissue import TissueMask, tissue_from_rgb
 from napari_msunet.io.slide import open_slide
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from napari_msunet.io.tissue import TissueMask, tissue_from_rgb
+from napari_msunet.io.working_image import SlideReader
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_mpp_override_and_errors(slide_path):
 def test_tissue_on_the_synthetic_slide(slide_path):
     """The mask matches the slide's known tissue (IoU > 0.9) and misses no labelled region."""
     with open_slide(slide_path) as slide:
-        tissue = detect_tissue(slide, InferenceConfig())
+        tissue = detect_tissue(slide, InferenceConfig().tissue_settings)
     assert tissue.mpp == pytest.approx(8.0)
     h, w = tissue.mask.shape
     d = tissue.downsample[0]

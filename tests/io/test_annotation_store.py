@@ -13,7 +13,6 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from napari_msunet._generators import run_to_end
 from napari_msunet.errors import WriterError
 from napari_msunet.io.annotation_store import AnnotationStore, store_downsample
 from napari_msunet.io.geojson import read_geojson
@@ -21,6 +20,7 @@ from napari_msunet.io.masks import open_mask
 from napari_msunet.io.ome_tiff import write_ome_tiff
 from napari_msunet.io.rasterise import rasterise_array
 from napari_msunet.io.synthetic import SyntheticSlideSpec
+from napari_msunet.progress import run_to_end
 
 SHAPE = (1000, 1300)
 MPP = 0.5

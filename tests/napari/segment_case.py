@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_msunet.inference.reading import SlideReader, working_geometry
 from napari_msunet.io.slide import open_slide
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, save_model
 

@@ -17,16 +17,16 @@ import torch
 import zarr
 from segment_case import make_case
 
-from napari_msunet._generators import run_to_end
 from napari_msunet._napari._finetune import FinetuneWidget
 from napari_msunet._napari._layers import slide_mpp_of
 from napari_msunet._napari._predict_run import prediction_layers, visible_region
 from napari_msunet._napari._review import EMPTY_ENTRY, ReviewWidget
 from napari_msunet._napari._segment import SegmentWidget
 from napari_msunet._napari._workspace import workspace_dir
-from napari_msunet.inference import InferenceConfig, predict_slide
+from napari_msunet.inference import InferenceConfig, iter_predict_slide
 from napari_msunet.io.slide import open_slide
 from napari_msunet.models.checkpoint import load_model
+from napari_msunet.progress import run_to_end
 
 CFG = InferenceConfig(target_mpp=1.0, tile=64, device="cpu")
 TIMEOUT = 120_000
@@ -47,7 +47,9 @@ def files(tmp_path_factory):
     case = make_case(tmp_path_factory.mktemp("segment"))
     net, header = load_model(case.model)
     with open_slide(case.slide) as slide:
-        direct = run_to_end(predict_slide(slide, net, header, CFG, case.slide.parent / "direct"))
+        direct = run_to_end(
+            iter_predict_slide(slide, net, header, CFG, case.slide.parent / "direct")
+        )
     reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
     assert (reference == 1).mean() > 0.05  # both classes occur on tissue
     return {"slide": case.slide, "model": case.model, "reference": reference, "direct": direct}
@@ -275,7 +277,9 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     assert layer.metadata["napari_msunet"]["mpp"] == pytest.approx(1.0)  # real µm/px
     net, header = load_model(files["model"])
     with open_slide(plain) as slide:
-        direct = run_to_end(predict_slide(slide, net, header, CFG, tmp_path / "direct", mpp=0.5))
+        direct = run_to_end(
+            iter_predict_slide(slide, net, header, CFG, tmp_path / "direct", mpp=0.5)
+        )
     reference = zarr.open_group(direct.outputs.labels, mode="r")["0"][...]
     np.testing.assert_array_equal(np.asarray(layer.data[0]), reference)
 

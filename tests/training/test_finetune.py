@@ -12,7 +12,7 @@ from napari_msunet.errors import ConfigError, ModelFileError
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
-from napari_msunet.training.finetune import finetune, next_version_path
+from napari_msunet.training.finetune import iter_finetune, next_version_path
 from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
 
 NAMES = ("Background", "Germinal centre", "Sinus")
@@ -78,7 +78,7 @@ def test_labels_outside_corrected_regions_are_ignored(case):
 def test_finetune_saves_a_new_version_with_parent(case):
     root, slide, parent, _ = case
     specs = [SlideSpec(slide, root / "s.geojson", regions=root / "regions.geojson")]
-    result = run(finetune(parent, specs, steps=4, batch_size=2, device="cpu"))
+    result = run(iter_finetune(parent, specs, steps=4, batch_size=2, device="cpu"))
     assert result.model == root / "model-ft1.safetensors"
     assert result.steps == 4
     model, header = load_model(result.model)
@@ -97,7 +97,7 @@ def test_finetune_saves_a_new_version_with_parent(case):
     assert next_version_path(parent) == root / "model-ft2.safetensors"
     assert next_version_path(result.model) == root / "model-ft2.safetensors"
     with pytest.raises(ConfigError, match="never overwritten"):
-        run(finetune(parent, specs, steps=1, out=result.model))
+        run(iter_finetune(parent, specs, steps=1, out=result.model))
 
 
 def test_finetune_bad_inputs(case, tmp_path):
@@ -105,7 +105,7 @@ def test_finetune_bad_inputs(case, tmp_path):
     bogus = tmp_path / "model.safetensors"
     bogus.write_bytes(b"not a model")
     with pytest.raises(ModelFileError):
-        run(finetune(bogus, [SlideSpec(slide, root / "s.geojson")], steps=1))
+        run(iter_finetune(bogus, [SlideSpec(slide, root / "s.geojson")], steps=1))
     wrong = tmp_path / "wrong.geojson"
     wrong.write_text(
         json.dumps(
@@ -122,4 +122,4 @@ def test_finetune_bad_inputs(case, tmp_path):
     from napari_msunet.errors import AnnotationError
 
     with pytest.raises(AnnotationError, match="Tumour"):
-        run(finetune(parent, [SlideSpec(slide, wrong)], steps=1, device="cpu"))
+        run(iter_finetune(parent, [SlideSpec(slide, wrong)], steps=1, device="cpu"))

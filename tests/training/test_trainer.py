@@ -13,7 +13,7 @@ from napari_msunet.training.augment import AugmentConfig, context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.folder_dataset import FolderDataset, find_pairs
 from napari_msunet.training.losses import LossConfig
-from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+from napari_msunet.training.trainer import EpochEnd, TrainStep, iter_train
 
 TINY = {"widths": [4, 8]}
 
@@ -66,7 +66,7 @@ def test_trains_validates_and_checkpoints(tmp_path):
     cfg = config(epochs=3, steps_per_epoch=10, loss=LossConfig(bootstrap_after=1))
     train_set = FolderDataset(pairs, context_size(cfg.patch), seed=0)
     val_set = FolderDataset(pairs[:2], None)
-    records, result = run(train(cfg, train_set, val_set, tmp_path / "run"))
+    records, result = run(iter_train(cfg, train_set, val_set, tmp_path / "run"))
     steps = [r for r in records if isinstance(r, TrainStep)]
     ends = [r for r in records if isinstance(r, EpochEnd)]
     assert len(steps) == 30
@@ -90,16 +90,18 @@ def test_cancel_then_resume_equals_uninterrupted(tmp_path):
     pairs = make_blobs(tmp_path / "data")
     cfg = config()
     ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
-    _, full = run(train(cfg, ds, None, tmp_path / "a"))
+    _, full = run(iter_train(cfg, ds, None, tmp_path / "a"))
 
-    gen = train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
+    gen = iter_train(
+        cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b"
+    )
     for _ in range(6):  # epoch 0 (4 steps), its end, then one step of epoch 1
         next(gen)
     gen.close()  # Cancel: a loadable checkpoint must remain
     _model_mid, header = load_model(tmp_path / "b" / "last.safetensors")
     assert header.training["steps"] == 5
     records, resumed = run(
-        train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
+        iter_train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
     )
     steps = [r for r in records if isinstance(r, TrainStep)]
     assert [s.global_step for s in steps] == [6, 7, 8]  # continues from the same step
@@ -115,7 +117,7 @@ def test_stop_event(tmp_path):
     pairs = make_blobs(tmp_path / "data", n=3)
     stop = threading.Event()
     cfg = config()
-    gen = train(cfg, FolderDataset(pairs, context_size(32)), None, tmp_path / "r", stop=stop)
+    gen = iter_train(cfg, FolderDataset(pairs, context_size(32)), None, tmp_path / "r", stop=stop)
     next(gen)
     stop.set()
     _records, result = run(gen)
@@ -128,13 +130,13 @@ def test_fine_tune_from_model_file_keeps_parent(tmp_path):
     pairs = make_blobs(tmp_path / "data", n=3)
     cfg = config(epochs=1)
     ds = FolderDataset(pairs, context_size(32))
-    _, first = run(train(cfg, ds, None, tmp_path / "v1"))
-    _, second = run(train(cfg, ds, None, tmp_path / "v2", init_model=first.last))
+    _, first = run(iter_train(cfg, ds, None, tmp_path / "v1"))
+    _, second = run(iter_train(cfg, ds, None, tmp_path / "v2", init_model=first.last))
     header = load_model(second.last)[1]
     assert header.training["parent"]["path"] == str(first.last)
     bad = config(epochs=1, class_names=("A", "B", "C"))
     with pytest.raises(ConfigError, match="classes"):
-        run(train(bad, ds, None, tmp_path / "v3", init_model=first.last))
+        run(iter_train(bad, ds, None, tmp_path / "v3", init_model=first.last))
 
 
 def test_bad_config():
@@ -162,7 +164,9 @@ def test_cuda_training_with_amp_learns_and_saves_a_cpu_loadable_model(tmp_path):
         loss=LossConfig(fuzzy_boundary=True, bootstrap_after=1),
     )
     train_set = FolderDataset(pairs, context_size(cfg.patch), seed=0)
-    records, result = run(train(cfg, train_set, FolderDataset(pairs[:2], None), tmp_path / "r"))
+    records, result = run(
+        iter_train(cfg, train_set, FolderDataset(pairs[:2], None), tmp_path / "r")
+    )
     steps = [r for r in records if isinstance(r, TrainStep)]
     ends = [r for r in records if isinstance(r, EpochEnd)]
     assert all(np.isfinite(s.loss) for s in steps)

@@ -315,7 +315,7 @@ class CompareWidget(QWidget):
 
                     the_slide = stack.enter_context(open_slide(slide_path))
                 if tissue:
-                    from napari_msunet.inference.tissue import detect_tissue
+                    from napari_msunet.io.tissue import detect_tissue
 
                     region = detect_tissue(the_slide).mask
                 return (

@@ -2,7 +2,7 @@
 
 The pathologist has corrected some regions (Review widget). Here they pick the slide, that
 annotation and the parent model (by default the model of the prediction on screen), and Run
-starts the core :func:`~napari_msunet.training.finetune.finetune` generator in a worker:
+starts the core :func:`~napari_msunet.training.finetune.iter_finetune` generator in a worker:
 bootstrap + fuzzy-boundary losses, corrected regions trusted and the rest left to the
 bootstrap term, exactly as the core does it. A live plot shows the loss, Cancel stops between
 two steps. The result is always a *new* file (``<parent>-ftN.safetensors``, see
@@ -53,7 +53,7 @@ from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet._napari._workspace import workspace_dir
-from napari_msunet.training.finetune import FinetuneResult, finetune
+from napari_msunet.training.finetune import FinetuneResult, iter_finetune
 from napari_msunet.training.slide_dataset import SlideSpec
 from napari_msunet.training.trainer import TrainStep
 
@@ -359,7 +359,7 @@ class FinetuneWidget(QWidget):
         }
 
         def make(stop):
-            result = yield from finetune(parent, [spec], out=target, stop=stop, **settings)
+            result = yield from iter_finetune(parent, [spec], out=target, stop=stop, **settings)
             if result.steps == 0:  # cancelled before the first step: a copy of the parent
                 result.model.unlink(missing_ok=True)
                 shutil.rmtree(result.run_dir, ignore_errors=True)

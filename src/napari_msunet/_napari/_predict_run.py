@@ -5,7 +5,7 @@ On the GUI thread it only reads the model's header and the slide's geometry (mil
 and makes the prediction's Labels layer (multiscale, in µm), whose levels read the label
 map on disk in whatever state it is (:func:`~napari_msunet.inference.live.live_levels`):
 empty at first, the unfinished store while the engine writes it, the finished one after.
-The engine (:func:`~napari_msunet.inference.engine.predict_slide`) runs in a napari worker,
+The engine (:func:`~napari_msunet.inference.engine.iter_predict_slide`) runs in a napari worker,
 which also loads the model; a small thread beside it keeps a
 :class:`~napari_msunet.inference.live.LivePyramid` current as tiles land on disk, so a
 zoomed-out view fills in too (:mod:`~napari_msunet._napari._live_layer`). The GUI thread then
@@ -225,8 +225,8 @@ def _plan(
 ) -> _Plan:
     """Read the model header and the slide's geometry; choose the folder (fast: no pixels)."""
     from napari_msunet.inference.config import InferenceConfig
-    from napari_msunet.inference.reading import working_geometry
     from napari_msunet.io.slide import open_slide
+    from napari_msunet.io.working_image import working_geometry
     from napari_msunet.models.checkpoint import read_header
 
     header = read_header(model_path)
@@ -453,7 +453,7 @@ def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable
     """The worker's generator: loads the model, runs the engine, keeps the pyramid current."""
 
     def make(stop):
-        from napari_msunet.inference.engine import predict_slide
+        from napari_msunet.inference.engine import iter_predict_slide
         from napari_msunet.inference.live import LivePyramid
         from napari_msunet.inference.outputs import SlideOutputs
         from napari_msunet.io.slide import open_slide
@@ -469,7 +469,7 @@ def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable
             warnings.simplefilter("ignore")
             slide = open_slide(plan.slide)
         try:
-            gen = predict_slide(
+            gen = iter_predict_slide(
                 slide, model, header, plan.config, outputs, overwrite=overwrite,
                 resume=not overwrite, stop=stop, region=plan.region, mpp=plan.given_mpp,
             )  # fmt: skip

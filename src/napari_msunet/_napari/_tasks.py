@@ -1,7 +1,7 @@
 """Long work from the GUI: a core generator in a napari worker, with progress and Cancel.
 
 Every widget runs its compute the same way (GUIDE: "Long work is a generator"): the core
-generator (``predict_slide``, ``iter_evaluate``, ``train``, ``finetune`` ...) runs in a
+generator (``iter_predict_slide``, ``iter_evaluate``, ``train``, ``finetune`` ...) runs in a
 :func:`napari.qt.threading.create_worker` thread; each record it yields moves a napari progress
 bar (the activity dock) and is handed to the widget on the GUI thread; its return value arrives
 through ``returned``. Cancel sets a :class:`threading.Event` that the core checks before each
@@ -24,7 +24,9 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-__all__ = ["Task", "TaskBar", "describe_progress", "one_step", "start_task"]
+from napari_msunet.progress import Progress
+
+__all__ = ["Task", "TaskBar", "one_step", "start_task"]
 
 # How many tasks run now; while any does, the objects that existed at its start are frozen out
 # of garbage collection (see start_task).
@@ -61,28 +63,6 @@ def _release_gc() -> None:
         gc.unfreeze()
 
 
-def describe_progress(record: Any) -> tuple[int | None, int | None, str]:
-    """``(done, total, text)`` of any progress record of the core.
-
-    Inference and evaluation yield ``Progress(done, total, message)``; training yields
-    ``TrainStep(global_step, total_steps, loss, ...)`` and ``EpochEnd(epoch, val, ...)``.
-    Unknown records give ``(None, None, str(record))``.
-    """
-    if hasattr(record, "global_step") and hasattr(record, "total_steps"):
-        text = f"step {record.global_step}/{record.total_steps}, loss {record.loss:.3f}"
-        return int(record.global_step), int(record.total_steps), text
-    if hasattr(record, "done") and hasattr(record, "total"):
-        text = getattr(record, "message", "") or f"{record.done}/{record.total}"
-        return int(record.done), int(record.total), text
-    if hasattr(record, "epoch") and hasattr(record, "val"):
-        val = record.val
-        text = f"epoch {record.epoch} done"
-        if val is not None:
-            text += f", validation Dice {val.foreground_dice:.3f}"
-        return None, None, text
-    return None, None, str(record)
-
-
 @dataclass
 class Task:
     """A running piece of long work: its worker (signals), its stop event and its bar."""
@@ -112,7 +92,7 @@ def _show_on_bar(task: Task, description: str) -> None:
     shown = None
     while task.last is not shown and not task.done:  # never reopen a bar after the end
         shown = task.last
-        done, total, text = describe_progress(shown)
+        done, total, text = shown.done, shown.total, shown.message
         if not total:
             return
         bar = task.bar
@@ -130,7 +110,7 @@ def _show_on_bar(task: Task, description: str) -> None:
 
 
 def start_task(
-    make: Callable[[threading.Event], Generator],
+    make: Callable[[threading.Event], Generator[Progress, None, Any]],
     description: str,
     *,
     on_yield: Callable[[Any], None] | None = None,
@@ -231,9 +211,7 @@ def one_step(fn: Callable[[], Any], message: str) -> Callable[[threading.Event],
     """
 
     def make(_stop):
-        from napari_msunet.inference.progress import Progress
-
-        yield Progress(0, 1, message)
+        yield Progress(0, 1, "run", message)
         return fn()
 
     return make
@@ -313,7 +291,8 @@ class TaskBar(QWidget):
                 # the widget wrote no result line of its own: do not leave "step 5/6" there
                 self.status.setText("Done.")
             return
-        done, total, text = describe_progress(task.last)
+        rec = task.last
+        done, total, text = rec.done, rec.total, rec.message or f"{rec.done}/{rec.total}"
         if total:
             self.bar.setRange(0, total)
             self.bar.setValue(done)

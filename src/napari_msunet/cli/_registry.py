@@ -19,28 +19,6 @@ def command(name: str):
     return register
 
 
-def drive(gen, desc: str, unit: str):
-    """Run a progress generator under a tqdm bar; return its result. Ctrl-C closes it."""
-    from tqdm import tqdm
-
-    bar = None
-    try:
-        while True:
-            rec = next(gen)
-            if bar is None:
-                bar = tqdm(total=rec.total, desc=desc, unit=unit)
-            bar.n = rec.done
-            bar.set_postfix_str(getattr(rec, "message", "") or "", refresh=True)
-    except StopIteration as stop:
-        return stop.value
-    except KeyboardInterrupt:
-        gen.close()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_msunet.cli._registry import command, drive, stem
+from napari_msunet.cli._drive import drive
+from napari_msunet.cli._registry import command, stem
 from napari_msunet.errors import MsunetError
 
 
 @command("predict")
 def _predict(args: argparse.Namespace) -> int:
-    from napari_msunet.inference import InferenceConfig, predict_slide
+    from napari_msunet.inference import InferenceConfig, iter_predict_slide
     from napari_msunet.inference.preview import prediction_preview
     from napari_msunet.io.slide import open_slide
     from napari_msunet.io.vectorise import export_mask
@@ -35,7 +36,7 @@ def _predict(args: argparse.Namespace) -> int:
         out = out_root / stem(Path(path)) if len(args.slides) > 1 or args.per_slide else out_root
         try:
             with open_slide(path) as slide:
-                gen = predict_slide(
+                gen = iter_predict_slide(
                     slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite
                 )
                 result = drive(gen, Path(path).name, "tile")
@@ -127,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_msunet.training.finetune import finetune
+    from napari_msunet.training.finetune import iter_finetune
     from napari_msunet.training.slide_dataset import SlideSpec
     from napari_msunet.training.trainer import TrainStep
 
@@ -149,7 +150,7 @@ def _finetune(args: argparse.Namespace) -> int:
         )
         for i, (s, a) in enumerate(zip(args.slides, args.annotations, strict=True))
     ]
-    gen = finetune(
+    gen = iter_finetune(
         args.model,
         specs,
         steps=args.steps,
@@ -181,9 +182,9 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     from tqdm import tqdm
 
     from napari_msunet.training.plots import plot_history
-    from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+    from napari_msunet.training.trainer import EpochEnd, TrainStep, iter_train
 
-    gen = train(
+    gen = iter_train(
         cfg,
         train_set,
         val_set,
@@ -233,9 +234,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from napari_msunet.demo import run_demo
+    from napari_msunet.demo import iter_demo
 
-    gen = run_demo(args.out, model=args.model, device=args.device)
+    gen = iter_demo(args.out, model=args.model, device=args.device)
     bar, stage_now, results = None, None, None
     try:
         while True:

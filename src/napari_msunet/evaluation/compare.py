@@ -40,7 +40,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, MsunetError
 from napari_msunet.evaluation._inputs import Prediction, is_geojson, load_region, load_truth
 from napari_msunet.evaluation._windows import Resampled, check_label_array, scan, window_shape
@@ -63,6 +62,7 @@ from napari_msunet.evaluation.metrics import (
 )
 from napari_msunet.evaluation.overlay import tpfpfn_pyramid
 from napari_msunet.io.writers import read_block
+from napari_msunet.progress import run_to_end
 
 __all__ = ["Comparison", "LabelPyramid", "compare", "iter_compare"]
 

@@ -25,7 +25,6 @@ import dask.array as da
 import numpy as np
 
 from napari_msunet._atomic import check_new_file
-from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, MsunetError, WriterError
 from napari_msunet.evaluation._inputs import (
     Prediction,
@@ -52,6 +51,7 @@ from napari_msunet.evaluation.overlay import (
     write_overlay_png,
 )
 from napari_msunet.evaluation.report import build_report, write_csv_report, write_json_report
+from napari_msunet.progress import run_to_end
 
 __all__ = ["OUTPUT_NAMES", "EvaluationResult", "Progress", "evaluate", "iter_evaluate"]
 

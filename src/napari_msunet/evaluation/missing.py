@@ -19,7 +19,7 @@ confident only where most of its area is) one chunk-aligned window at a time. Re
 cross window borders are joined with a union-find over the border pixels, so memory depends
 on the window size and the number of candidates, never on the slide's area.
 
-The probabilities are what :func:`~napari_msunet.inference.engine.predict_slide` writes:
+The probabilities are what :func:`~napari_msunet.inference.engine.iter_predict_slide` writes:
 ``probabilities.ome.zarr``, uint8 ``p * 255``, ``(C, Y, X)``, channel 0 background. Pixels the
 engine never computed (no tissue) have every channel 0 and are never candidates.
 """
@@ -40,7 +40,6 @@ import zarr
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
-from napari_msunet._generators import Stop, run_to_end
 from napari_msunet.errors import AnnotationError
 from napari_msunet.evaluation.evaluate import Progress
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
@@ -49,6 +48,7 @@ from napari_msunet.io.masks import open_mask
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.vectorise import vectorise
 from napari_msunet.io.writers import read_block
+from napari_msunet.progress import Stop, run_to_end
 
 __all__ = [
     "Candidate",

@@ -2,21 +2,27 @@
 
 Headless (torch, NumPy, zarr; never Qt or napari). Entry points:
 
-- :func:`predict_slide`: slide + model -> OME-Zarr label and probability pyramids, as a
+- :func:`iter_predict_slide`: slide + model -> OME-Zarr label and probability pyramids, as a
   generator of :class:`Progress` returning a :class:`PredictionResult`;
-- :func:`predict_array` / :func:`predict_array_iter`: the same tiling on an in-memory image;
+- :func:`predict_array` / :func:`iter_predict_array`: the same tiling on an in-memory image;
 - :class:`InferenceConfig`: the settings; :func:`select_device`; :func:`detect_tissue`.
+
+The working-image geometry, tissue detection and device choice live below training
+(:mod:`napari_msunet.io.working_image`, :mod:`napari_msunet.io.tissue`,
+:mod:`napari_msunet.models.device`) so that training shares them without importing inference;
+they are re-exported here for the engine's users.
 """
 
-from napari_msunet.inference.array import predict_array, predict_array_iter
+from napari_msunet.inference.array import iter_predict_array, predict_array
 from napari_msunet.inference.config import InferenceConfig
-from napari_msunet.inference.device import DeviceSettings, Normalization, select_device
-from napari_msunet.inference.engine import predict_slide
+from napari_msunet.inference.device import DeviceSettings, Normalization
+from napari_msunet.inference.engine import iter_predict_slide, predict_slide
 from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.progress import PredictionResult, Progress
-from napari_msunet.inference.reading import WorkingGeometry, working_geometry
 from napari_msunet.inference.tiling import Tile, TilePlan, plan_tiles
-from napari_msunet.inference.tissue import TissueMask, detect_tissue
+from napari_msunet.io.tissue import TissueMask, detect_tissue
+from napari_msunet.io.working_image import WorkingGeometry, working_geometry
+from napari_msunet.models.device import select_device
 
 __all__ = [
     "DeviceSettings",
@@ -30,9 +36,10 @@ __all__ = [
     "TissueMask",
     "WorkingGeometry",
     "detect_tissue",
+    "iter_predict_array",
+    "iter_predict_slide",
     "plan_tiles",
     "predict_array",
-    "predict_array_iter",
     "predict_slide",
     "select_device",
     "working_geometry",

@@ -1,7 +1,7 @@
 """The slide engine's tiling on an in-memory image (the GUI's "current view only").
 
 Same plan, same batches, same reader threads and the same forward pass as
-:func:`~napari_msunet.inference.engine.predict_slide`, but the image is the working image
+:func:`~napari_msunet.inference.engine.iter_predict_slide`, but the image is the working image
 itself (no pyramid level, no resampling) and the outputs are arrays.
 """
 
@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from napari_msunet._generators import run_to_end
 from napari_msunet.errors import ConfigError, InputShapeError
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.inference.device import Normalization, prepare_model, resolve_device_settings
@@ -26,14 +25,15 @@ from napari_msunet.inference.pipeline import (
     run_batches,
 )
 from napari_msunet.inference.progress import Progress, Stop, make_progress, stopped
-from napari_msunet.inference.reading import ArrayReader
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
-from napari_msunet.inference.tissue import TissueMask
+from napari_msunet.io.tissue import TissueMask
+from napari_msunet.io.working_image import ArrayReader
+from napari_msunet.progress import run_to_end
 
-__all__ = ["predict_array", "predict_array_iter"]
+__all__ = ["iter_predict_array", "predict_array"]
 
 
-def predict_array_iter(
+def iter_predict_array(
     image: np.ndarray,
     model: nn.Module,
     norm: Any,
@@ -115,6 +115,6 @@ def predict_array(
     tissue: TissueMask | None = None,
     probabilities: str = "uint8",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run :func:`predict_array_iter` to the end and return ``(labels, probabilities)``."""
-    gen = predict_array_iter(image, model, norm, config, tissue=tissue, probabilities=probabilities)
+    """Run :func:`iter_predict_array` to the end and return ``(labels, probabilities)``."""
+    gen = iter_predict_array(image, model, norm, config, tissue=tissue, probabilities=probabilities)
     return run_to_end(gen)

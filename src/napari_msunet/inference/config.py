@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from napari_msunet.errors import ConfigError
+from napari_msunet.io.tissue import TissueSettings
+from napari_msunet.models.device import AUTO
 
 __all__ = ["AMP_MODES", "AUTO", "InferenceConfig"]
 
-AUTO = "auto"
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 """Mixed-precision modes: ``auto`` is bf16 on CUDA when supported, else fp16; none elsewhere."""
 
@@ -121,11 +122,11 @@ class InferenceConfig:
     amp: str = AUTO
     channels_last: bool | Auto = AUTO
     tissue: bool = True
-    tissue_mpp: float = 8.0
-    tissue_threshold: float | None = None
-    tissue_threshold_range: tuple[float, float] = (0.03, 0.08)
-    tissue_min_area_um2: float = 10_000.0
-    tissue_hole_area_um2: float = 10_000.0
+    tissue_mpp: float = TissueSettings.mpp
+    tissue_threshold: float | None = TissueSettings.threshold
+    tissue_threshold_range: tuple[float, float] = TissueSettings.threshold_range
+    tissue_min_area_um2: float = TissueSettings.min_area_um2
+    tissue_hole_area_um2: float = TissueSettings.hole_area_um2
     read_workers: int | Auto = AUTO
     prefetch: int = 2
     write_workers: int = 2
@@ -179,6 +180,17 @@ class InferenceConfig:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
     # -- serialisation ---------------------------------------------------------------------
+    @property
+    def tissue_settings(self) -> TissueSettings:
+        """The ``tissue_*`` settings as the tissue detector takes them."""
+        return TissueSettings(
+            mpp=self.tissue_mpp,
+            threshold=self.tissue_threshold,
+            threshold_range=self.tissue_threshold_range,
+            min_area_um2=self.tissue_min_area_um2,
+            hole_area_um2=self.tissue_hole_area_um2,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists); :meth:`from_dict` inverts it."""
         d = asdict(self)

@@ -1,11 +1,11 @@
 """Whole-slide prediction as a generator: progress after every batch, a result at the end.
 
-:func:`predict_slide` turns a slide and a model into a pyramidal label map and probability map
+:func:`iter_predict_slide` turns a slide and a model into a pyramidal label map and probability map
 (OME-Zarr), streaming tiles in and results out so that memory does not grow with the slide.
 It is a generator (see GUIDE: long work is a generator): the CLI wraps it in a tqdm bar, the
 GUI in a napari ``thread_worker``, tests drive it directly::
 
-    gen = predict_slide(slide, model, header, InferenceConfig(), "out/")
+    gen = iter_predict_slide(slide, model, header, InferenceConfig(), "out/")
     try:
         while True:
             progress = next(gen)          # Progress(done, total, message, ...)
@@ -61,16 +61,17 @@ from napari_msunet.inference.progress import (
     make_progress,
     stopped,
 )
-from napari_msunet.inference.reading import SlideReader, working_geometry, working_window
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
-from napari_msunet.inference.tissue import detect_tissue
 from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.slide import Slide
+from napari_msunet.io.tissue import detect_tissue
+from napari_msunet.io.working_image import SlideReader, working_geometry, working_window
+from napari_msunet.progress import eager
 
-__all__ = ["predict_slide"]
+__all__ = ["iter_predict_slide", "predict_slide"]
 
 
-def predict_slide(
+def iter_predict_slide(
     slide: Slide,
     model: nn.Module,
     norm: Any,
@@ -154,7 +155,7 @@ def predict_slide(
         tissue = None
         if config.tissue:
             tt = time.perf_counter()
-            tissue = detect_tissue(slide, config, mpp=geometry.slide_mpp)
+            tissue = detect_tissue(slide, config.tissue_settings, mpp=geometry.slide_mpp)
             timings.tissue = time.perf_counter() - tt
         keep = None
         if tissue is not None:
@@ -331,3 +332,6 @@ def _on_tissue(labels: np.ndarray, tissue, y: int, x: int, downsample) -> np.nda
     out = labels.copy()
     out[~on] = 0
     return out
+
+
+predict_slide = eager(iter_predict_slide)

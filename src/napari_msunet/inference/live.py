@@ -1,6 +1,6 @@
 """Watch a prediction fill in: the lower pyramid levels of an unfinished label map, kept current.
 
-While :func:`~napari_msunet.inference.engine.predict_slide` runs, its label map lives in
+While :func:`~napari_msunet.inference.engine.iter_predict_slide` runs, its label map lives in
 ``labels.ome.zarr.partial`` and only level 0 is written; the coarser levels are built once, at
 the end (:meth:`~napari_msunet.io.ome_zarr.OmeZarrWriter.finalize`). A viewer zoomed out on a
 whole slide reads a coarse level, so without help it would show nothing until the run ends,

@@ -39,16 +39,16 @@ from torch import nn
 from napari_msunet import __version__
 from napari_msunet.errors import ConfigError, MsunetError, WriterError
 from napari_msunet.inference.config import InferenceConfig
-from napari_msunet.inference.tissue import TissueMask
 from napari_msunet.io.ome_zarr import OmeZarrWriter
+from napari_msunet.io.tissue import TissueMask
 from napari_msunet.io.writers import partial_path
 
 if TYPE_CHECKING:
     from napari_msunet.inference.device import DeviceSettings
     from napari_msunet.inference.progress import PredictionResult
-    from napari_msunet.inference.reading import WorkingGeometry
     from napari_msunet.inference.tiling import TilingSettings
     from napari_msunet.io.slide import Slide
+    from napari_msunet.io.working_image import WorkingGeometry
 
 __all__ = ["MANIFEST_FORMAT", "SlideOutputs", "TileWriter", "model_fingerprint"]
 

@@ -36,8 +36,8 @@ from torch import nn
 from napari_msunet.errors import ConfigError, MsunetError
 from napari_msunet.inference.config import AUTO, InferenceConfig
 from napari_msunet.inference.device import DeviceSettings, Normalization
-from napari_msunet.inference.reading import WindowReader
 from napari_msunet.inference.tiling import Tile, TilePlan
+from napari_msunet.io.working_image import WindowReader
 
 __all__ = ["BatchOutput", "Timings", "check_model", "next_batch", "read_workers", "run_batches"]
 

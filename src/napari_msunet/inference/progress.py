@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from napari_msunet._generators import Stop, stopped  # re-exported: the engine's API
 from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.tiling import TilePlan
+from napari_msunet.progress import Stop, stopped  # re-exported: the engine's API
 
 __all__ = ["PredictionResult", "Progress", "Stop", "stopped"]
 
@@ -51,7 +51,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class PredictionResult:
-    """What :func:`predict_slide` did.
+    """What :func:`iter_predict_slide` did.
 
     ``completed`` is False when it was stopped; the outputs then stay under their
     ``.partial`` names and ``outputs`` paths do not exist yet. ``shape``, ``mpp`` and

@@ -13,7 +13,7 @@ to one forward pass over the whole image:
    least that radius gives every kept pixel its whole context.
 
 Padding convention. Windows that reach past the image read white (255, glass; see
-:mod:`napari_msunet.inference.reading`). The equal whole-image pass is therefore the network
+:mod:`napari_msunet.io.working_image`). The equal whole-image pass is therefore the network
 run on the image padded with white by ``margin`` on the top and left (and by at least
 ``margin`` on the bottom and right), cropped back. White rather than reflection: beyond a slide
 there is glass, a mirrored copy would invent tissue at the edge, and a window then never needs

@@ -22,13 +22,13 @@ import numpy as np
 import shapely
 
 from napari_msunet._atomic import atomic_write_bytes
-from napari_msunet._generators import Stop, stopped
 from napari_msunet.errors import WriterError
 from napari_msunet.io._store_sources import open_source
 from napari_msunet.io.annotations import Annotation, AnnotationSet, ClassInfo
 from napari_msunet.io.geojson import read_geojson, write_geojson
 from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.writers import prefetched, publish
+from napari_msunet.progress import Stop, stopped
 
 STORE_FORMAT = "napari-msunet-annotation-store"
 STORE_VERSION = 1

@@ -58,7 +58,6 @@ import zarr
 from zarr.storage import LocalStore
 
 from napari_msunet._atomic import atomic_write_bytes
-from napari_msunet._generators import run_to_end
 from napari_msunet.errors import AnnotationError, WriterError
 from napari_msunet.io import _store_lock
 from napari_msunet.io._store_build import (
@@ -80,6 +79,7 @@ from napari_msunet.io._store_build import (
 )
 from napari_msunet.io._store_journal import DurableStore, Journal
 from napari_msunet.io.writers import DEFAULT_CHUNK, remove_path
+from napari_msunet.progress import run_to_end
 
 __all__ = [
     "CORRECTED_CLASS",

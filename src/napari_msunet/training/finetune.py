@@ -23,13 +23,14 @@ from torch.utils.data import ConcatDataset
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.models.checkpoint import load_model, read_header, save_model
+from napari_msunet.progress import eager
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.losses import LossConfig
 from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
-from napari_msunet.training.trainer import EpochEnd, TrainStep, train
+from napari_msunet.training.trainer import EpochEnd, TrainStep, iter_train
 
-__all__ = ["FinetuneResult", "finetune", "next_version_path"]
+__all__ = ["FinetuneResult", "finetune", "iter_finetune", "next_version_path"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _config(
     )
 
 
-def finetune(
+def iter_finetune(
     model: str | Path,
     slides: Sequence[SlideSpec],
     *,
@@ -161,7 +162,7 @@ def finetune(
             for s in slides
         ],
     }
-    result = yield from train(
+    result = yield from iter_train(
         cfg, data, None, run_dir, init_model=parent, provenance=provenance, stop=stop
     )
     trained, header = load_model(result.last)
@@ -171,9 +172,9 @@ def finetune(
 
 def _favour_regions(spec: SlideSpec, cfg: TrainConfig, pos: list) -> list:
     """Repeat the positions that touch corrected regions so they fill half the samples."""
-    from napari_msunet.inference.reading import working_geometry
     from napari_msunet.io.geojson import read_geojson
     from napari_msunet.io.slide import open_slide
+    from napari_msunet.io.working_image import working_geometry
 
     with open_slide(spec.slide) as slide:
         g = working_geometry(slide, cfg.mpp, spec.mpp)
@@ -191,3 +192,6 @@ def _favour_regions(spec: SlideSpec, cfg: TrainConfig, pos: list) -> list:
         raise ConfigError(f"{spec.regions}: no corrected region lies on the slide's tissue")
     reps = max(1, round((len(pos) - len(inside)) / len(inside)))
     return pos + inside * reps
+
+
+finetune = eager(iter_finetune)

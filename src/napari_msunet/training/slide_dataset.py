@@ -1,7 +1,7 @@
 """Patch datasets from whole slides and their annotations, read lazily at the model's µm/px.
 
 Each item reads one window of the slide's *working image* (the slide at the target µm/px,
-exactly as the inference engine sees it: :mod:`napari_msunet.inference.reading`) and the labels
+exactly as the inference engine sees it: :mod:`napari_msunet.io.working_image`) and the labels
 of the same window: a QuPath GeoJSON is rasterised for that window only, a label mask is
 sampled at the window's pixel centres. Nothing loads a whole slide, and slides are opened
 inside each DataLoader worker (the dataset pickles without its open files).
@@ -29,12 +29,12 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_msunet.errors import AnnotationError, ConfigError
-from napari_msunet.inference.reading import SlideReader, working_geometry
-from napari_msunet.inference.tissue import detect_tissue
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.masks import open_mask
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.slide import open_slide
+from napari_msunet.io.tissue import detect_tissue
+from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.training.losses import IGNORE_INDEX
 
 __all__ = ["SlidePatchDataset", "SlideSpec", "patch_positions", "slide_datasets"]

@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from napari_msunet import __version__
 from napari_msunet.errors import ConfigError
-from napari_msunet.inference.device import select_device
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
+from napari_msunet.models.device import select_device
+from napari_msunet.progress import eager
 from napari_msunet.training.augment import augment_batch
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.losses import (
@@ -41,7 +42,7 @@ from napari_msunet.training.losses import (
 from napari_msunet.training.state import load_state, save_state
 from napari_msunet.training.validation import ValScores, validate
 
-__all__ = ["EpochEnd", "TrainResult", "TrainStep", "train"]
+__all__ = ["EpochEnd", "TrainResult", "TrainStep", "iter_train", "train"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-def train(
+def iter_train(
     config: TrainConfig,
     train_set: Dataset,
     val_set: Dataset | None,
@@ -344,3 +345,6 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         if rec.get("type") == "val":
             out.append({k: v for k, v in rec.items() if k != "type"})
     return out
+
+
+train = eager(iter_train)

@@ -22,13 +22,36 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.io.slide import Slide
 
-__all__ = ["TissueMask", "detect_tissue", "saturation", "tissue_from_rgb"]
+__all__ = ["TissueMask", "TissueSettings", "detect_tissue", "saturation", "tissue_from_rgb"]
 
 #: Rows of the tissue level read at a time, so reading a large level keeps memory bounded.
 _STRIP = 4096
+
+
+@dataclass(frozen=True)
+class TissueSettings:
+    """How tissue is told from glass; the ``tissue_*`` settings of the inference config.
+
+    Attributes
+    ----------
+    mpp
+        Resolution (µm/px) at which tissue is detected.
+    threshold
+        Saturation threshold (0-1); ``None``: Otsu's on the slide, clipped to
+        ``threshold_range``.
+    threshold_range
+        Bounds for the Otsu threshold (see the module docstring).
+    min_area_um2, hole_area_um2
+        Specks smaller than this are removed, holes smaller than this filled (µm²).
+    """
+
+    mpp: float = 8.0
+    threshold: float | None = None
+    threshold_range: tuple[float, float] = (0.03, 0.08)
+    min_area_um2: float = 10_000.0
+    hole_area_um2: float = 10_000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +137,7 @@ def tissue_from_rgb(
     threshold
         Saturation threshold; ``None``: Otsu's, clipped to ``threshold_range``.
     threshold_range, min_area_um2, hole_area_um2
-        See :class:`~napari_msunet.inference.config.InferenceConfig`.
+        See :class:`TissueSettings`.
 
     Returns
     -------
@@ -167,7 +190,7 @@ def _tissue_level(level_mpp: list[float], tissue_mpp: float) -> int:
 
 
 def detect_tissue(
-    slide: Slide, config: InferenceConfig | None = None, mpp: float | None = None
+    slide: Slide, settings: TissueSettings | None = None, mpp: float | None = None
 ) -> TissueMask:
     """Detect tissue on a low-resolution level of ``slide``.
 
@@ -175,23 +198,24 @@ def detect_tissue(
     ----------
     slide
         The opened slide.
-    config
-        Thresholds and the detection resolution (``tissue_*`` settings).
+    settings
+        Thresholds and the detection resolution (``InferenceConfig.tissue_settings``);
+        ``None`` for the defaults.
     mpp
         µm per level-0 pixel, overriding the file's (required when the file has none).
 
     Returns
     -------
     TissueMask
-        At about ``config.tissue_mpp`` µm/px (the level is shrunk by an integer factor).
+        At about ``settings.mpp`` µm/px (the level is shrunk by an integer factor).
     """
-    config = config or InferenceConfig()
+    settings = settings or TissueSettings()
     base_mpp = mpp if mpp is not None else slide.mpp
     if base_mpp is None:
         raise ValueError("the slide's µm/px is unknown; pass mpp")
     level_mpp = [base_mpp * d for d in slide.downsamples]
-    level = _tissue_level(level_mpp, config.tissue_mpp)
-    f = max(1, math.floor(config.tissue_mpp / level_mpp[level] + 1e-6))
+    level = _tissue_level(level_mpp, settings.mpp)
+    f = max(1, math.floor(settings.mpp / level_mpp[level] + 1e-6))
     lh, lw = slide.level_shapes[level]
     h0, w0 = slide.shape
     strip = max(f, _STRIP // f * f)
@@ -206,9 +230,9 @@ def detect_tissue(
     mask, threshold = tissue_from_rgb(
         rgb,
         mask_mpp,
-        threshold=config.tissue_threshold,
-        threshold_range=config.tissue_threshold_range,
-        min_area_um2=config.tissue_min_area_um2,
-        hole_area_um2=config.tissue_hole_area_um2,
+        threshold=settings.threshold,
+        threshold_range=settings.threshold_range,
+        min_area_um2=settings.min_area_um2,
+        hole_area_um2=settings.hole_area_um2,
     )
     return TissueMask(mask, (h0 / lh * f, w0 / lw * f), mask_mpp, threshold)
