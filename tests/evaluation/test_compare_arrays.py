@@ -17,13 +17,13 @@ from napari_msunet.evaluation import (
     TP,
     EvaluationWarning,
     LabelPyramid,
-    Progress,
     compare,
     iter_compare,
 )
 from napari_msunet.io.annotations import Annotation, AnnotationSet
 from napari_msunet.io.geojson import write_geojson
 from napari_msunet.io.ome_zarr import write_ome_zarr
+from napari_msunet.progress import Progress
 
 H, W = 300, 400  # prediction grid, 1 µm/px
 

@@ -18,7 +18,6 @@ from napari_msunet.evaluation import (
     FP,
     TP,
     EvaluationWarning,
-    Progress,
     evaluate,
     iter_evaluate,
 )
@@ -26,6 +25,7 @@ from napari_msunet.io.annotations import Annotation, AnnotationSet
 from napari_msunet.io.geojson import write_geojson
 from napari_msunet.io.ome_zarr import write_ome_zarr
 from napari_msunet.io.rasterise import rasterise_array
+from napari_msunet.progress import Progress
 
 H, W = 600, 800
 

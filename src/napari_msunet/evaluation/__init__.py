@@ -8,17 +8,21 @@ Headless (no Qt, no napari). Modules:
   the paper's colours, and the overlay PNG.
 - :mod:`~napari_msunet.evaluation.matching`: matching truth classes to prediction classes.
 - :mod:`~napari_msunet.evaluation.report`: JSON and CSV report writers.
-- :mod:`~napari_msunet.evaluation.evaluate`: :func:`evaluate`, which ``msunet evaluate``
-  wraps.
-- :mod:`~napari_msunet.evaluation.compare`: :func:`iter_compare` on label pyramids held as
-  arrays (napari layers), writing nothing.
+- :mod:`~napari_msunet.evaluation.evaluate`: :func:`iter_evaluate` / :func:`evaluate`, which
+  ``msunet evaluate`` runs: two files in, a report out.
+- :mod:`~napari_msunet.evaluation.compare`: :func:`iter_compare` / :func:`compare` on label
+  pyramids held as arrays (napari layers), writing nothing.
+- :mod:`~napari_msunet.evaluation.missing`: ``iter_find_missing`` / ``find_missing``, the
+  review queue of suspected missing annotations (import it from its module).
+
+The long operations are generators that yield :class:`napari_msunet.progress.Progress` and take
+a ``stop`` (see :mod:`napari_msunet.progress`); evaluate and compare share one counting pass.
 """
 
 from napari_msunet.evaluation.compare import Comparison, LabelPyramid, compare, iter_compare
 from napari_msunet.evaluation.evaluate import (
     OUTPUT_NAMES,
     EvaluationResult,
-    Progress,
     evaluate,
     iter_evaluate,
 )
@@ -74,7 +78,6 @@ __all__ = [
     "EvaluationWarning",
     "LabelPyramid",
     "LabelValueError",
-    "Progress",
     "SegmentationMetrics",
     "block_confusion",
     "build_report",

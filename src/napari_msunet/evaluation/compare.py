@@ -7,7 +7,8 @@ rasterised on the slide's own 0.25 µm/px pyramid), sometimes only in memory (a 
 painted by hand). :func:`iter_compare` takes them as :class:`LabelPyramid` objects, brings the
 truth onto the prediction's grid, counts the confusion matrix window by window (memory bounded,
 as :func:`evaluate` does), and returns the slide-level metrics with the lazy TP/FP/FN pyramid.
-It writes nothing, and stops at the next window when its ``stop`` event is set.
+It writes nothing, and stops at the next window when its ``stop`` asks to (see
+:mod:`napari_msunet.progress`); :func:`compare` is its eager twin.
 
 Bringing the truth onto the prediction's grid
     1. A truth level of exactly the prediction's shape is used as it is (a truth rasterised
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,29 +39,25 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from napari_msunet.errors import AnnotationError, MsunetError
+from napari_msunet.errors import MsunetError
+from napari_msunet.evaluation._counting import (
+    check_ignore_label,
+    iter_count,
+    overlay_label,
+    overlay_pyramid,
+    slide_metrics,
+)
 from napari_msunet.evaluation._inputs import Prediction, is_geojson, load_region, load_truth
-from napari_msunet.evaluation._windows import Resampled, check_label_array, scan, window_shape
-from napari_msunet.evaluation.evaluate import Progress
+from napari_msunet.evaluation._windows import check_label_array
 from napari_msunet.evaluation.matching import (
     ClassMatch,
-    EvaluationWarning,
     match_classes,
     normalise_names,
-    remap_block,
     remap_labels,
 )
-from napari_msunet.evaluation.metrics import (
-    LabelValueError,
-    SegmentationMetrics,
-    block_confusion,
-    compute_metrics,
-    merge_confusion,
-    trim_confusion,
-)
-from napari_msunet.evaluation.overlay import tpfpfn_pyramid
+from napari_msunet.evaluation.metrics import SegmentationMetrics
 from napari_msunet.io.writers import read_block
-from napari_msunet.progress import run_to_end
+from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = ["Comparison", "LabelPyramid", "compare", "iter_compare"]
 
@@ -174,7 +169,7 @@ class Comparison:
         """The lazy TP/FP/FN pyramid of class ``label`` (``None``: any foreground)."""
         if label is not None and label not in self.matching.names:
             raise KeyError(f"no class with label {label}; classes: {self.matching.names}")
-        return _overlay(
+        return overlay_pyramid(
             self._pred_levels, self._truth_levels, label, self._ignore_label, self._region
         )
 
@@ -312,31 +307,6 @@ def _truth_from_arrays(
     return tuple(levels), source, match, relabel, details
 
 
-def _overlay_label(names: Mapping[int, str]) -> int | None:
-    return next(iter(names)) if len(names) == 1 else None
-
-
-def _overlay(
-    pred_levels: Sequence[Any],
-    truth_levels: Sequence[Any],
-    label: int | None,
-    ignore_label: int | None,
-    region: Any,
-) -> tuple[da.Array, ...]:
-    try:
-        levels = tpfpfn_pyramid(
-            list(pred_levels), list(truth_levels), label, ignore_label=ignore_label, region=region
-        )
-    except ValueError as exc:
-        warnings.warn(
-            f"the TP/FP/FN pyramid ignores the region mask: {exc}", EvaluationWarning, stacklevel=3
-        )
-        levels = tpfpfn_pyramid(
-            list(pred_levels), list(truth_levels), label, ignore_label=ignore_label
-        )
-    return tuple(levels)
-
-
 def iter_compare(
     pred: LabelPyramid,
     truth: LabelPyramid | str | os.PathLike[str],
@@ -344,7 +314,7 @@ def iter_compare(
     slide: Any = None,
     region: Any = None,
     ignore_label: int | None = None,
-    stop: threading.Event | None = None,
+    stop: Stop = None,
     workers: int = 2,
 ) -> Generator[Progress, None, Comparison | None]:
     """Compare a prediction with the truth at slide level, as a generator.
@@ -366,14 +336,16 @@ def iter_compare(
     ignore_label
         Truth value left out of every count (e.g. 255 for "not annotated").
     stop
-        When set, the comparison stops at the next window and returns ``None``.
+        Checked before every window (see :mod:`napari_msunet.progress`); when it asks to
+        stop, the comparison returns ``None``: metrics of part of a slide would read as the
+        slide's.
     workers
         Threads reading and counting windows.
 
     Yields
     ------
     Progress
-        One per window counted.
+        Stage ``"compare"``: one record per window counted.
 
     Returns
     -------
@@ -388,8 +360,7 @@ def iter_compare(
     AnnotationError
         A truth file that is missing or invalid, or does not fit the prediction.
     """
-    if ignore_label is not None and (isinstance(ignore_label, bool) or int(ignore_label) < 0):
-        raise MsunetError(f"ignore_label must be a label value >= 0, not {ignore_label!r}")
+    check_ignore_label(ignore_label)
     pred_levels = tuple(_as_dask(lv) for lv in pred.levels)
     if isinstance(truth, LabelPyramid):
         t_levels, t_source, match, relabel, details = _truth_from_arrays(truth, pred, ignore_label)
@@ -420,23 +391,28 @@ def iter_compare(
         truth_name = str(truth)
     region_src = load_region(region, pred.shape)
 
-    confusion = yield from _count(
-        pred, t_source, relabel, region_src, ignore_label, stop, workers, truth_name
+    confusion = yield from iter_count(
+        pred.levels[0],
+        t_source,
+        relabel=relabel,
+        region=region_src,
+        ignore_label=ignore_label,
+        files=(pred.name, truth_name),
+        stage="compare",
+        what="comparing",
+        stop=stop,
+        workers=workers,
     )
     if confusion is None:
         return None
     names = dict(match.names)
-    n_classes = max([0, *names]) + 1
-    confusion = trim_confusion(confusion, n_classes)
-    h, w = pred.shape
-    metrics = compute_metrics(confusion, names, excluded_pixels=h * w - int(confusion.sum()))
-    label = _overlay_label(names)
+    label = overlay_label(names)
     return Comparison(
-        metrics=metrics,
+        metrics=slide_metrics(confusion, names, pred.shape),
         matching=match,
         shape=pred.shape,
         mpp=pred.mpp,
-        overlay_levels=_overlay(pred_levels, t_levels, label, ignore_label, region_src),
+        overlay_levels=overlay_pyramid(pred_levels, t_levels, label, ignore_label, region_src),
         overlay_label=label,
         truth_details=dict(details),
         _pred_levels=pred_levels,
@@ -446,53 +422,4 @@ def iter_compare(
     )
 
 
-def _count(
-    pred: LabelPyramid,
-    truth_source: Any,
-    relabel: dict[int, int],
-    region: Any,
-    ignore_label: int | None,
-    stop: threading.Event | None,
-    workers: int,
-    truth_name: str,
-) -> Generator[Progress, None, np.ndarray | None]:
-    """The confusion matrix, window by window; ``None`` when stopped."""
-    shape = pred.shape
-    sources = [pred.levels[0], truth_source, None if region is None else Resampled(region, shape)]
-    step = window_shape(pred.levels[0])
-    total_windows = math.ceil(shape[0] / step[0]) * math.ceil(shape[1] / step[1])
-
-    def one(_window: Any, blocks: list[np.ndarray]) -> np.ndarray:
-        p, t, v = blocks
-        if relabel:
-            t = remap_block(t, relabel)
-        return block_confusion(p, t, valid=v, ignore_label=ignore_label)
-
-    total: np.ndarray | None = None
-    windows = scan(one, shape, sources, step=step, workers=workers)
-    try:
-        for done, (_window, cm) in enumerate(windows, 1):
-            if stop is not None and stop.is_set():
-                return None
-            total = merge_confusion(total, cm)
-            yield Progress(done, total_windows, f"comparing: window {done}/{total_windows}")
-    except LabelValueError as exc:
-        which = pred.name if exc.which == "prediction" else truth_name
-        reason = str(exc).removeprefix(f"the {exc.which} ")
-        raise AnnotationError(which, reason) from exc
-    finally:
-        windows.close()
-    if stop is not None and stop.is_set():
-        return None
-    assert total is not None
-    return total
-
-
-def compare(
-    pred: LabelPyramid,
-    truth: LabelPyramid | str | os.PathLike[str],
-    **kwargs: Any,
-) -> Comparison | None:
-    """Run :func:`iter_compare` to the end and return its result (same parameters)."""
-    gen = iter_compare(pred, truth, **kwargs)
-    return run_to_end(gen)
+compare = eager(iter_compare)

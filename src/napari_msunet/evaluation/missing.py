@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +41,13 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_msunet.errors import AnnotationError
-from napari_msunet.evaluation.evaluate import Progress
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.masks import open_mask
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.vectorise import vectorise
 from napari_msunet.io.writers import read_block
-from napari_msunet.progress import Stop, run_to_end
+from napari_msunet.progress import Progress, Stop, eager, stopped
 
 __all__ = [
     "Candidate",
@@ -56,10 +55,9 @@ __all__ = [
     "bootstrap_confidence",
     "find_missing",
     "is_rejected",
-    "iter_missing",
+    "iter_find_missing",
 ]
 
-StopRequest = Stop
 _WINDOW = 1024  # coarse pixels per window edge (rounded to the store's chunks)
 
 
@@ -328,7 +326,7 @@ def _window_regions(
     return gid
 
 
-def iter_missing(
+def iter_find_missing(
     probabilities: str | Path,
     annotation: Any,
     *,
@@ -344,9 +342,12 @@ def iter_missing(
     rejected: Sequence[dict[str, Any]] = (),
     limit: int | None = None,
     window: int = _WINDOW,
-    stop: StopRequest = None,
+    stop: Stop = None,
 ) -> Generator[Progress, None, list[Candidate]]:
     """Find suspected missing annotations, as a generator; returns them ranked.
+
+    :func:`find_missing` is its eager twin. It reads the probabilities and the annotation and
+    writes nothing.
 
     Parameters
     ----------
@@ -380,7 +381,20 @@ def iter_missing(
         Edge of the windows read at a time, in pixels of the searched level (rounded to
         its chunks): what bounds the memory.
     stop
-        ``threading.Event`` or callable; when set, returns what the windows so far found.
+        Checked before every window (see :mod:`napari_msunet.progress`); when it asks to
+        stop, the search returns the candidates of the windows searched so far (a region
+        reaching into a window not searched yet is cut at its edge): a partial queue is still
+        worth reviewing, and the Review widget keeps what a cancelled search found.
+
+    Yields
+    ------
+    Progress
+        Stage ``"search"``: one record per window searched.
+
+    Returns
+    -------
+    list of Candidate
+        Best first (see :attr:`Candidate.score`), without the rejected ones.
     """
     path = Path(probabilities)
     arrays, mpp0, names = _open_probabilities(path)
@@ -418,8 +432,9 @@ def iter_missing(
     regions = _Regions()
     bottom: dict[int, np.ndarray] = {}  # column origin -> last row of global ids above
     right: np.ndarray | None = None
+    started = time.monotonic()
     for done, (y, x) in enumerate(windows, 1):
-        if stop is not None and (stop.is_set() if isinstance(stop, threading.Event) else stop()):
+        if stopped(stop):
             break
         h, w = min(sy, shape[0] - y), min(sx, shape[1] - x)
         probs = np.asarray(arr[:, y : y + h, x : x + w])
@@ -432,7 +447,13 @@ def iter_missing(
         if x > 0 and right is not None:
             regions.join_edge(right, gid[:, 0])
         bottom[x], right = gid[-1].copy(), gid[:, -1].copy()
-        yield Progress(done, len(windows), "looking for suspected missing annotations")
+        yield Progress(
+            done,
+            len(windows),
+            "search",
+            f"looking for suspected missing annotations: window {done}/{len(windows)}",
+            time.monotonic() - started,
+        )
 
     H, W = slide_shape
     out = []
@@ -461,10 +482,7 @@ def iter_missing(
     return out[:limit] if limit is not None else out
 
 
-def find_missing(probabilities: str | Path, annotation: Any, **kwargs: Any) -> list[Candidate]:
-    """:func:`iter_missing` run to the end (for scripts and the CLI)."""
-    gen = iter_missing(probabilities, annotation, **kwargs)
-    return run_to_end(gen)
+find_missing = eager(iter_find_missing)
 
 
 def accept_candidate(
