@@ -1,9 +1,10 @@
 """Benchmark: training throughput (patches/s) and the share of step time spent waiting for data.
 
-Runs the real trainer (:func:`napari_msunet.training.trainer.iter_train`) for a fixed number of steps
-on (a) a folder of image/mask pairs (EBHI-Seg, path given) and (b) a synthetic whole slide read
-lazily through the slide patch dataset, each with 0 and 2 DataLoader workers. The trainer
-measures, per step, the time blocked on the next batch (data wait) and the whole step.
+Runs the real trainer (:func:`napari_msunet.training.trainer.iter_train`) for a fixed number of
+steps on (a) a folder of image/mask pairs (EBHI-Seg, path given) and (b) a synthetic whole
+slide read lazily through the slide patch dataset, each with 0 and 2 DataLoader workers. The
+trainer measures, per step, the time blocked on the next batch (``TrainStep.data_wait_s``) and
+the whole step (``TrainStep.step_s``).
 
 Usage::
 

@@ -187,20 +187,17 @@ def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
     log(f"[{exp['name']}] {arm['name']} seed {seed} -> {run_dir}")
     t0 = time.perf_counter()
     gen = iter_train(config, train_set, val_set, run_dir, provenance={"experiment": exp["name"]})
-    steps = 0
     while True:
         try:
-            ev = next(gen)
+            rec = next(gen)
         except StopIteration as stop:
             res = stop.value
             break
-        if isinstance(ev, EpochEnd) and ev.val is not None:
+        if isinstance(rec, EpochEnd) and rec.val is not None:
             log(
-                f"  epoch {ev.epoch}: val Dice {ev.val.foreground_dice:.4f} "
-                f"IoU {ev.val.foreground_iou:.4f}"
+                f"  epoch {rec.epoch}: val Dice {rec.val.foreground_dice:.4f} "
+                f"IoU {rec.val.foreground_iou:.4f}"
             )
-        else:
-            steps += 1
     wall = time.perf_counter() - t0
     final = res.history[-1] if res.history else {}
     result = {

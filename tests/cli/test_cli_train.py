@@ -98,3 +98,52 @@ def test_mismatched_slide_and_mask(tmp_path):
     proc = msunet("train", "--config", "run.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "m.png" in proc.stderr
+
+
+TINY_RUN = """
+out: run
+data:
+  slides:
+    - {slide: s.svs, annotation: s.geojson, split: train}
+train:
+  class_names: [Background, Germinal centre, Sinus]
+  mpp: 4.0
+  model_overrides: {widths: [4, 8]}
+  patch: 32
+  batch_size: 2
+  epochs: EPOCHS
+  steps_per_epoch: 3
+  device: cpu
+"""
+
+
+@pytest.mark.slow
+def test_resumed_training_continues_its_bar_then_fine_tunes(tmp_path):
+    """The one CLI driver shows a resumed run at its step; finetune writes a new version."""
+    spec = SyntheticSlideSpec(768, 768, seed=4, mpp=1.0, n_regions=6, region_size=(0.08, 0.12))
+    write_synthetic_slide(tmp_path / "s.svs", spec, "svs")
+    spec.write_geojson(tmp_path / "s.geojson")
+    (tmp_path / "run.yaml").write_text(TINY_RUN.replace("EPOCHS", "1"))
+    proc = msunet("train", "--config", "run.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3/3" in proc.stderr
+    assert "last model:" in proc.stdout  # no validation set: no best model
+    # one more epoch on the same folder: the run resumes at step 4 of 6
+    (tmp_path / "run.yaml").write_text(TINY_RUN.replace("EPOCHS", "2"))
+    proc = msunet("train", "--config", "run.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 4/6" in proc.stderr
+    assert "step 1/6" not in proc.stderr
+    assert "6/6" in proc.stderr
+    model = tmp_path / "run" / "last.safetensors"
+    proc = msunet(
+        "finetune",
+        *("--model", model, "--slides", "s.svs", "--annotations", "s.geojson"),
+        *("--steps", 2, "--batch-size", 2, "--device", "cpu"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    new = tmp_path / "run" / "last-ft1.safetensors"
+    assert f"new model version: {new}" in proc.stdout
+    assert "2/2" in proc.stderr
+    assert new.is_file()

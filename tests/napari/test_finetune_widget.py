@@ -167,6 +167,21 @@ def test_cancel_mid_run_keeps_a_valid_version_and_no_broken_file(make_napari_vie
     assert read_header(result.model).training["parent"]["path"] == str(case.parent)
 
 
+def test_cancel_before_the_first_step_saves_nothing(make_napari_viewer, case, qtbot):
+    """The core writes no version that trained zero steps; the widget says so."""
+    _, widget, _, _ = _widget(make_napari_viewer, case, qtbot, steps=10_000)
+    widget.taskbar.button.click()
+    widget.taskbar.button.click()  # Cancel, long before the worker has trained a step
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert widget.task.error is None
+    assert widget.result.model is None
+    assert widget.result.steps == 0
+    assert widget.plot.steps == []
+    assert "no new version was saved" in widget.info.text()
+    assert [p.name for p in case.parent.parent.iterdir()] == ["tiny.safetensors"]
+    assert widget.predict_task is None
+
+
 def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
     """The corrected annotation as the Review widget keeps and shows it."""
     from napari_msunet._napari._review_layers import store_layer_kwargs

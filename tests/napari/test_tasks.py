@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from napari_msunet._napari._tasks import TaskBar, describe_progress, start_task
-from napari_msunet.inference.progress import Progress
+from napari_msunet._napari._tasks import TaskBar, start_task
+from napari_msunet.progress import Progress
 
 
 def _counting(stop, n=50, delay=0.01):
@@ -18,7 +18,7 @@ def _counting(stop, n=50, delay=0.01):
             break
         time.sleep(delay)
         done = i + 1
-        yield Progress(done=done, total=n, message=f"{done}/{n}")
+        yield Progress(done=done, total=n, stage="count", message=f"{done}/{n}")
     return done
 
 
@@ -48,7 +48,7 @@ def test_errors_reach_the_widget_with_their_message(qtbot):
     errors = []
 
     def broken(stop):
-        yield Progress(done=0, total=1, message="reading")
+        yield Progress(done=0, total=1, stage="read", message="reading")
         raise ValueError("case01.svs: truncated file")
 
     task = start_task(broken, "Segmenting", on_error=errors.append)
@@ -70,11 +70,41 @@ def test_taskbar_button_runs_then_cancels(qtbot):
     assert "Cancelled" in bar.status.text()
 
 
-def test_describe_progress_reads_training_steps():
+def test_taskbar_shows_a_training_steps_progress(qtbot):
+    """A training record is a Progress: the bar shows its done/total and its message."""
+    import threading
+
     from napari_msunet.training.trainer import TrainStep
 
-    step = TrainStep(0, 3, 3, 10, 0.5, 0.5, 0.0, 0.0, 0.1)
-    assert describe_progress(step)[:2] == (3, 10)
+    release = threading.Event()
+
+    def training(stop):
+        yield TrainStep(
+            done=3,
+            total=10,
+            stage="train",
+            message="step 3/10, loss 0.500",
+            epoch=0,
+            step=3,
+            loss=0.5,
+            wce=0.5,
+            bootstrap=0.0,
+            data_wait_s=0.0,
+            step_s=0.1,
+        )
+        release.wait(10)
+        return 3
+
+    bar = TaskBar("Train", lambda: start_task(training, "Training"))
+    qtbot.addWidget(bar)
+    bar.button.click()
+    qtbot.waitUntil(lambda: bar.task.last is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: bar.bar.value() == 3, timeout=10_000)
+    assert bar.bar.maximum() == 10
+    assert bar.status.text() == "step 3/10, loss 0.500"
+    release.set()
+    qtbot.waitUntil(lambda: not bar.running, timeout=10_000)
+    assert bar.task.result == 3
 
 
 def test_records_reach_the_widget_in_order(qtbot):

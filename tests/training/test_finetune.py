@@ -123,3 +123,76 @@ def test_finetune_bad_inputs(case, tmp_path):
 
     with pytest.raises(AnnotationError, match="Tumour"):
         run(iter_finetune(parent, [SlideSpec(slide, wrong)], steps=1, device="cpu"))
+
+
+def _specs(root, slide):
+    return [SlideSpec(slide, root / "s.geojson", regions=root / "regions.geojson")]
+
+
+def test_stopped_before_the_first_step_writes_no_version(case, tmp_path):
+    """A version that trained zero steps would copy its parent: the core writes none."""
+    root, slide, parent, _ = case
+    out = tmp_path / "model-ft1.safetensors"
+    gen = iter_finetune(
+        parent, _specs(root, slide), steps=4, device="cpu", out=out, stop=lambda: True
+    )
+    with pytest.raises(StopIteration) as done:  # it returns without a single record
+        next(gen)
+    result = done.value.value
+    assert result.model is None
+    assert result.run_dir is None
+    assert result.steps == 0
+    assert result.stopped
+    assert list(tmp_path.iterdir()) == []  # no model file, no run folder
+
+
+def test_stop_after_some_steps_saves_them_as_a_version(case, tmp_path):
+    import threading
+
+    from napari_msunet.progress import Progress
+    from napari_msunet.training.trainer import TrainStep
+
+    root, slide, parent, _ = case
+    out = tmp_path / "model-ft1.safetensors"
+    stop = threading.Event()
+    gen = iter_finetune(
+        parent, _specs(root, slide), steps=50, batch_size=2, device="cpu", out=out, stop=stop
+    )
+    first = next(gen)
+    assert isinstance(first, TrainStep)
+    assert isinstance(first, Progress)
+    assert (first.done, first.total, first.stage) == (1, 50, "train")
+    stop.set()
+    result = run(gen)
+    assert result.stopped
+    assert result.steps == 1
+    assert result.model == out
+    assert load_model(out)[1].training["steps"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-ft1.run", "model-ft1.safetensors"]
+
+
+def test_close_writes_no_version_and_a_rerun_resumes(case, tmp_path):
+    """Ctrl-C: no model version and nothing half written; the run folder resumes."""
+    root, slide, parent, _ = case
+    out = tmp_path / "model-ft1.safetensors"
+    settings = dict(steps=3, batch_size=2, device="cpu", out=out)
+    gen = iter_finetune(parent, _specs(root, slide), **settings)
+    assert next(gen).done == 1
+    gen.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-ft1.run"]
+    assert sorted(p.name for p in (tmp_path / "model-ft1.run").iterdir()) == [
+        "history.jsonl",
+        "last.safetensors",
+        "last.state.safetensors",
+    ]
+    steps = []
+    gen = iter_finetune(parent, _specs(root, slide), **settings)
+    try:
+        while True:
+            steps.append(next(gen).done)
+    except StopIteration as done:
+        result = done.value
+    assert steps[:2] == [2, 3]  # continues at its step
+    assert result.steps == 3
+    assert not result.stopped
+    assert load_model(out)[1].training["steps"] == 3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from PIL import Image
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.models.checkpoint import load_model
+from napari_msunet.progress import Progress
 from napari_msunet.training.augment import AugmentConfig, context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.folder_dataset import FolderDataset, find_pairs
@@ -71,7 +75,14 @@ def test_trains_validates_and_checkpoints(tmp_path):
     ends = [r for r in records if isinstance(r, EpochEnd)]
     assert len(steps) == 30
     assert len(ends) == 3
-    assert steps[-1].total_steps == 30
+    assert [s.done for s in steps] == list(range(1, 31))
+    assert {s.total for s in records} == {30}
+    # one Progress stage for the run: both records count its steps, one bar serves it
+    assert all(isinstance(r, Progress) and r.stage == "train" for r in records)
+    assert [e.done for e in ends] == [10, 20, 30]
+    assert steps[4].message == f"step 5/30, loss {steps[4].loss:.3f}"
+    assert ends[-1].message == f"epoch 3 done, validation Dice {ends[-1].val.foreground_dice:.3f}"
+    assert all(b.elapsed_s >= a.elapsed_s for a, b in itertools.pairwise(records))
     # bootstrap switched on exactly after epoch 1
     assert all(s.bootstrap == 0 for s in steps if s.epoch == 0)
     assert all(s.bootstrap > 0 for s in steps if s.epoch >= 1)
@@ -83,7 +94,13 @@ def test_trains_validates_and_checkpoints(tmp_path):
     assert header.tile_size == 32
     assert header.training["config"]["epochs"] == 3
     assert header.training["best_val_foreground_dice"] == pytest.approx(result.best_score)
-    assert (tmp_path / "run" / "history.jsonl").exists()
+    # history.jsonl is a file format (plots, older runs): its keys did not change
+    lines = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    first = next(x for x in lines if x["type"] == "step")
+    assert first["global_step"] == 1
+    assert first["total_steps"] == 30
+    assert {"epoch", "step", "loss", "wce", "bootstrap", "data_wait_s", "step_s"} < set(first)
+    assert not {"done", "total", "stage", "message"} & set(first)
 
 
 def test_cancel_then_resume_equals_uninterrupted(tmp_path):
@@ -92,19 +109,23 @@ def test_cancel_then_resume_equals_uninterrupted(tmp_path):
     ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
     _, full = run(iter_train(cfg, ds, None, tmp_path / "a"))
 
-    gen = iter_train(
-        cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b"
-    )
+    ds_b = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    gen = iter_train(cfg, ds_b, None, tmp_path / "b")
     for _ in range(6):  # epoch 0 (4 steps), its end, then one step of epoch 1
         next(gen)
-    gen.close()  # Cancel: a loadable checkpoint must remain
+    gen.close()  # Ctrl-C: a loadable checkpoint must remain, and nothing half written
     _model_mid, header = load_model(tmp_path / "b" / "last.safetensors")
     assert header.training["steps"] == 5
-    records, resumed = run(
-        iter_train(cfg, FolderDataset(pairs, context_size(cfg.patch), seed=0), None, tmp_path / "b")
-    )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "history.jsonl",
+        "last.safetensors",
+        "last.state.safetensors",
+    ]
+    ds_b = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    records, resumed = run(iter_train(cfg, ds_b, None, tmp_path / "b"))
     steps = [r for r in records if isinstance(r, TrainStep)]
-    assert [s.global_step for s in steps] == [6, 7, 8]  # continues from the same step
+    assert [s.done for s in steps] == [6, 7, 8]  # continues from the same step
+    assert {r.total for r in records} == {8}  # a resumed bar starts at step 6 of 8
     a, _ = load_model(full.last)
     b, _ = load_model(resumed.last)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -124,6 +145,19 @@ def test_stop_event(tmp_path):
     assert result.stopped
     assert result.global_step == 1
     assert load_model(result.last)[1].training["steps"] == 1
+
+
+def test_stop_callable_before_the_first_step(tmp_path):
+    """A callable stop works like an Event; stopped at once, the run returns, trained nothing."""
+    pairs = make_blobs(tmp_path / "data", n=3)
+    gen = iter_train(
+        config(), FolderDataset(pairs, context_size(32)), None, tmp_path / "r", stop=lambda: True
+    )
+    records, result = run(gen)
+    assert records == []
+    assert result.stopped
+    assert result.global_step == 0
+    assert load_model(result.last)[1].training["steps"] == 0  # a checkpoint to resume from
 
 
 def test_fine_tune_from_model_file_keeps_parent(tmp_path):

@@ -47,7 +47,11 @@ def drive(
                 if bar is not None:
                     bar.close()
                 stage = rec.stage
-                bar = tqdm(total=rec.total or None, desc=f"{desc}: {stage}" if stage else desc)
+                bar = tqdm(
+                    total=rec.total or None,
+                    initial=rec.done,  # a resumed run starts part-way; its rate counts from here
+                    desc=f"{desc}: {stage}" if stage else desc,
+                )
             if rec.total and bar.total != rec.total:
                 bar.total = rec.total
             bar.n = rec.done

@@ -7,14 +7,26 @@ own confident predictions (paper, section III.C-D). Without corrected regions th
 annotation counts.
 
 The result is a *new* file next to the parent (``<stem>-ft1.safetensors``, ``-ft2`` ...),
-never an overwrite, with the parent's path and checksum in its header.
+never an overwrite, with the parent's path and checksum in its header. The trainer's
+checkpoints go to ``<stem>-ftN.run/`` beside it.
+
+Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
+
+- ``stop`` after at least one step: the steps done so far become the new version (its header
+  records how many), and the result says ``stopped``.
+- ``stop`` before the first step: nothing was learnt, so no version is written and the empty
+  run folder is removed; the result has ``model=None`` and ``steps=0``. A model version
+  always differs from its parent.
+- ``close()`` (Ctrl-C in the CLI): no version is written; the run folder keeps a checkpoint,
+  and calling again with the same ``out`` resumes it at the same step. No model file is ever
+  half written: every one is written to a temporary sibling and renamed when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +35,36 @@ from torch.utils.data import ConcatDataset
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.models.checkpoint import load_model, read_header, save_model
-from napari_msunet.progress import eager
+from napari_msunet.progress import Stop, eager
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.losses import LossConfig
 from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
-from napari_msunet.training.trainer import EpochEnd, TrainStep, iter_train
+from napari_msunet.training.trainer import RUN_FILES, EpochEnd, TrainStep, iter_train
 
 __all__ = ["FinetuneResult", "finetune", "iter_finetune", "next_version_path"]
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    model: Path
-    run_dir: Path
+    """What a fine-tune finished with.
+
+    Attributes
+    ----------
+    model
+        The new model version; ``None`` when the run was stopped before its first step
+        (then nothing was written: a version that trained zero steps would only copy its
+        parent).
+    run_dir
+        The trainer's checkpoint folder (``<version>.run``); ``None`` with ``model``.
+    steps
+        Steps trained (0 exactly when ``model`` is ``None``).
+    stopped
+        Whether ``stop`` ended the run before its planned steps.
+    """
+
+    model: Path | None
+    run_dir: Path | None
     steps: int
     stopped: bool
 
@@ -115,9 +143,9 @@ def iter_finetune(
     seed: int = 0,
     device: str = "auto",
     out: str | Path | None = None,
-    stop: threading.Event | None = None,
+    stop: Stop = None,
 ) -> Generator[TrainStep | EpochEnd, None, FinetuneResult]:
-    """Fine-tune ``model`` on ``slides`` for ``steps`` steps; yields progress (see module).
+    """Fine-tune ``model`` on ``slides`` for ``steps`` steps; yields the trainer's records.
 
     Parameters
     ----------
@@ -127,8 +155,19 @@ def iter_finetune(
         Slides with their (corrected) annotations; ``SlideSpec.regions`` marks the corrected
         regions (GeoJSON). Patches come from the tissue grid, with patches that touch a
         corrected region drawn as often as all the others together.
+    steps, lr, batch_size, seed, device
+        Training settings; the rest (loss, augmentation, patch size) come from the parent's
+        header, with the fine-tune losses switched on.
     out
         The new model file; defaults to :func:`next_version_path`. Never overwritten.
+    stop
+        A :data:`~napari_msunet.progress.Stop`, checked before each step (see the module
+        docstring for what a stop or ``close()`` leaves).
+
+    Returns
+    -------
+    FinetuneResult
+        The new version (``model=None`` when stopped before the first step).
     """
     parent = Path(model)
     load_model(parent)  # validates the file before any work
@@ -165,9 +204,20 @@ def iter_finetune(
     result = yield from iter_train(
         cfg, data, None, run_dir, init_model=parent, provenance=provenance, stop=stop
     )
+    if result.global_step == 0:  # stopped before the first step: nothing to save
+        _remove_run(run_dir)
+        return FinetuneResult(None, None, 0, result.stopped)
     trained, header = load_model(result.last)
-    save_model(target, trained, header)  # refuses to overwrite
+    save_model(target, trained, header)  # atomic; refuses to overwrite
     return FinetuneResult(target, run_dir, result.global_step, result.stopped)
+
+
+def _remove_run(run_dir: Path) -> None:
+    """Delete the trainer's files in ``run_dir``, then the folder if nothing else is there."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else lives there: leave it
+        run_dir.rmdir()
 
 
 def _favour_regions(spec: SlideSpec, cfg: TrainConfig, pos: list) -> list:

@@ -1,9 +1,17 @@
 """The trainer: a generator that yields progress records and returns the run's result.
 
-``for record in train(config, train_set, val_set, out_dir): ...`` — the CLI wraps it in a tqdm
-bar, the GUI in a napari worker, tests drive it directly. Closing the generator (or setting
-``stop``) ends the run between two steps and leaves a loadable checkpoint; running again on the
-same ``out_dir`` resumes from it, at the same step, with the same data order and augmentation.
+``for record in iter_train(config, train_set, val_set, out_dir): ...`` -- the CLI drives it
+with its tqdm driver, the GUI with its napari worker runner, tests step it directly; ``train``
+(same arguments) runs it to the end. Its records are :class:`~napari_msunet.progress.Progress`
+subclasses, :class:`TrainStep` after each optimisation step and :class:`EpochEnd` after each
+epoch (with its validation scores), both of stage ``"train"`` and counting ``done``/``total``
+in steps of the whole run, so a resumed run's bar starts where the last one stopped.
+
+Setting ``stop`` ends the run between two steps: it writes a checkpoint and *returns* a
+:class:`TrainResult` with ``stopped=True``. Closing the generator (Ctrl-C in the CLI) writes
+the same checkpoint and ends without a result. Either way every model file is complete (each
+is written to a temporary sibling and renamed) and running again on the same ``out_dir``
+resumes from the checkpoint, at the same step, with the same data order and augmentation.
 
 Files in ``out_dir``: ``last.safetensors`` (model file of the latest state),
 ``last.state.safetensors`` (optimiser + progress, for resuming), ``best.safetensors`` (best
@@ -14,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +37,7 @@ from napari_msunet.errors import ConfigError
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
 from napari_msunet.models.device import select_device
-from napari_msunet.progress import eager
+from napari_msunet.progress import Progress, Stop, eager, stopped
 from napari_msunet.training.augment import augment_batch
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.losses import (
@@ -42,17 +49,32 @@ from napari_msunet.training.losses import (
 from napari_msunet.training.state import load_state, save_state
 from napari_msunet.training.validation import ValScores, validate
 
-__all__ = ["EpochEnd", "TrainResult", "TrainStep", "iter_train", "train"]
+__all__ = ["RUN_FILES", "EpochEnd", "TrainResult", "TrainStep", "iter_train", "train"]
+
+RUN_FILES = ("last.safetensors", "last.state.safetensors", "best.safetensors", "history.jsonl")
+"""The files a run writes in its ``out_dir`` (see the module docstring)."""
 
 
-@dataclass(frozen=True)
-class TrainStep:
-    """One optimisation step."""
+@dataclass(frozen=True, kw_only=True)
+class TrainStep(Progress):
+    """One optimisation step: ``done`` is the step's number in the run, ``total`` all steps.
+
+    ``stage`` is ``"train"``; ``message`` reads "step 5/100, loss 0.412".
+
+    Attributes
+    ----------
+    epoch
+        0-based epoch of the step.
+    step
+        1-based step within the epoch.
+    loss, wce, bootstrap
+        The total loss and its two terms (weighted cross-entropy, bootstrap) for this batch.
+    data_wait_s, step_s
+        Seconds blocked on the next batch, and the whole step including that wait.
+    """
 
     epoch: int
     step: int
-    global_step: int
-    total_steps: int
     loss: float
     wce: float
     bootstrap: float
@@ -60,9 +82,26 @@ class TrainStep:
     step_s: float
 
 
-@dataclass(frozen=True)
-class EpochEnd:
-    """End of an epoch; ``val`` is ``None`` when this epoch was not validated."""
+@dataclass(frozen=True, kw_only=True)
+class EpochEnd(Progress):
+    """The end of an epoch (after its validation): ``done`` steps of ``total`` are finished.
+
+    ``stage`` is ``"train"`` too: ``done``/``total`` count the run's steps, the unit of that
+    stage (validation yields no records of its own), and one bar serves the whole run; tell
+    the two records apart with ``isinstance``. ``message`` reads "epoch 2 done, validation
+    Dice 0.912" (or "epoch 2 done" when the epoch was not validated).
+
+    Attributes
+    ----------
+    epoch
+        Epochs finished (1-based: the first epoch's end says 1).
+    val
+        The validation scores, ``None`` when this epoch was not validated.
+    is_best
+        Whether ``val`` is the best so far (``best.safetensors`` was just written).
+    checkpoint
+        The model file of this state (``last.safetensors``).
+    """
 
     epoch: int
     val: ValScores | None
@@ -72,6 +111,24 @@ class EpochEnd:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a run finished with.
+
+    Attributes
+    ----------
+    best
+        ``best.safetensors`` (best validation foreground Dice), ``None`` without validation.
+    last
+        ``last.safetensors``: the model of the latest state, always complete.
+    stopped
+        Whether ``stop`` ended the run before its last step (a rerun resumes it).
+    global_step
+        Steps trained in all, earlier (resumed) runs on the same folder included.
+    best_score
+        The best validation foreground Dice, ``None`` without validation.
+    history
+        One dict per validation (epoch and scores), resumed runs included.
+    """
+
     best: Path | None
     last: Path
     stopped: bool
@@ -137,7 +194,7 @@ def iter_train(
     init_model: str | Path | None = None,
     provenance: Mapping[str, Any] | None = None,
     resume: bool = True,
-    stop: threading.Event | None = None,
+    stop: Stop = None,
 ) -> Generator[TrainStep | EpochEnd, None, TrainResult]:
     """Train (or fine-tune, with ``init_model``) and yield progress; see the module docstring.
 
@@ -156,8 +213,18 @@ def iter_train(
         Model file to start from (fine-tuning); its architecture and classes are kept.
     provenance
         Extra provenance for the model header (data paths, parent model, ...).
+    resume
+        Continue the run found in ``out_dir``; ``False`` starts again at step 0 from
+        ``init_model`` or a new model.
     stop
-        Set it to stop between steps (the GUI's Cancel); closing the generator does the same.
+        A :data:`~napari_msunet.progress.Stop` (the GUI's Cancel), checked before each step:
+        the run then writes a checkpoint and returns with ``stopped=True``. Closing the
+        generator also writes the checkpoint, then ends without a result.
+
+    Returns
+    -------
+    TrainResult
+        The model files and scores; ``stopped`` says whether ``stop`` ended it early.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +289,8 @@ def iter_train(
         return last
 
     log = (out / "history.jsonl").open("a")
-    stopped = False
+    started = time.perf_counter()
+    halted = False
     try:
         while progress["epoch"] < config.epochs:
             epoch = progress["epoch"]
@@ -245,8 +313,8 @@ def iter_train(
             model.train()
             it = iter(loader)
             while progress["step"] < steps_per_epoch:
-                if stop is not None and stop.is_set():
-                    stopped = True
+                if stopped(stop):
+                    halted = True
                     break
                 t0 = time.perf_counter()
                 try:
@@ -279,20 +347,24 @@ def iter_train(
                 t2 = time.perf_counter()
                 progress["step"] += 1
                 progress["global_step"] += 1
+                loss = float(terms.total.detach())
                 rec = TrainStep(
+                    done=progress["global_step"],
+                    total=total_steps,
+                    stage="train",
+                    message=f"step {progress['global_step']}/{total_steps}, loss {loss:.3f}",
+                    elapsed_s=t2 - started,
                     epoch=epoch,
                     step=progress["step"],
-                    global_step=progress["global_step"],
-                    total_steps=total_steps,
-                    loss=float(terms.total.detach()),
+                    loss=loss,
                     wce=float(terms.wce.detach()),
                     bootstrap=float(terms.bootstrap.detach()),
                     data_wait_s=t1 - t0,
                     step_s=t2 - t0,
                 )
-                log.write(json.dumps({"type": "step", **rec.__dict__}) + "\n")
+                log.write(json.dumps(_history_line(rec)) + "\n")
                 yield rec
-            if stopped:
+            if halted:
                 break
             # end of epoch
             progress["epoch"] += 1
@@ -312,25 +384,53 @@ def iter_train(
             if is_best:
                 best = out / "best.safetensors"
                 save_model(best, model, _header(config, model, provenance_dict()), overwrite=True)
-            yield EpochEnd(epoch=ep, val=scores, is_best=is_best, checkpoint=path)
+            text = f"epoch {ep} done"
+            if scores is not None:
+                text += f", validation Dice {scores.foreground_dice:.3f}"
+            yield EpochEnd(
+                done=progress["global_step"],
+                total=total_steps,
+                stage="train",
+                message=text,
+                elapsed_s=time.perf_counter() - started,
+                epoch=ep,
+                val=scores,
+                is_best=is_best,
+                checkpoint=path,
+            )
     except GeneratorExit:
-        stopped = True
         checkpoint()
         log.close()
         raise
     finally:
         if not log.closed:
             log.close()
-    if stopped:
+    if halted:
         checkpoint()
     return TrainResult(
         best=best,
         last=last,
-        stopped=stopped,
+        stopped=halted,
         global_step=progress["global_step"],
         best_score=progress["best"],
         history=history,
     )
+
+
+def _history_line(rec: TrainStep) -> dict[str, Any]:
+    """A step's line in ``history.jsonl``; its keys are a file format (plots, older runs)."""
+    return {
+        "type": "step",
+        "epoch": rec.epoch,
+        "step": rec.step,
+        "global_step": rec.done,
+        "total_steps": rec.total,
+        "loss": rec.loss,
+        "wce": rec.wce,
+        "bootstrap": rec.bootstrap,
+        "data_wait_s": rec.data_wait_s,
+        "step_s": rec.step_s,
+    }
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
