@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import platform
@@ -42,6 +43,7 @@ import torch
 import yaml
 from PIL import Image
 
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.folder_dataset import (
@@ -123,13 +125,11 @@ def fixed_split(data: Path, out: Path, val_fraction: float, seed: int):
         if saved != {(stem, split) for stem, _, split in rows}:
             sys.exit(f"{path}: this saved split differs from the split of {data} (seed {seed})")
         return train, val
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["stem", "diagnosis", "split"])
-        w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["stem", "diagnosis", "split"])
+    w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
+    atomic_write_bytes(path, text.getvalue().encode())
     return train, val
 
 
@@ -217,9 +217,7 @@ def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
         "config": config.to_dict(),
     }
     if not res.stopped:
-        tmp = result_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(result_path)
+        atomic_write_bytes(result_path, json.dumps(result, indent=2).encode(), overwrite=True)
     return result
 
 

@@ -14,6 +14,7 @@ The GUI thread only receives signals here; nothing in this module computes.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -33,10 +34,20 @@ __all__ = ["Task", "TaskBar", "one_step", "start_task"]
 _gc_holds = 0
 
 
+# While any task runs, a thread that wants the GIL asks its holder to let go after this long
+# (CPython's default is 5 ms). See start_task.
+_SWITCH_INTERVAL_S = 0.001
+_saved_switch_interval = 0.005
+
+
 def _hold_gc() -> None:
-    global _gc_holds
+    global _gc_holds, _saved_switch_interval
     if _gc_holds == 0:
         gc.freeze()
+        _saved_switch_interval = sys.getswitchinterval()
+        import os
+        if os.environ.get("DIAG_SWITCH", "1") == "1":
+            sys.setswitchinterval(min(_saved_switch_interval, _SWITCH_INTERVAL_S))
     _gc_holds += 1
 
 
@@ -61,6 +72,7 @@ def _release_gc() -> None:
     _gc_holds = max(0, _gc_holds - 1)
     if _gc_holds == 0:
         gc.unfreeze()
+        sys.setswitchinterval(_saved_switch_interval)
 
 
 @dataclass
@@ -199,6 +211,9 @@ def start_task(
     # fine-tune widget's event-loop test).
     _hold_gc()
     _leave_a_core_for_the_gui()
+    import os
+    if os.environ.get("DIAG_BAR", "1") == "1":
+        task.bar = progress(total=0, desc=description)
     worker.start()
     return task
 
