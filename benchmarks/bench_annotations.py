@@ -15,7 +15,7 @@ import shapely
 from napari_msunet.io.annotations import Annotation, AnnotationSet
 from napari_msunet.io.geojson import read_geojson, write_geojson
 from napari_msunet.io.rasterise import Rasteriser, rasterise, rasterise_array
-from napari_msunet.io.vectorise import _mask_runs, vectorise
+from napari_msunet.io.vectorise import _iter_mask_runs, vectorise
 
 
 def best(f, n=5):
@@ -93,6 +93,12 @@ mask[500:3500, 500:1500] = 1
 classes = {"a": 1, "b": 2, "c": 3}
 t_vec = best(lambda: vectorise(mask, classes), 3)
 v = vectorise(mask, classes)
+
+
+def _mask_runs(mask, bh, bw):  # the boundary runs of all blocks, as vectorise collects them
+    return np.concatenate(list(_iter_mask_runs(mask, bh, bw)))
+
+
 runs = _mask_runs(mask, 4096, 4096)
 
 

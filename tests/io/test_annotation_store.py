@@ -279,7 +279,7 @@ def test_slidespec_trains_on_the_store_and_its_corrected_regions(spec, tmp_path)
     assert (ds[1]["mask"] == 255).all()  # outside every corrected region: unannotated
 
 
-def test_cancelled_creation_resumes(geojson, tmp_path):
+def test_cancelled_creation_leaves_nothing_and_can_be_done_again(geojson, tmp_path):
     stop = threading.Event()
     kwargs = {"slide_mpp": MPP, "chunk": 64, "stop": stop}
     gen = AnnotationStore.iter_create(tmp_path / "store", geojson, SHAPE, **kwargs)
@@ -287,6 +287,7 @@ def test_cancelled_creation_resumes(geojson, tmp_path):
     stop.set()
     assert run_to_end(gen) is None
     assert not AnnotationStore.exists(tmp_path / "store")
+    assert not (tmp_path / "store.creating").exists()
     store = AnnotationStore.create(tmp_path / "store", geojson, SHAPE, slide_mpp=MPP, chunk=64)
     ann = read_geojson(geojson)
     np.testing.assert_array_equal(
@@ -295,6 +296,20 @@ def test_cancelled_creation_resumes(geojson, tmp_path):
     assert not (tmp_path / "store.creating").exists()
     with pytest.raises(WriterError, match="exists"):
         AnnotationStore.create(tmp_path / "store", geojson, SHAPE)
+
+
+def test_a_crashed_creation_is_never_mixed_into_the_next(tmp_path):
+    import shutil
+
+    root, shape = tmp_path / "store", (4096, 2048)  # two 2048-pixel windows at chunk 256
+    gen = AnnotationStore.iter_create(root, np.ones(shape, np.uint8), shape, chunk=256)
+    next(gen), next(gen)  # the first window of the all-ones source is written
+    shutil.copytree(root.with_name("store.creating"), tmp_path / "crashed")
+    gen.close()
+    (tmp_path / "crashed").rename(root.with_name("store.creating"))  # as a crash leaves it
+    store = AnnotationStore.create(root, None, shape, chunk=256)  # another source: empty
+    assert mask0(store).max() == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "store.lock"]
 
 
 def test_creation_memory_does_not_grow_with_the_slide(tmp_path):

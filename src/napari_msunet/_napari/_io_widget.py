@@ -8,9 +8,10 @@ a pyramidal OME-Zarr or OME-TIFF label image with its µm/px and class names.
 
 Every read and write runs in a worker through :func:`~napari_msunet._napari._tasks.start_task`;
 the core does the work (:mod:`napari_msunet.io.vectorise`, :mod:`~napari_msunet.io.ome_zarr`,
-:mod:`~napari_msunet.io.ome_tiff`). An existing file is never replaced unless "Replace an
-existing file" is ticked; the default names are new files in the slide's workspace folder
-(``<slide>.msunet/exports/``).
+:mod:`~napari_msunet.io.ome_tiff`), whose writer generators take Cancel as their ``stop`` and
+delete what they had made, so a cancelled export leaves no file. An existing file is never
+replaced unless "Replace an existing file" is ticked; the default names are new files in the
+slide's workspace folder (``<slide>.msunet/exports/``).
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ from napari_msunet._napari._layers import (
 )
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
-from napari_msunet.evaluation.evaluate import Progress  # a plain (done, total, message) record
-from napari_msunet.io.writers import partial_path, remove_path
 
 if TYPE_CHECKING:
     import napari
@@ -112,35 +111,16 @@ def export_classes(layer: Labels) -> tuple[Any, list[str], list[list[int]]]:
     return infos or None, all_names, all_colours
 
 
-class _Cancelled(Exception):
-    """Raised into a writer by its source when the user cancels; nothing is published."""
-
-
-def _source(level: Any, stop: Any) -> Any:
-    """The layer's level as the writers' source: lazy, unsigned (a painted layer may be
-    int32/int64), and raising :class:`_Cancelled` at the next block once ``stop`` is set, so
-    Cancel stops a long write (the writers publish nothing unfinished)."""
+def _source(level: Any) -> Any:
+    """The layer's level as the writers' source: lazy and unsigned (a painted layer may be
+    int32/int64, which the label writers do not take)."""
     import dask.array as da
 
     arr = level if isinstance(level, da.Array) else da.from_array(level, chunks=1024)
     dtype = np.dtype(arr.dtype)
     if dtype.kind != "u":
         arr = arr.astype(np.uint32 if dtype.itemsize >= 4 else np.dtype(f"u{dtype.itemsize}"))
-
-    def guard(block: np.ndarray) -> np.ndarray:
-        if stop.is_set():
-            raise _Cancelled
-        return block
-
-    return arr.map_blocks(guard, dtype=arr.dtype)
-
-
-def _stopped_by_user(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, _Cancelled):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return arr
 
 
 class _PathRow(QWidget):
@@ -381,32 +361,36 @@ class ImportExportWidget(QWidget):
         offset = self._offset(layer, slide_layer, downsample)
         meta = {"mpp": mpp, "class_names": names, "class_colors": colours, "overwrite": overwrite}
 
-        def write(source: Any) -> None:
-            if key == "geojson":
-                from napari_msunet.io.vectorise import export_mask
-
-                export_mask(source, path, infos, downsample, overwrite=overwrite, offset=offset)
-            elif key == "ome-zarr":
-                from napari_msunet.io.ome_zarr import write_ome_zarr
-
-                write_ome_zarr(path, source, kind="labels", resume=False, **meta)
-            else:
-                from napari_msunet.io.ome_tiff import write_ome_tiff
-
-                write_ome_tiff(path, source, kind="labels", **meta)
-
         def make(stop):
-            yield Progress(0, 1, f"writing {path.name}")
+            # the core's writer generator: Cancel is its `stop`, and a stopped writer deletes
+            # what it had made and returns None (nothing is published)
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                write(_source(level0, stop))
-            except Exception as exc:
-                if stop.is_set() and _stopped_by_user(exc):
-                    if key == "ome-zarr":  # a partial store of this source: not to be resumed
-                        remove_path(partial_path(path))
-                    return None
-                raise
-            return path
+            source = _source(level0)
+            if key == "geojson":
+                from napari_msunet.io.vectorise import iter_export_mask
+
+                return (
+                    yield from iter_export_mask(
+                        source,
+                        path,
+                        infos,
+                        downsample,
+                        overwrite=overwrite,
+                        offset=offset,
+                        stop=stop,
+                    )
+                )
+            if key == "ome-zarr":
+                from napari_msunet.io.ome_zarr import iter_write_ome_zarr
+
+                return (
+                    yield from iter_write_ome_zarr(
+                        path, source, kind="labels", resume=False, stop=stop, **meta
+                    )
+                )
+            from napari_msunet.io.ome_tiff import iter_write_ome_tiff
+
+            return (yield from iter_write_ome_tiff(path, source, kind="labels", stop=stop, **meta))
 
         def done(written: Path | None) -> None:
             if written is None:

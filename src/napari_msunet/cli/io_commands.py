@@ -1,4 +1,9 @@
-"""``msunet`` commands on files: info, synthetic, rasterize, export-geojson."""
+"""``msunet`` commands on files: info, synthetic, rasterize, export-geojson.
+
+The writes (a label mask, a GeoJSON export) are the core's writer generators under the CLI's
+one progress driver (:func:`~napari_msunet.cli._drive.drive`); Ctrl-C closes them, which deletes
+what they had half written.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from napari_msunet.cli._drive import drive
 from napari_msunet.cli._registry import command, stem
 from napari_msunet.errors import MsunetError
 
@@ -91,22 +97,23 @@ def _rasterize(args: argparse.Namespace) -> int:
 
 
 def _write_mask(out: Path, mask, mpp, names, colors, overwrite: bool) -> None:
-    from napari_msunet.io.ome_tiff import write_ome_tiff
-    from napari_msunet.io.ome_zarr import write_ome_zarr
+    from napari_msunet.io.ome_tiff import iter_write_ome_tiff
+    from napari_msunet.io.ome_zarr import iter_write_ome_zarr
 
     kw = {"kind": "labels", "mpp": mpp, "class_names": names, "class_colors": colors}
     if out.name.lower().endswith(".zarr"):
-        write_ome_zarr(out, mask, overwrite=overwrite, **kw)
+        gen = iter_write_ome_zarr(out, mask, overwrite=overwrite, **kw)
     elif out.name.lower().endswith((".tif", ".tiff")):
-        write_ome_tiff(out, mask, overwrite=overwrite, **kw)
+        gen = iter_write_ome_tiff(out, mask, overwrite=overwrite, **kw)
     else:
         raise MsunetError(f"{out}: output must end in .ome.zarr or .ome.tif")
+    drive(gen, out.name)
 
 
 @command("export-geojson")
 def _export_geojson(args: argparse.Namespace) -> int:
     from napari_msunet.io.masks import open_mask
-    from napari_msunet.io.vectorise import export_mask
+    from napari_msunet.io.vectorise import iter_export_mask
 
     mask = open_mask(args.mask)
     downsample = args.downsample
@@ -116,7 +123,7 @@ def _export_geojson(args: argparse.Namespace) -> int:
         with open_slide(args.slide) as slide:
             downsample = slide.shape[0] / mask.shape[0]
     classes = mask.classes or None
-    out = export_mask(
+    gen = iter_export_mask(
         mask.levels[0],
         args.out,
         classes,
@@ -124,5 +131,6 @@ def _export_geojson(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         simplify=args.simplify,
     )
+    out = drive(gen, Path(args.out).name)
     print(f"wrote {out}")
     return 0

@@ -11,13 +11,13 @@ however large the rectangles are.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import WriterError
 
 
@@ -61,9 +61,8 @@ class DoneLog:
                 bad += 1
         if bad or (not text.endswith("\n") and text):
             # rewrite the record without the damaged lines, so appends start on a fresh line
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.regions()), encoding="utf-8")
-            os.replace(tmp, self.path)
+            text = "".join(json.dumps(r) + "\n" for r in self.regions())
+            atomic_write_bytes(self.path, text.encode("utf-8"), overwrite=True)
         if bad:
             warnings.warn(
                 f"{self.path}: ignored {bad} unreadable progress record(s) (a crash while "

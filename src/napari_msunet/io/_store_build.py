@@ -10,11 +10,11 @@ what it builds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from napari_msunet.io._store_sources import open_source
 from napari_msunet.io.annotations import Annotation, AnnotationSet, ClassInfo
 from napari_msunet.io.geojson import read_geojson, write_geojson
 from napari_msunet.io.ome_zarr import OmeZarrWriter
-from napari_msunet.io.writers import prefetched, publish
-from napari_msunet.progress import Stop, stopped
+from napari_msunet.io.writers import prefetched, publish, remove_path
+from napari_msunet.progress import Progress, Stop, stopped
 
 STORE_FORMAT = "napari-msunet-annotation-store"
 STORE_VERSION = 1
@@ -41,16 +41,6 @@ CORRECTED_CLASS = ClassInfo("Corrected", 1, (255, 200, 0))
 """Class of the rectangles in the corrected-regions GeoJSON."""
 
 Window = tuple[int, int, int, int]  # (y, x, h, w)
-StopRequest = Stop
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Progress of a store creation: ``done`` of ``total`` windows written."""
-
-    done: int
-    total: int
-    message: str = ""
 
 
 def store_downsample(slide_mpp: float | None, mpp: float | None) -> int:
@@ -83,12 +73,19 @@ def iter_build(
     colors: Sequence[Any] | None,
     chunk: int,
     overwrite: bool,
-    stop: StopRequest,
+    stop: Stop,
 ) -> Generator[Progress, None, bool]:
     """Write a store's files at ``root`` (see ``AnnotationStore.iter_create``).
 
-    The caller holds the store's edit lock. Returns ``True`` once the store is published,
-    ``False`` when ``stop`` interrupted it (a rerun with the same arguments resumes).
+    The store is built in ``<root>.creating`` and published by one rename. Yields a
+    :class:`~napari_msunet.progress.Progress` per window of the mask (stage ``"build"``) and
+    per chunk of its pyramid (stage ``"pyramid"``). The caller holds the store's edit lock.
+
+    Returns ``True`` once the store is published, ``False`` when ``stop`` (checked after every
+    window and chunk) interrupted it; then, as after ``close()`` or an error, ``<root>.creating``
+    is gone and ``root`` is as it was. One left by a crash is deleted by the next build: a store
+    is always made from one source in one go (resuming another source's windows would mix two
+    annotations).
     """
     if store_exists(root) and not overwrite:
         raise WriterError(root, "an annotation store exists here; open it, or pass overwrite=True")
@@ -106,35 +103,48 @@ def iter_build(
     store_mpp = slide_mpp * d if slide_mpp is not None else None
 
     build = root.with_name(root.name + ".creating")
-    build.mkdir(parents=True, exist_ok=True)
-    writer = OmeZarrWriter(
-        build / MASK_NAME,
-        shape,
-        kind="labels",
-        dtype=np.uint8,
-        chunk=chunk,
-        mpp=store_mpp,
-        class_names=names,
-        class_colors=rgba,
-        overwrite=True,
-    )
-    step = writer.chunk * max(1, 2048 // writer.chunk)
-    todo = [
-        (y, x, min(step, shape[0] - y), min(step, shape[1] - x))
-        for y in range(0, shape[0], step)
-        for x in range(0, shape[1], step)
-    ]
-    todo = [r for r in todo if not writer.is_done(*r)]
-    total = len(todo)
-    yield Progress(0, total, "preparing the editable annotation")
-    with writer:
-        items = prefetched(lambda r: (r, read(*r)), todo, depth=2)
-        for done, ((y, x, _, _), block) in enumerate(items, 1):
-            writer.write_region(y, x, block)
-            yield Progress(done, total, f"rasterising the annotation ({desc})")
-            if stopped(stop):
-                return False
-        writer.finalize()
+    remove_path(build)  # left by a failed build, perhaps of another source: never mixed in
+    build.mkdir(parents=True)
+    try:
+        writer = OmeZarrWriter(
+            build / MASK_NAME,
+            shape,
+            kind="labels",
+            dtype=np.uint8,
+            chunk=chunk,
+            mpp=store_mpp,
+            class_names=names,
+            class_colors=rgba,
+            overwrite=True,
+            resume=False,
+        )
+        step = writer.chunk * max(1, 2048 // writer.chunk)
+        todo = [
+            (y, x, min(step, shape[0] - y), min(step, shape[1] - x))
+            for y in range(0, shape[0], step)
+            for x in range(0, shape[1], step)
+        ]
+        total = len(todo)
+        yield Progress(0, total, "build", "preparing the editable annotation")
+        halted = False
+        with (
+            writer,
+            contextlib.closing(prefetched(lambda r: (r, read(*r)), todo, depth=2)) as items,
+        ):
+            for done, ((y, x, _, _), block) in enumerate(items, 1):
+                writer.write_region(y, x, block)
+                yield Progress(done, total, "build", f"rasterising the annotation ({desc})")
+                if stopped(stop):
+                    halted = True
+                    break
+            if not halted:
+                halted = (yield from writer.iter_finalize(stop=stop)) is None
+    except BaseException:  # closed (a cancel), or failed: a build is never resumed
+        remove_path(build)
+        raise
+    if halted:
+        remove_path(build)
+        return False
     info = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,

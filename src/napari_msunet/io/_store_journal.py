@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from zarr.storage import LocalStore
 
-from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet._atomic import atomic_write_bytes, fsync_dir
 from napari_msunet.errors import WriterError
 
 __all__ = ["DurableStore", "Journal"]
@@ -40,27 +40,6 @@ _ENTRY = "entry.json"
 _BEFORE = "before.npz"
 _APPLIED = "applied"
 _UNDOING = "undoing"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (renames) to disk where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 class Journal:
@@ -95,12 +74,12 @@ class Journal:
         buf = io.BytesIO()
         np.savez_compressed(buf, before=before)
         try:
-            _write_synced(tmp / _BEFORE, buf.getvalue())
-            _write_synced(tmp / _ENTRY, json.dumps(entry).encode("utf-8"))
-            _fsync_dir(tmp)
+            atomic_write_bytes(tmp / _BEFORE, buf.getvalue())
+            atomic_write_bytes(tmp / _ENTRY, json.dumps(entry).encode("utf-8"))
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.folder)
-        except OSError as exc:
+            fsync_dir(self.folder)
+        except (OSError, WriterError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise WriterError(final, f"cannot write the undo journal: {exc}") from exc
 
@@ -114,7 +93,7 @@ class Journal:
     def mark(self, index: int, marker: str) -> None:
         """Record ``applied`` or ``undoing`` for an entry (a durable empty file)."""
         atomic_write_bytes(self._dir(index) / marker, b"", overwrite=True)
-        _fsync_dir(self._dir(index))
+        fsync_dir(self._dir(index))
 
     def mark_applied(self, index: int) -> None:
         self.mark(index, _APPLIED)
@@ -134,7 +113,7 @@ class Journal:
             return
         trash = self.folder / f"{index:06d}.{uuid.uuid4().hex[:8]}.trash"
         os.rename(d, trash)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         shutil.rmtree(trash, ignore_errors=True)
 
     def clean(self) -> None:
@@ -150,21 +129,6 @@ class Journal:
             self.remove(index)
 
 
-def _fsync_write(path: Path, data: Any) -> None:
-    """Write ``data`` to a temporary sibling, fsync it, and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class DurableStore(LocalStore):
     """A zarr LocalStore whose every write is atomic and durable.
 
@@ -176,4 +140,6 @@ class DurableStore(LocalStore):
     async def set(self, key: str, value: Any) -> None:
         if self.read_only:
             raise ValueError(f"{self.root} is opened read-only")
-        await asyncio.to_thread(_fsync_write, self.root / key, value.as_buffer_like())
+        await asyncio.to_thread(
+            atomic_write_bytes, self.root / key, value.as_buffer_like(), overwrite=True
+        )

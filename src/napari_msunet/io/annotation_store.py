@@ -25,8 +25,9 @@ while an editing window and every write are ``d²`` times smaller than at level 
 Creation streams the source (a QuPath GeoJSON rasterised window by window, or a label mask of
 any resolution sampled nearest-neighbour) through
 :class:`~napari_msunet.io.ome_zarr.OmeZarrWriter`, so memory does not grow with the slide,
-and a cancelled creation resumes (:mod:`napari_msunet.io._store_build` writes it). The user's
-GeoJSON or mask is only read, never written.
+into ``<store>.creating``, renamed to the store when complete; a cancelled or failed creation
+deletes it (:mod:`napari_msunet.io._store_build` writes it). The user's GeoJSON or mask is only
+read, never written.
 
 Edits (:meth:`AnnotationStore.apply`) are write-ahead journalled: the previous content of the
 chunks about to change is saved to the journal and flushed to disk first, then the chunks are
@@ -68,8 +69,6 @@ from napari_msunet.io._store_build import (
     REGIONS_NAME,
     REJECTED_NAME,
     STORE_FORMAT,
-    Progress,
-    StopRequest,
     Window,
     iter_build,
     read_regions,
@@ -79,13 +78,12 @@ from napari_msunet.io._store_build import (
 )
 from napari_msunet.io._store_journal import DurableStore, Journal
 from napari_msunet.io.writers import DEFAULT_CHUNK, remove_path
-from napari_msunet.progress import run_to_end
+from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = [
     "CORRECTED_CLASS",
     "AnnotationStore",
     "Edit",
-    "Progress",
     "remove_store",
     "store_downsample",
 ]
@@ -217,11 +215,6 @@ class AnnotationStore:
         return cls(root)
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], source: Any, slide: Any, **kwargs: Any):
-        """Create a store and return it (see :meth:`iter_create` for the parameters)."""
-        return run_to_end(cls.iter_create(root, source, slide, **kwargs))
-
-    @classmethod
     def iter_create(
         cls,
         root: str | os.PathLike[str],
@@ -235,9 +228,13 @@ class AnnotationStore:
         colors: Sequence[Any] | None = None,
         chunk: int = DEFAULT_CHUNK,
         overwrite: bool = False,
-        stop: StopRequest = None,
+        stop: Stop = None,
     ) -> Generator[Progress, None, AnnotationStore | None]:
-        """Create a store from an annotation, as a generator (yields :class:`Progress`).
+        """Create a store from an annotation, as a generator.
+
+        Yields a :class:`~napari_msunet.progress.Progress` per window of the mask (stage
+        ``"build"``), then per chunk of its pyramid (stage ``"pyramid"``); returns the open
+        store. :meth:`create` is its eager twin.
 
         Parameters
         ----------
@@ -264,7 +261,8 @@ class AnnotationStore:
             Replace an existing store at ``root`` (its corrections are lost).
         stop
             A ``threading.Event`` or callable checked between windows; when set the creation
-            stops, returns ``None`` and resumes on the next call with the same arguments.
+            stops and returns ``None``. A stopped, closed or failed creation leaves nothing:
+            ``root`` is as it was and the folder it was built in is deleted.
 
         Raises
         ------
@@ -292,6 +290,8 @@ class AnnotationStore:
             return cls(root) if built else None  # opened while the lock is still held
         finally:
             _store_lock.release(root)
+
+    create = classmethod(eager(iter_create.__func__))
 
     # -- geometry ------------------------------------------------------------------------
 

@@ -1,12 +1,17 @@
 """Streaming pyramidal OME-TIFF writer for label maps and probability maps.
 
 QuPath, Bio-Formats and most slide viewers read a tiled OME-TIFF with its lower resolutions in
-SubIFDs; :func:`write_ome_tiff` writes one from an array of any size without holding a level in
-memory. Tiles are handed to tifffile one by one from generators. While level ``k`` is written,
-each of its tiles is also downsampled into a temporary chunk file (next to the output, deleted
-at the end), from which level ``k + 1`` is written in turn; so every level is computed from the one
-above it exactly as in the OME-Zarr writer (see :mod:`napari_msunet.io.writers`), and the source
-is read once.
+SubIFDs; :func:`iter_write_ome_tiff` (eager twin :func:`write_ome_tiff`) writes one from an
+array of any size without holding a level in memory. Tiles are handed to tifffile one by one
+from generators. While level ``k`` is written, each of its tiles is also downsampled into a
+temporary chunk file (next to the output, deleted at the end), from which level ``k + 1`` is
+written in turn; so every level is computed from the one above it exactly as in the OME-Zarr
+writer (see :mod:`napari_msunet.io.writers`), and the source is read once.
+
+tifffile pulls the tiles inside one ``write`` call per level, so the writing runs in a thread
+(:func:`~napari_msunet.io.writers.iter_in_thread`) and the generator yields the progress it
+reports; a stop or a ``close()`` makes the tile iterator raise at the next tile, the thread
+unwinds, and the temporary files are deleted.
 
 Compression is lossless: deflate (``'zlib'``, TIFF's Adobe deflate) by default; ``'lzw'``,
 ``'zstd'`` or ``None`` can be chosen, zstd being faster but unknown to some readers.
@@ -19,7 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from napari_msunet.io.writers import (
     class_metadata,
     default_n_levels,
     downsample,
+    iter_in_thread,
     iter_regions,
     level_shapes,
     partial_path,
@@ -46,8 +52,9 @@ from napari_msunet.io.writers import (
     read_block,
     read_step,
 )
+from napari_msunet.progress import Progress, Stop, eager
 
-__all__ = ["write_ome_tiff"]
+__all__ = ["iter_write_ome_tiff", "write_ome_tiff"]
 
 _LOSSLESS = {
     None: None,
@@ -62,7 +69,7 @@ _BIGTIFF_BYTES = 2**31  # uncompressed size above which BigTIFF is used
 Region = tuple[int, int, int, int]
 
 
-def write_ome_tiff(
+def iter_write_ome_tiff(
     path: str | os.PathLike[str],
     source: Any,
     *,
@@ -75,8 +82,14 @@ def write_ome_tiff(
     class_colors: Sequence[Any] | None = None,
     overwrite: bool = False,
     workers: int = 2,
-) -> Path:
+    stop: Stop = None,
+) -> Generator[Progress, None, Path | None]:
     """Write a 2-D label array or a CYX probability array to a tiled, pyramidal OME-TIFF.
+
+    A generator (GUIDE: "Long work is a generator"): it yields a
+    :class:`~napari_msunet.progress.Progress` per tile, stage ``"write"`` for level 0 (and the
+    copy of a lazy source that precedes it, see :class:`_Pyramid`) and ``"pyramid"`` for the
+    lower levels, and returns the output path. :func:`write_ome_tiff` is its eager twin.
 
     Parameters
     ----------
@@ -104,11 +117,15 @@ def write_ome_tiff(
         Replace an existing file (atomically); otherwise refuse.
     workers : int
         Threads for reading the source and for compressing tiles.
+    stop : threading.Event or callable, optional
+        Checked after every tile (:func:`~napari_msunet.progress.stopped`). Once set, the
+        writing ends at the next tile, every temporary file is deleted and ``None`` is
+        returned; an existing output is left as it was. Closing the generator does the same.
 
     Returns
     -------
-    Path
-        The output path.
+    Path or None
+        The output path, or ``None`` when stopped (nothing was written).
 
     Raises
     ------
@@ -143,46 +160,59 @@ def write_ome_tiff(
         work = Path(tempfile.mkdtemp(prefix=f".{p.name}.levels-", dir=p.parent))
     except OSError as exc:
         raise WriterError(p, f"cannot create a temporary folder next to the output: {exc}") from exc
-    pyramid: _Pyramid | None = None
-    try:
-        pyramid = _Pyramid(p, source, k, dtype, shape, n, tile, work, workers)
-        options: dict[str, Any] = {
-            "dtype": dtype,
-            "tile": (tile, tile),
-            "photometric": "minisblack",
-            "compression": _LOSSLESS[key],
-            "maxworkers": max(1, workers),
-            # tifffile batches this many bytes of tiles per compression round (default 256 MB)
-            "buffersize": max(4 << 20, 4 * workers * tile * tile * dtype.itemsize),
-        }
-        total = sum(channels * h * w for h, w in pyramid.shapes) * dtype.itemsize
-        with tifffile.TiffWriter(tmp, bigtiff=total > _BIGTIFF_BYTES, ome=True) as tif:
-            for level, (h, w) in enumerate(pyramid.shapes):
-                extra: dict[str, Any] = (
-                    {"subfiletype": 1}
-                    if level
-                    else {
-                        "subifds": n - 1,
-                        "metadata": ome_xml_metadata(k, mpp, names, colors),
-                    }
-                )
-                if mpp is not None:
-                    res = 1e4 / (mpp * 2**level)
-                    extra |= {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
-                lvl_shape = (h, w) if k == "labels" else (channels, h, w)
-                tif.write(pyramid.tiles(level), shape=lvl_shape, **options, **extra)
-        publish(tmp, p, overwrite)
-    except WriterError:
-        raise
-    except (OSError, ValueError, tifffile.OmeXmlError) as exc:
-        raise WriterError(p, f"cannot write the OME-TIFF: {exc}") from exc
-    finally:
-        if pyramid is not None:
+
+    def write(report: Callable[..., None]) -> None:
+        """Write the whole file under ``tmp`` (runs in a thread, see ``iter_in_thread``)."""
+        pyramid = _Pyramid(p, source, k, dtype, shape, n, tile, work, workers, report)
+        try:
+            pyramid.stage()
+            options: dict[str, Any] = {
+                "dtype": dtype,
+                "tile": (tile, tile),
+                "photometric": "minisblack",
+                "compression": _LOSSLESS[key],
+                "maxworkers": max(1, workers),
+                # tifffile batches this many bytes of tiles per compression round (default
+                # 256 MB)
+                "buffersize": max(4 << 20, 4 * workers * tile * tile * dtype.itemsize),
+            }
+            total = sum(channels * h * w for h, w in pyramid.shapes) * dtype.itemsize
+            with tifffile.TiffWriter(tmp, bigtiff=total > _BIGTIFF_BYTES, ome=True) as tif:
+                for level, (h, w) in enumerate(pyramid.shapes):
+                    extra: dict[str, Any] = (
+                        {"subfiletype": 1}
+                        if level
+                        else {
+                            "subifds": n - 1,
+                            "metadata": ome_xml_metadata(k, mpp, names, colors),
+                        }
+                    )
+                    if mpp is not None:
+                        res = 1e4 / (mpp * 2**level)
+                        extra |= {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+                    lvl_shape = (h, w) if k == "labels" else (channels, h, w)
+                    tif.write(pyramid.tiles(level), shape=lvl_shape, **options, **extra)
+        finally:
             pyramid.close()
+
+    try:
+        try:
+            finished, _ = yield from iter_in_thread(write, stop)
+        except WriterError:
+            raise
+        except (OSError, ValueError, tifffile.OmeXmlError) as exc:
+            raise WriterError(p, f"cannot write the OME-TIFF: {exc}") from exc
+        if not finished:
+            return None
+        publish(tmp, p, overwrite)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return p
+
+
+write_ome_tiff = eager(iter_write_ome_tiff)
 
 
 def _chunks_divide(source: Any, tile: int) -> bool:
@@ -274,9 +304,11 @@ class _Pyramid:
         tile: int,
         work: Path,
         workers: int,
+        report: Callable[..., None] = lambda *_: None,
     ) -> None:
         self.kind, self.dtype, self.tile, self.workers = kind, dtype, tile, max(1, workers)
         self.path = path
+        self.report = report
         self.channels = 1 if kind == "labels" else shape[0]
         self.shapes = level_shapes(shape, n_levels)
         self.source = source
@@ -288,14 +320,26 @@ class _Pyramid:
         self.staged = not isinstance(source, np.ndarray) and (
             self.channels > 1 or not _chunks_divide(source, tile)
         )
+        self._step = read_step(source, tile, limit=2048)
+        n_tiles = [self.channels * _n_regions(hw, tile) for hw in self.shapes]
+        # "write": the copy of a staged source, then level 0; "pyramid": levels 1..
+        self._totals = {
+            "write": n_tiles[0] + (_n_regions(self.shapes[0], self._step) if self.staged else 0),
+            "pyramid": sum(n_tiles[1:]),
+        }
+        self._done = dict.fromkeys(self._totals, 0)
         if self.staged:
             self.files[0] = _ChunkFile(work / "0", (self.channels, *self.shapes[0]), tile, dtype)
-            self._stage()
 
     def close(self) -> None:
         """Close the temporary files (the caller deletes their folder)."""
         for f in self.files.values():
             f.close()
+
+    def _count(self, stage: str, message: str) -> None:
+        """One more tile (or staged region) of ``stage`` is done: tell the driver."""
+        self._done[stage] += 1
+        self.report(self._done[stage], self._totals[stage], stage, message)
 
     def _read_source(self, index: tuple[slice | int, ...]) -> np.ndarray:
         try:
@@ -307,8 +351,11 @@ class _Pyramid:
             raise WriterError(self.path, f"cannot read the source at [{where}]: {exc}") from exc
         return block.astype(self.dtype, copy=False)
 
-    def _stage(self) -> None:
-        """Copy the source, in regions aligned to its chunks, and fill level 1 on the way."""
+    def stage(self) -> None:
+        """Copy a source that needs it (``staged``), in regions aligned to its chunks, and fill
+        level 1 on the way; nothing to do for the others."""
+        if not self.staged:
+            return
         lead: tuple[slice, ...] = () if self.kind == "labels" else (slice(None),)
 
         def one(region: Region) -> None:
@@ -319,9 +366,9 @@ class _Pyramid:
             if 1 in self.files:
                 self.files[1].put(y // 2, x // 2, downsample(block, self.kind))
 
-        step = read_step(self.source, self.tile, limit=2048)
-        for _ in prefetched(one, iter_regions(self.shapes[0], step), workers=self.workers):
-            pass
+        regions = iter_regions(self.shapes[0], self._step)
+        for _ in prefetched(one, regions, workers=self.workers):
+            self._count("write", "copying the source")
 
     def tiles(self, level: int) -> Iterator[np.ndarray]:
         """Tiles of ``level`` in tifffile's order: channel by channel, rows of tiles."""
@@ -343,7 +390,16 @@ class _Pyramid:
             for c in range(self.channels)
             for r in iter_regions(self.shapes[level], self.tile)
         )
-        yield from prefetched(one, items, workers=self.workers)
+        stage = "pyramid" if level else "write"
+        message = f"level {level} of {len(self.shapes) - 1}" if level else "level 0"
+        for block in prefetched(one, items, workers=self.workers):
+            self._count(stage, message)
+            yield block
+
+
+def _n_regions(shape: tuple[int, int], step: int) -> int:
+    """How many ``step``-sized regions :func:`iter_regions` gives for ``shape``."""
+    return -(-shape[0] // step) * -(-shape[1] // step)
 
 
 def _zstd():

@@ -5,7 +5,8 @@ moment; :class:`OmeZarrWriter` takes those tiles (``write_region``) in any order
 chunks or not, keeps a record of what is written so a rerun resumes, and builds the lower
 pyramid levels and the metadata in :meth:`OmeZarrWriter.finalize`. Nothing is visible under the
 final name until then (see :mod:`napari_msunet.io.writers` for the pyramid and the publishing
-rules). :func:`write_ome_zarr` streams a whole (lazy) array through the writer.
+rules). :func:`iter_write_ome_zarr` (eager twin :func:`write_ome_zarr`) streams a whole (lazy)
+array through the writer.
 
 Layout of the output folder::
 
@@ -19,10 +20,10 @@ rewriting the chunk).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,8 +56,9 @@ from napari_msunet.io.writers import (
     read_step,
     remove_path,
 )
+from napari_msunet.progress import Progress, Stop, eager, stopped
 
-__all__ = ["OmeZarrWriter", "write_ome_zarr"]
+__all__ = ["OmeZarrWriter", "iter_write_ome_zarr", "write_ome_zarr"]
 
 _PARAMS_KEY = "napari_msunet"
 _DONE_LOG = "msunet-done.jsonl"
@@ -318,16 +320,37 @@ class OmeZarrWriter:
     # ---------------------------------------------------------------------------------------
     # finishing
 
-    def finalize(self, workers: int = 2) -> Path:
+    def iter_finalize(
+        self, workers: int = 2, stop: Stop = None
+    ) -> Generator[Progress, None, Path | None]:
         """Build levels 1.., write the OME-NGFF metadata and publish the output under its name.
 
         Each chunk of level ``k`` is computed from the matching ``2 * chunk`` square of level
-        ``k - 1`` (``workers`` threads), so memory stays at a few chunks. Returns the path.
+        ``k - 1`` (``workers`` threads), so memory stays at a few chunks. A generator: yields a
+        :class:`~napari_msunet.progress.Progress` (stage ``"pyramid"``) per chunk and returns
+        the path; :meth:`finalize` is its eager twin. When ``stop`` is set (checked after every
+        chunk) it returns ``None`` with nothing published: the partial output stays, and a
+        later ``finalize`` builds the levels again from level 0.
         """
         self._check_open()
+        regions = {
+            level: list(iter_regions(self.level_shapes[level], self.chunk))
+            for level in range(1, self.n_levels)
+        }
+        total, done, last = sum(map(len, regions.values())), 0, self.n_levels - 1
+        workers = max(1, workers)
         try:
-            for level in range(1, self.n_levels):
-                self._build_level(level, workers)
+            for level, todo in regions.items():
+                # one level at a time: a level is read only once the one above is written
+                items = [(level, r) for r in todo]
+                with contextlib.closing(
+                    prefetched(self._downsample_region, items, depth=2 * workers, workers=workers)
+                ) as running:
+                    for _ in running:
+                        done += 1
+                        yield Progress(done, total, "pyramid", f"level {level} of {last}")
+                        if stopped(stop):
+                            return None
             ome = ngff_metadata(
                 self.kind,
                 self.path.name,
@@ -348,21 +371,19 @@ class OmeZarrWriter:
         (self.path / _DONE_LOG).unlink(missing_ok=True)
         return self.path
 
-    def _build_level(self, level: int, workers: int) -> None:
+    finalize = eager(iter_finalize)
+
+    def _downsample_region(self, item: tuple[int, tuple[int, int, int, int]]) -> None:
+        """Compute one chunk-aligned region of a level from the level above it.
+
+        Regions of one level never share a chunk, so several threads may write them at once.
+        """
+        level, (y, x, h, w) = item
         src, dst = self._arrays[level - 1], self._arrays[level]
-        c, (sh, sw) = self.chunk, self.level_shapes[level - 1]
+        sh, sw = self.level_shapes[level - 1]
         lead = () if self.kind == "labels" else (slice(None),)
-
-        def one(region: tuple[int, int, int, int]) -> None:
-            y, x, h, w = region
-            block = src[
-                (*lead, slice(2 * y, min(2 * (y + h), sh)), slice(2 * x, min(2 * (x + w), sw)))
-            ]
-            dst[(*lead, slice(y, y + h), slice(x, x + w))] = downsample(block, self.kind)
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for _ in pool.map(one, iter_regions(self.level_shapes[level], c)):
-                pass
+        block = src[(*lead, slice(2 * y, min(2 * (y + h), sh)), slice(2 * x, min(2 * (x + w), sw)))]
+        dst[(*lead, slice(y, y + h), slice(x, x + w))] = downsample(block, self.kind)
 
     def discard(self) -> None:
         """Delete the partial output (a cancel that should not be resumed)."""
@@ -397,7 +418,7 @@ class OmeZarrWriter:
         )
 
 
-def write_ome_zarr(
+def iter_write_ome_zarr(
     path: str | os.PathLike[str],
     source: Any,
     *,
@@ -409,18 +430,34 @@ def write_ome_zarr(
     class_colors: Sequence[Any] | None = None,
     overwrite: bool = False,
     resume: bool = True,
-) -> Path:
+    stop: Stop = None,
+) -> Generator[Progress, None, Path | None]:
     """Write a 2-D label array or a CYX probability array to a pyramidal OME-Zarr.
 
     The source (NumPy, dask or zarr) is read one region at a time, a few regions ahead in
-    threads, so a lazy source of any size streams through in bounded memory. An interrupted
-    call resumes where it stopped when called again with the same arguments. Bool sources are
-    written as uint8. Returns the output path. See :class:`OmeZarrWriter` for the parameters.
+    threads, so a lazy source of any size streams through in bounded memory. Bool sources are
+    written as uint8. See :class:`OmeZarrWriter` for the parameters.
+
+    A generator (GUIDE: "Long work is a generator"): it yields a
+    :class:`~napari_msunet.progress.Progress` per region (stage ``"write"``) and per pyramid
+    chunk (stage ``"pyramid"``) and returns the output path; :func:`write_ome_zarr` is its
+    eager twin.
+
+    Interruptions. ``stop`` (a ``threading.Event`` or a callable, checked after every region
+    and chunk) and ``close()`` are a user's cancel: the partial output is deleted and ``None``
+    returned, so nothing of the cancelled write stays on disk. An error (an unreadable source,
+    a full disk) or a crash keeps ``<path>.partial``: called again with the same arguments, the
+    write resumes where it failed (``resume=False`` starts afresh).
+
+    Returns
+    -------
+    Path or None
+        The output path, or ``None`` when stopped.
     """
     p = Path(path)
     k, dtype = check_source(source, kind, p)
     shape = tuple(int(s) for s in source.shape)
-    with OmeZarrWriter(
+    writer = OmeZarrWriter(
         p,
         shape[-2:],
         kind=k,
@@ -433,28 +470,48 @@ def write_ome_zarr(
         class_colors=class_colors,
         overwrite=overwrite,
         resume=resume,
-    ) as writer:
-        lead = () if k == "labels" else (slice(None),)
-        c = writer.chunk
-        step = read_step(source, c, limit=2048)
-        done = writer.done_chunks()
-        todo = [
-            r
-            for r in iter_regions(shape, step)
-            if not done[
-                r[0] // c : -(-(r[0] + r[2]) // c), r[1] // c : -(-(r[1] + r[3]) // c)
-            ].all()
-        ]
+    )
+    lead = () if k == "labels" else (slice(None),)
+    c = writer.chunk
+    step = read_step(source, c, limit=2048)
+    done = writer.done_chunks()
+    todo = [
+        r
+        for r in iter_regions(shape, step)
+        if not done[r[0] // c : -(-(r[0] + r[2]) // c), r[1] // c : -(-(r[1] + r[3]) // c)].all()
+    ]
 
-        def copy(region: tuple[int, int, int, int]) -> None:
-            # regions are whole chunks, so threads never write into the same chunk
-            y, x, h, w = region
-            try:
-                block = read_block(source, (*lead, slice(y, y + h), slice(x, x + w)))
-            except Exception as exc:
-                raise WriterError(p, f"cannot read the source at (y={y}, x={x}): {exc}") from exc
-            writer.write_region(y, x, block)
+    def copy(region: tuple[int, int, int, int]) -> None:
+        # regions are whole chunks, so threads never write into the same chunk
+        y, x, h, w = region
+        try:
+            block = read_block(source, (*lead, slice(y, y + h), slice(x, x + w)))
+        except Exception as exc:
+            raise WriterError(p, f"cannot read the source at (y={y}, x={x}): {exc}") from exc
+        writer.write_region(y, x, block)
 
-        for _ in prefetched(copy, todo):
-            pass
-        return writer.finalize()
+    try:
+        yield Progress(0, len(todo), "write", f"writing {p.name}")
+        halted = False
+        # closed before anything below runs: no thread writes into a store being deleted
+        with contextlib.closing(prefetched(copy, todo)) as copied:
+            for n, _ in enumerate(copied, 1):
+                yield Progress(n, len(todo), "write", f"writing {p.name}")
+                if stopped(stop):
+                    halted = True
+                    break
+        if not halted:
+            published = yield from writer.iter_finalize(stop=stop)
+            if published is not None:
+                return published
+        writer.discard()
+        return None
+    except Exception:
+        writer.close()  # an error: the partial output stays for a resume
+        raise
+    except BaseException:  # close() (GeneratorExit) or Ctrl-C: a cancel, nothing stays
+        writer.discard()
+        raise
+
+
+write_ome_zarr = eager(iter_write_ome_zarr)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_msunet._atomic import atomic_path
+
 __all__ = [
     "CLASS_COLORS",
     "CLASS_NAMES",
@@ -298,7 +300,8 @@ def write_synthetic_slide(
         Threads that compress tiles (tifffile's ``maxworkers``).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    if fmt not in ("svs", "ome-tiff", "tiff", "ndpi"):
+        raise ValueError(f"unknown synthetic slide format {fmt!r}")
     factor = 4 if fmt == "svs" else 2
     levels = _level_shapes(spec.height, spec.width, factor, tile)
     common = {
@@ -309,7 +312,10 @@ def write_synthetic_slide(
         "maxworkers": workers,
     }
     res_cm = 1e4 / spec.mpp  # pixels per centimetre
-    with tifffile.TiffWriter(tmp, bigtiff=True, ome=(fmt == "ome-tiff")) as tif:
+    with (
+        atomic_path(path, overwrite=True) as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=True, ome=(fmt == "ome-tiff")) as tif,
+    ):
         if fmt == "svs":
             _write_svs(tif, spec, levels, tile, quality, common)
         elif fmt == "ome-tiff":
@@ -342,7 +348,7 @@ def write_synthetic_slide(
             tif.write(
                 _whole(spec, 512), photometric="rgb", metadata={"axes": "YXS", "Name": "macro"}
             )
-        elif fmt in ("tiff", "ndpi"):
+        else:  # "tiff" or "ndpi"
             extra = []
             if fmt == "ndpi":
                 extra = [
@@ -376,9 +382,6 @@ def write_synthetic_slide(
                         (65421, "f", 1, -1.0, True),
                     ],
                 )
-        else:
-            raise ValueError(f"unknown synthetic slide format {fmt!r}")
-    tmp.replace(path)
     return path
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,16 @@ from napari_msunet.io.annotations import (
     default_color,
 )
 from napari_msunet.io.geojson import write_geojson
+from napari_msunet.progress import Progress, Stop, eager, stopped
 
-__all__ = ["export_mask", "vectorise"]
+__all__ = ["export_mask", "iter_export_mask", "iter_vectorise", "vectorise"]
 
 # unit vectors of the four directions; left turn of direction k is (k + 1) % 4
 _DX = np.array([1, 0, -1, 0])
 _DY = np.array([0, 1, 0, -1])
 
 
-def vectorise(
+def iter_vectorise(
     mask: Any,
     classes: Iterable[ClassInfo] | Mapping[str, int] | None = None,
     downsample: float = 1.0,
@@ -52,8 +53,15 @@ def vectorise(
     block: int = 4096,
     simplify: float = 0.0,
     offset: tuple[float, float] = (0.0, 0.0),
-) -> AnnotationSet:
+    stop: Stop = None,
+) -> Generator[Progress, None, AnnotationSet | None]:
     """Turn a label mask into one polygon annotation per 4-connected region.
+
+    A generator (GUIDE: "Long work is a generator"): reading the mask and finding the
+    outlines in each block is the long part, so it yields a
+    :class:`~napari_msunet.progress.Progress` per block (stage ``"vectorise"``; the last unit
+    of ``total`` is tracing the outlines of the whole mask) and returns the annotations;
+    :func:`vectorise` is its eager twin.
 
     Parameters
     ----------
@@ -72,12 +80,16 @@ def vectorise(
     offset
         Level-0 ``(y, x)`` of the mask's top-left corner, for a mask that covers only a
         window of the slide (an edited region, say); added after scaling.
+    stop
+        A ``threading.Event`` or a callable, checked after every block; once set the
+        generator returns ``None``.
 
     Returns
     -------
-    AnnotationSet
+    AnnotationSet or None
         Polygons (with holes) sorted by label, then top to bottom and left to right;
-        object type ``"annotation"``; the class table holds every class given.
+        object type ``"annotation"``; the class table holds every class given. ``None`` when
+        stopped.
     """
     if getattr(mask, "ndim", None) != 2:
         raise ValueError(f"a label mask must be 2D, got shape {getattr(mask, 'shape', None)}")
@@ -85,13 +97,29 @@ def vectorise(
     if dtype.kind not in "biu":
         raise ValueError(f"a label mask must have an integer dtype, got {dtype}")
     table = _class_table(classes)
-    runs = _mask_runs(mask, *_block_size(mask, block))
+    bh, bw = _block_size(mask, block)
+    height, width = (int(v) for v in mask.shape)
+    n_blocks = -(-height // bh) * -(-width // bw)
+    total = n_blocks + 1  # the last unit: tracing the outlines of the whole mask
+    yield Progress(0, total, "vectorise", "reading the mask")
+    parts: list[np.ndarray] = []
+    for done, part in enumerate(_iter_mask_runs(mask, bh, bw), 1):
+        parts.append(part)
+        yield Progress(done, total, "vectorise", f"block {done} of {n_blocks}")
+        if stopped(stop):
+            return None
+    runs = np.concatenate(parts) if parts else np.zeros((0, 7), dtype=np.int64)
     polygons, labels = _polygons(runs)
     oy, ox = (float(v) for v in offset)
-    return _to_annotations(polygons, labels, table, float(downsample), simplify, (oy, ox))
+    annotations = _to_annotations(polygons, labels, table, float(downsample), simplify, (oy, ox))
+    yield Progress(total, total, "vectorise", f"{len(annotations)} regions")
+    return annotations
 
 
-def export_mask(
+vectorise = eager(iter_vectorise)
+
+
+def iter_export_mask(
     mask: Any,
     path: str | Path,
     classes: Iterable[ClassInfo] | Mapping[str, int] | None = None,
@@ -101,12 +129,19 @@ def export_mask(
     block: int = 4096,
     simplify: float = 0.0,
     offset: tuple[float, float] = (0.0, 0.0),
-) -> Path:
+    stop: Stop = None,
+) -> Generator[Progress, None, Path | None]:
     """Write a label mask as QuPath GeoJSON in level-0 pixel coordinates, atomically.
 
     One Feature per 4-connected region (a Polygon with holes), ``objectType`` annotation,
-    ``classification`` with the class name and colour. See :func:`vectorise` for the
+    ``classification`` with the class name and colour. See :func:`iter_vectorise` for the
     parameters; the file is written under a temporary name and renamed when complete.
+
+    A generator (GUIDE: "Long work is a generator"): it yields a
+    :class:`~napari_msunet.progress.Progress` per block of the mask (stage ``"vectorise"``)
+    and returns the path; :func:`export_mask` is its eager twin. ``stop`` (checked after
+    every block and before the file is written) or ``close()`` ends it with nothing written;
+    a stopped export returns ``None``.
 
     Raises
     ------
@@ -117,10 +152,15 @@ def export_mask(
     path = Path(path)
     if path.exists() and not overwrite:
         raise WriterError(path, "already exists; pass overwrite=True to replace it")
-    annotations = vectorise(
-        mask, classes, downsample, block=block, simplify=simplify, offset=offset
+    annotations = yield from iter_vectorise(
+        mask, classes, downsample, block=block, simplify=simplify, offset=offset, stop=stop
     )
+    if annotations is None or stopped(stop):
+        return None
     return write_geojson(annotations, path, overwrite=overwrite)
+
+
+export_mask = eager(iter_export_mask)
 
 
 # --------------------------------------------------------------------------- boundary runs
@@ -153,8 +193,9 @@ def _runs(line: np.ndarray, pos: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
     return np.stack([line[first], pos[first], pos[last] + 1, a[first], b[first]], 1)
 
 
-def _mask_runs(mask: Any, bh: int, bw: int) -> np.ndarray:
-    """Boundary runs of the whole mask as rows ``(x0, y0, x1, y1, a, b, vertical)``.
+def _iter_mask_runs(mask: Any, bh: int, bw: int) -> Iterator[np.ndarray]:
+    """Boundary runs of the whole mask, one array per block, as rows ``(x0, y0, x1, y1, a,
+    b, vertical)``.
 
     Horizontal runs lie on the line y between rows y-1 (label a) and y (label b); vertical
     runs on the line x between columns x-1 (a) and x (b); outside the mask is label 0. Each
@@ -163,7 +204,6 @@ def _mask_runs(mask: Any, bh: int, bw: int) -> np.ndarray:
     """
     height, width = (int(v) for v in mask.shape)
     dtype = np.dtype(mask.dtype)
-    out: list[np.ndarray] = []
     prev_row = np.zeros(width, dtype=dtype)  # last row of the block row above
     for y in range(0, height, bh):
         h = min(bh, height - y)
@@ -180,9 +220,9 @@ def _mask_runs(mask: Any, bh: int, bw: int) -> np.ndarray:
             grid = np.concatenate(parts)
             ln, ps = np.nonzero(grid[:-1] != grid[1:])
             r = _runs(ln, ps, grid[ln, ps].astype(np.int64), grid[ln + 1, ps].astype(np.int64))
-            out.append(
-                np.c_[r[:, 1] + x, r[:, 0] + y, r[:, 2] + x, r[:, 0] + y, r[:, 3:], 0 * r[:, 0]]
-            )
+            horizontal = np.c_[
+                r[:, 1] + x, r[:, 0] + y, r[:, 2] + x, r[:, 0] + y, r[:, 3:], 0 * r[:, 0]
+            ]
             parts = [left[:, None], blk]
             if x + w == width:
                 parts.append(np.zeros((h, 1), dtype=dtype))
@@ -191,13 +231,13 @@ def _mask_runs(mask: Any, bh: int, bw: int) -> np.ndarray:
             by_line = np.argsort(ln, kind="stable")
             ps, ln = ps[by_line], ln[by_line]
             r = _runs(ln, ps, grid[ps, ln].astype(np.int64), grid[ps, ln + 1].astype(np.int64))
-            out.append(
-                np.c_[r[:, 0] + x, r[:, 1] + y, r[:, 0] + x, r[:, 2] + y, r[:, 3:], 1 + 0 * r[:, 0]]
-            )
+            vertical = np.c_[
+                r[:, 0] + x, r[:, 1] + y, r[:, 0] + x, r[:, 2] + y, r[:, 3:], 1 + 0 * r[:, 0]
+            ]
             left = blk[:, -1].copy()
             row[x : x + w] = blk[-1]
+            yield np.concatenate([horizontal, vertical])
         prev_row = row
-    return np.concatenate(out) if out else np.zeros((0, 7), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- tracing
@@ -356,7 +396,7 @@ def _to_annotations(
         warnings.warn(
             f"labels {unnamed} are not in the class table; named 'Class <label>'",
             AnnotationWarning,
-            stacklevel=3,
+            stacklevel=2,  # iter_vectorise: what calls it is a driver, not the user's code
         )
     table = dict(table)
     for lab in unnamed:

@@ -9,6 +9,12 @@ prediction exported as OME-TIFF hold identical pixels at every level:
 - :func:`~napari_msunet.io.ome_tiff.write_ome_tiff`: a tiled, losslessly compressed OME-TIFF
   with the lower levels in SubIFDs, for QuPath and other TIFF-only viewers.
 
+Both whole-array writers are generators first (``iter_write_ome_zarr``,
+``iter_write_ome_tiff``: GUIDE, "Long work is a generator"): they yield a
+:class:`~napari_msunet.progress.Progress` per block (stage ``"write"``, then ``"pyramid"``),
+take a ``stop``, and a stopped or closed one removes everything it made and returns ``None``.
+``write_ome_zarr`` and ``write_ome_tiff`` are their eager twins.
+
 Pyramid definition. Level ``k`` has shape ``ceil(shape[k-1] / 2)`` and is computed from level
 ``k - 1`` alone:
 
@@ -37,9 +43,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -47,6 +55,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from napari_msunet.errors import WriterError
+from napari_msunet.progress import Progress, Stop, stopped
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -86,14 +95,14 @@ R = TypeVar("R")
 
 def __getattr__(name: str) -> Any:
     """Load the format-specific writers on first use (they import this module)."""
-    if name in ("OmeZarrWriter", "write_ome_zarr"):
+    if name in ("OmeZarrWriter", "write_ome_zarr", "iter_write_ome_zarr"):
         from napari_msunet.io import ome_zarr
 
         return getattr(ome_zarr, name)
-    if name == "write_ome_tiff":
+    if name in ("write_ome_tiff", "iter_write_ome_tiff"):
         from napari_msunet.io import ome_tiff
 
-        return ome_tiff.write_ome_tiff
+        return getattr(ome_tiff, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -426,3 +435,81 @@ def read_block(source: Any, index: tuple[slice | int, ...]) -> np.ndarray:
         block = block.compute(scheduler="synchronous")
     block = np.asarray(block)
     return block.astype(np.uint8) if block.dtype == np.bool_ else block
+
+
+class _Aborted(Exception):
+    """Raised in a worker thread by its ``report`` once the generator driving it has stopped."""
+
+
+def iter_in_thread(
+    work: Callable[[Callable[..., None]], R], stop: Stop, poll_s: float = 0.1
+) -> Generator[Progress, None, tuple[bool, R | None]]:
+    """Run ``work(report)`` in a thread and yield its progress, so a push-style writer is a
+    generator too.
+
+    Some writers hand their blocks to a library that pulls them (tifffile consumes a tile
+    iterator inside one ``write`` call), so the generator cannot yield between blocks itself.
+    ``work`` runs in a thread instead and calls ``report(done, total, stage, message="")``
+    after each block; this generator yields the newest of those records as they come (it may
+    skip some, never reorders them), checks ``stop`` after each and every ``poll_s`` seconds,
+    and once stopped, or closed, or failing, makes the thread's next ``report`` raise so that
+    ``work`` unwinds (its ``finally`` blocks run), and waits for it.
+
+    Returns
+    -------
+    (finished, value)
+        ``(True, work's return value)``, or ``(False, None)`` when ``stop`` ended it first.
+        An exception of ``work`` is raised here.
+    """
+    cond = threading.Condition()
+    abort = threading.Event()
+    state: dict[str, Any] = {"record": None, "end": False}
+    t0 = time.monotonic()
+
+    def report(done: int, total: int, stage: str, message: str = "") -> None:
+        if abort.is_set():
+            raise _Aborted
+        rec = Progress(done, total, stage, message, time.monotonic() - t0)
+        with cond:
+            state["record"] = rec
+            cond.notify()
+
+    def run() -> None:
+        try:
+            state["value"] = work(report)
+        except BaseException as exc:  # handed to the generator's thread
+            state["error"] = exc
+        finally:
+            with cond:
+                state["end"] = True
+                cond.notify()
+
+    thread = threading.Thread(target=run, name="msunet-writer", daemon=True)
+    thread.start()
+    shown = None
+    try:
+        while True:
+            with cond:
+                if state["record"] is shown and not state["end"]:
+                    cond.wait(poll_s)
+                rec, end = state["record"], state["end"]
+            if rec is not shown:
+                shown = rec
+                yield rec
+            if stopped(stop):
+                abort.set()
+                thread.join()
+                return False, None
+            if end:
+                break
+    except BaseException:  # closed (GeneratorExit), interrupted, or failing: stop the thread
+        abort.set()
+        thread.join()
+        raise
+    thread.join()
+    error = state.get("error")
+    if isinstance(error, _Aborted):  # pragma: no cover - only abort sets it, handled above
+        return False, None
+    if error is not None:
+        raise error
+    return True, state.get("value")
