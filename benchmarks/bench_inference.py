@@ -4,7 +4,7 @@ Same model (lite MS U-Net, random weights with a fixed seed: compute does not de
 weights), same synthetic slide, one process, so ratios are meaningful on a noisy machine:
 
 (a) throughput in megapixels/s of slide area at the working resolution: the engine
-    (``iter_predict_slide``, default settings, tissue detection on, outputs written as OME-Zarr)
+    (``predict_slide``, default settings, tissue detection on, outputs written as OME-Zarr)
     against a naive baseline written here like the paper's tiling and MONAI's
     ``sliding_window_inference(overlap=0.5, mode="constant")``: 1024² windows every 512 px,
     overlapping probabilities averaged in memory, windows read one after the other with no
@@ -54,8 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_msunet.inference import (
     InferenceConfig,
     Normalization,
-    iter_predict_slide,
     predict_array,
+    predict_slide,
 )
 from napari_msunet.inference.device import prepare_model, resolve_device_settings
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
@@ -82,14 +82,6 @@ def _slide(workdir: Path, size: int, mpp: float, compression: str = "jpeg") -> P
         write_synthetic_slide(path, spec, "svs", compression=compression)
         print(f"# wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 def _machine(device: str) -> str:
@@ -253,7 +245,7 @@ def child_rss(slide_path: str, device: str) -> None:
         with open_slide(slide_path) as slide:
             cfg = InferenceConfig(device=device)
             t0 = time.perf_counter()
-            result = _drain(iter_predict_slide(slide, model, NORM, cfg, out / "pred"))
+            result = predict_slide(slide, model, NORM, cfg, out / "pred")
             dt = time.perf_counter() - t0
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -358,12 +350,12 @@ def main() -> None:
             try:
                 # model-only right before and after the engine: the machine's speed drifts
                 dt, n_win, window, gflop = model_only(slide, model, settings, config)
-                r = _drain(iter_predict_slide(slide, model, NORM, config, tmp / "e1"))
+                r = predict_slide(slide, model, NORM, config, tmp / "e1")
                 r1 = r if r1 is None or r.timings["total"] < r1.timings["total"] else r1
                 dt2 = model_only(slide, model, settings, config)[0]
                 t_model = min(t_model, dt, dt2)
                 cfg2 = InferenceConfig(device=args.device, tissue=False)
-                r = _drain(iter_predict_slide(slide, model, NORM, cfg2, tmp / "e2"))
+                r = predict_slide(slide, model, NORM, cfg2, tmp / "e2")
                 r2 = r if r2 is None or r.timings["total"] < r2.timings["total"] else r2
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -379,7 +371,7 @@ def main() -> None:
             tmp = Path(tempfile.mkdtemp(prefix="msunet-bench-"))
             try:
                 cfg3 = InferenceConfig(device=args.device, tile=args.big_tile)
-                big = _drain(iter_predict_slide(slide, model, NORM, cfg3, tmp / "e3"))
+                big = predict_slide(slide, model, NORM, cfg3, tmp / "e3")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             print(f"# engine with tile {args.big_tile}: {big.timings['total']:.1f} s", flush=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from napari_msunet.demo import build_sample_slide, default_model_path, sample_data_dir
+from napari_msunet.demo import build_sample_slide, default_model_path, iter_demo, sample_data_dir
 from napari_msunet.io.mosaic import EBHI_UM_PER_PX
 from napari_msunet.io.slide import open_slide
 from napari_msunet.models.checkpoint import read_header
+from napari_msunet.progress import Progress
 
 
 def test_bundled_sample_is_credited_and_complete():
@@ -74,3 +76,24 @@ def test_demo_headless(tmp_path):
     assert fg["dice"] > 0.7  # the bundled model on tiles it never trained on
     assert (tmp_path / "evaluation" / "overlay.png").exists()
     assert (tmp_path / "prediction" / "labels.ome.zarr").exists()
+
+
+def test_iter_demo_yields_progress_records_and_stops_cleanly(tmp_path):
+    """Every record is a Progress with its stage; a stop leaves no final-named output."""
+    stop = threading.Event()
+    stop.set()  # the sample is still built; the prediction stops before its first batch
+    gen = iter_demo(tmp_path, device="cpu", stop=stop)
+    records = []
+    try:
+        while True:
+            records.append(next(gen))
+    except StopIteration as end:
+        results = end.value
+    assert all(isinstance(r, Progress) for r in records)
+    assert [(r.stage, r.done, r.total) for r in records[:2]] == [("build", 0, 1), ("build", 1, 1)]
+    assert [r.stage for r in records[2:]] == ["tiles"]
+    assert not results["prediction"].completed
+    assert results["evaluation"] is None
+    assert results["files"].slide.is_file()
+    assert not (tmp_path / "prediction" / "labels.ome.zarr").exists()
+    assert not (tmp_path / "evaluation").exists()

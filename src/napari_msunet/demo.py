@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from napari_msunet.errors import ModelFileError, MsunetError
-from napari_msunet.progress import eager
+from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = [
     "DemoFiles",
@@ -105,12 +105,42 @@ def _slide_mpp(path: Path) -> float | None:
 
 
 def iter_demo(
-    out_dir: str | Path, *, model: str | Path | None = None, device: str = "auto"
-) -> Generator[tuple[str, object], None, dict]:
-    """Build, predict, evaluate; yields ``(stage, progress)`` records, returns the results.
+    out_dir: str | Path,
+    *,
+    model: str | Path | None = None,
+    device: str = "auto",
+    stop: Stop = None,
+) -> Generator[Progress, None, dict]:
+    """Build, predict, evaluate, as a generator of :class:`~napari_msunet.progress.Progress`.
 
-    The stages are generators themselves (the engine's and the evaluation's), passed through
-    so the CLI can show their progress bars and the GUI could run the same in a worker.
+    Parameters
+    ----------
+    out_dir
+        Folder for the sample slide, ``prediction/`` and ``evaluation/``.
+    model
+        A model file; ``None``: the bundled default model.
+    device
+        Inference device (``"auto"``, ``"cpu"``, ``"cuda"`` ...).
+    stop
+        Checked by the prediction and the evaluation (see
+        :func:`napari_msunet.progress.stopped`).
+
+    Yields
+    ------
+    Progress
+        Stage ``"build"`` (``0/1`` before the sample slide is built, ``1/1`` once it and the
+        model are ready), then the records of
+        :func:`~napari_msunet.inference.engine.iter_predict_slide` (``"tiles"``,
+        ``"pyramid"``) and of :func:`~napari_msunet.evaluation.iter_evaluate`, passed through
+        unchanged: each carries its own stage, so one driver shows them all.
+
+    Returns
+    -------
+    dict
+        ``files`` (:class:`DemoFiles`), ``model`` (its path), ``prediction`` (the
+        :class:`~napari_msunet.inference.PredictionResult`) and ``evaluation`` (the
+        evaluation's result; ``None`` when ``stop`` ended the run before it finished, and
+        then ``prediction.completed`` says whether the prediction did).
     """
     from napari_msunet.evaluation import iter_evaluate
     from napari_msunet.inference import InferenceConfig, iter_predict_slide
@@ -118,38 +148,29 @@ def iter_demo(
     from napari_msunet.models.checkpoint import load_model
 
     out = Path(out_dir)
-    yield ("build", None)
+    yield Progress(0, 1, "build", "building the sample slide from the bundled EBHI-Seg tiles")
     demo = build_sample_slide(out)
     model_path = Path(model) if model is not None else default_model_path()
     net, header = load_model(model_path)
+    yield Progress(1, 1, "build", f"sample slide {demo.slide.name} and model ready")
     config = InferenceConfig(target_mpp=header.input_um_per_px, device=device)
     pred_dir = out / "prediction"
     with open_slide(demo.slide) as slide:
-        gen = iter_predict_slide(slide, net, header, config, pred_dir, overwrite=True, resume=False)
-        result = yield from _relay("predict", gen)
-    evaluation = yield from _relay(
-        "evaluate",
-        iter_evaluate(
-            result.outputs.labels,
-            demo.annotation,
-            out_dir=out / "evaluation",
-            slide=demo.slide,
-            overwrite=True,
-        ),
+        result = yield from iter_predict_slide(
+            slide, net, header, config, pred_dir, overwrite=True, resume=False, stop=stop
+        )
+    results = {"files": demo, "model": model_path, "prediction": result, "evaluation": None}
+    if not result.completed:
+        return results
+    results["evaluation"] = yield from iter_evaluate(
+        result.outputs.labels,
+        demo.annotation,
+        out_dir=out / "evaluation",
+        slide=demo.slide,
+        overwrite=True,
+        stop=stop,
     )
-    return {"files": demo, "model": model_path, "prediction": result, "evaluation": evaluation}
-
-
-def _relay(stage: str, gen):
-    """Yield ``(stage, record)`` for each record of ``gen`` and return its result."""
-    try:
-        while True:
-            rec = next(gen)
-            yield (stage, rec)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        gen.close()
+    return results
 
 
 demo = eager(iter_demo)

@@ -108,3 +108,32 @@ def test_bad_inputs(case, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_interrupted_run_by_another_model_is_refused_until_restart(case, tmp_path):
+    """The refusal names the CLI's real flag, and ``--restart`` discards the interrupted run."""
+    import threading
+
+    from napari_msunet.inference import InferenceConfig, iter_predict_slide
+    from napari_msunet.io.slide import open_slide
+    from napari_msunet.progress import run_to_end
+
+    _, slide, model = case
+    out = tmp_path / "o"
+    torch.manual_seed(1)
+    other = build_model("unet", n_classes=3, widths=(4, 8))
+    stop = threading.Event()
+    stop.set()  # stopped before its first batch: the partial stores and run record stay
+    with open_slide(slide) as s:
+        cfg = InferenceConfig(target_mpp=4.0, device="cpu")
+        norm = ((0.5,) * 3, (0.25,) * 3)
+        first = run_to_end(iter_predict_slide(s, other, norm, cfg, out, stop=stop))
+    assert not first.completed
+    proc = msunet("predict", slide, "--model", model, "--out", out, "--device", "cpu")
+    assert proc.returncode == 2
+    assert "interrupted prediction made with a different" in proc.stderr
+    assert "model" in proc.stderr
+    assert "msunet predict --restart" in proc.stderr
+    proc = msunet("predict", slide, "--model", model, "--out", out, "--device", "cpu", "--restart")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 resumed" in proc.stdout

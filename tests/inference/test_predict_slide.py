@@ -4,6 +4,7 @@ a narrow U-Net with tiles of 256 (16 tiles)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -18,28 +19,41 @@ from napari_msunet.errors import ConfigError, MsunetError, SlideError, WriterErr
 from napari_msunet.inference import (
     InferenceConfig,
     PredictionResult,
-    Progress,
     SlideOutputs,
+    TileProgress,
     iter_predict_slide,
     predict_array,
+    predict_slide,
 )
 from napari_msunet.inference.engine import _on_tissue
+from napari_msunet.inference.outputs import read_prediction_record
 from napari_msunet.io.slide import SlideWarning, open_slide
 from napari_msunet.io.tissue import detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.io.writers import partial_path
+from napari_msunet.progress import Progress
 
 CFG = InferenceConfig(tile=256, device="cpu", chunk=256)
 
 
-def run(gen, stop_after: int | None = None):
-    """Drive a prediction generator; return (progress list, result or None if closed)."""
+def batches(progress: list[Progress]) -> list[Progress]:
+    """The records yielded after a batch (stage "tiles", not the one before the first batch)."""
+    return [p for p in progress[1:] if p.stage == "tiles"]
+
+
+def run(gen, stop_after: int | None = None, on_batch=None):
+    """Drive a prediction generator; return (progress list, result or None if closed).
+
+    ``stop_after``: close it after that many batches; ``on_batch(n)``: called after each.
+    """
     seen: list[Progress] = []
     try:
         while True:
             seen.append(next(gen))
-            batches = sum(1 for p in seen if p.message.startswith("tile"))
-            if stop_after is not None and batches >= stop_after:
+            n = len(batches(seen))
+            if seen[-1].stage == "tiles" and n and on_batch is not None:
+                on_batch(n)
+            if stop_after is not None and n >= stop_after:
                 gen.close()
                 return seen, None
     except StopIteration as done:
@@ -84,11 +98,17 @@ def test_outputs_and_metadata(full_run, slide_path):
     assert result.tiles_computed + result.tiles_skipped == 16
     assert result.tiles_resumed == 0
     assert result.overhead == pytest.approx((448 / 256) ** 2)
-    assert progress[0].message == "starting"
-    assert progress[-1].message == "building the pyramid"
-    assert [p.done for p in progress if p.message.startswith("tile")] == list(
-        range(1, result.tiles_computed + 1)
-    )
+    assert all(isinstance(p, Progress) for p in progress)
+    assert [p.stage for p in progress[-2:]] == ["pyramid", "pyramid"]
+    assert [(p.done, p.total) for p in progress[-2:]] == [(0, 1), (1, 1)]
+    tiles = progress[:-2]
+    assert all(isinstance(p, TileProgress) and p.stage == "tiles" for p in tiles)
+    assert (tiles[0].done, tiles[0].total) == (0, result.tiles_total - result.tiles_skipped)
+    assert [p.done for p in tiles[1:]] == list(range(1, result.tiles_computed + 1))
+    assert tiles[-1].skipped == result.tiles_skipped
+    assert tiles[-1].tiles_per_s > 0
+    assert tiles[-1].mpx_per_s > 0
+    assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(progress))
     names = sorted(p.name for p in out.iterdir())
     assert names == ["labels.ome.zarr", "prediction.json", "probabilities.ome.zarr", "tissue.png"]
     labels = zarr.open_group(out / "labels.ome.zarr", mode="r")
@@ -148,7 +168,7 @@ def test_background_tiles_are_skipped_and_left_zero(full_run, slide_path, model)
                 # and it really is glass
                 assert working[sl].min() >= 235
     assert computed.sum() == result.tiles_computed
-    assert len([p for p in progress if p.message.startswith("tile")]) == result.tiles_computed
+    assert len(batches(progress)) == result.tiles_computed
 
 
 def test_all_glass_slide_computes_nothing(tmp_path, model, header):
@@ -192,22 +212,75 @@ def test_stop_then_resume_equals_uninterrupted(full_run, slide_path, model, head
         assert np.array_equal(za["2"][...], zb["2"][...])
 
 
-def test_close_keeps_finished_tiles_and_stops_threads(slide_path, model, header, tmp_path):
+@pytest.mark.parametrize("how", ["close", "event", "callable"])
+def test_interrupted_run_leaves_only_resumable_state(slide_path, model, header, tmp_path, how):
+    """Closed or stopped after two batches: the finished tiles stay in the ``.partial`` stores
+    beside the run record, no final-named output exists, no thread is left, a rerun resumes."""
     out = tmp_path / "out"
+    event, flag = threading.Event(), {"stop": False}
+    stop = {"close": None, "event": event, "callable": lambda: flag["stop"]}[how]
+
+    def after(n: int) -> None:
+        if n >= 2:
+            event.set()
+            flag["stop"] = True
+
     before = {t.ident for t in threading.enumerate()}
     with open_slide(slide_path) as slide:
-        progress, result = run(iter_predict_slide(slide, model, header, CFG, out), stop_after=2)
-        assert result is None
+        gen = iter_predict_slide(slide, model, header, CFG, out, stop=stop)
+        progress, result = run(gen, stop_after=2 if how == "close" else None, on_batch=after)
+        if how == "close":
+            assert result is None
+        else:
+            assert not result.completed
+            assert result.tiles_computed == 2
+        assert progress[-1].stage == "tiles"
         assert progress[-1].done == 2
         leftover = [
             t.name for t in threading.enumerate() if t.ident not in before and "msunet" in t.name
         ]
         assert leftover == []
+        assert sorted(p.name for p in out.iterdir()) == [
+            "labels.ome.zarr.partial",
+            "prediction.run.json",
+            "probabilities.ome.zarr.partial",
+        ]
+        assert read_prediction_record(out) is None  # no finished prediction there
         log = partial_path(out / "labels.ome.zarr") / "msunet-done.jsonl"
         assert len(log.read_text().splitlines()) == 2
-        _, again = run(iter_predict_slide(slide, model, header, CFG, out))
+        again = predict_slide(slide, model, header, CFG, out)  # the eager twin resumes too
     assert again.completed
     assert again.tiles_resumed == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.ome.zarr",
+        "prediction.json",
+        "probabilities.ome.zarr",
+        "tissue.png",
+    ]
+
+
+def test_prediction_record_reads_the_manifest(full_run, model, header, tmp_path):
+    result, _, out = full_run
+    record = read_prediction_record(out)
+    assert record.labels == out / "labels.ome.zarr"
+    assert record.probabilities == out / "probabilities.ome.zarr"
+    assert record.region is None
+    assert record.shape == result.shape
+    assert record.mpp == pytest.approx(result.mpp)
+    assert record.class_names == ("background", "region")
+    assert record.same_header(header)
+    assert record.same_header(header.to_dict())
+    assert not record.same_header(header_for(model, class_names=("background", "gland")))
+    from napari_msunet.inference.outputs import model_fingerprint
+
+    assert record.model_fingerprint == model_fingerprint(model)
+    assert read_prediction_record(tmp_path) is None
+    (tmp_path / "prediction.json").write_text("{not json")
+    with pytest.raises(MsunetError, match="cannot read"):
+        read_prediction_record(tmp_path)
+    (tmp_path / "prediction.json").write_text('{"format": "something else"}')
+    with pytest.raises(MsunetError, match="not a prediction manifest"):
+        read_prediction_record(tmp_path)
 
 
 def test_event_stop_before_start(slide_path, model, header, tmp_path):
@@ -219,7 +292,7 @@ def test_event_stop_before_start(slide_path, model, header, tmp_path):
         )
     assert not result.completed
     assert result.tiles_computed == 0
-    assert [p.message for p in progress] == ["starting"]
+    assert [(p.stage, p.done) for p in progress] == [("tiles", 0)]
 
 
 def test_resume_with_another_model_is_refused(slide_path, model, header, tmp_path):

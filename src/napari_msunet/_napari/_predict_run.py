@@ -294,26 +294,26 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
 def _reuse_refusal(plan: _Plan) -> str | None:
     """Why the finished prediction in the plan's folder must not be shown as this model's
     (compared by header here; the worker compares the weights), or ``None``."""
-    from napari_msunet.inference.outputs import SlideOutputs
+    from napari_msunet.inference.outputs import read_prediction_record
 
-    manifest_path = SlideOutputs.in_dir(plan.folder).manifest
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        stored = manifest["model"]["header"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{manifest_path}: cannot read the finished prediction's manifest"
-    if stored != json.loads(json.dumps(plan.header.to_dict())):
+        record = read_prediction_record(plan.folder)
+    except MsunetError as exc:
+        return str(exc)
+    if record is None:
+        return f"{plan.folder}: the finished prediction has no manifest"
+    if not record.same_header(plan.header):
         return f"{plan.folder}: holds a finished prediction made with another version of the model"
-    if manifest.get("region") != (None if plan.region is None else list(plan.region)):
+    if record.region != plan.region:
         return f"{plan.folder}: holds a finished prediction of another window"
     return None
 
 
 def _check_weights(plan: _Plan, model: Any) -> None:
-    from napari_msunet.inference.outputs import SlideOutputs, model_fingerprint
+    from napari_msunet.inference.outputs import model_fingerprint, read_prediction_record
 
-    manifest = json.loads(SlideOutputs.in_dir(plan.folder).manifest.read_text(encoding="utf-8"))
-    if manifest.get("model", {}).get("fingerprint") != model_fingerprint(model):
+    record = read_prediction_record(plan.folder)
+    if record is None or record.model_fingerprint != model_fingerprint(model):
         raise MsunetError(
             f"{plan.folder}: holds a finished prediction made with other weights than "
             f"{plan.model.name}; tick 'Replace an existing prediction' to recompute it"
@@ -456,6 +456,7 @@ def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable
         from napari_msunet.inference.engine import iter_predict_slide
         from napari_msunet.inference.live import LivePyramid
         from napari_msunet.inference.outputs import SlideOutputs
+        from napari_msunet.inference.progress import TILES
         from napari_msunet.io.slide import open_slide
         from napari_msunet.models.checkpoint import load_model
 
@@ -481,7 +482,7 @@ def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable
                     except StopIteration as end:
                         result = end.value
                         break
-                    tile = record.message.startswith("tile")
+                    tile = record.stage == TILES
                     if poller is None and tile:  # the store exists from the first record
                         poller = Poller(LivePyramid(outputs.labels), shown)
                     elif poller is not None and not tile:  # the final pyramid comes next

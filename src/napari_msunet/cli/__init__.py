@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-slide", action="store_true", help="sub-folder per slide even for one slide"
     )
     s.add_argument("--overwrite", action="store_true", help="replace a finished prediction")
+    s.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an interrupted prediction in the out folder instead of resuming it",
+    )
 
     s = sub.add_parser(
         "demo",

@@ -37,9 +37,10 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             with open_slide(path) as slide:
                 gen = iter_predict_slide(
-                    slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite
-                )
-                result = drive(gen, Path(path).name, "tile")
+                    slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite,
+                    resume=not args.restart,
+                )  # fmt: skip
+                result = drive(gen, Path(path).name)
                 if not result.completed:
                     print(f"{path}: stopped; run again to resume")
                     failures += 1
@@ -98,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         region=args.region,
         overwrite=args.overwrite,
     )
-    result = drive(gen, "evaluate", "window")
+    result = drive(gen, "evaluate")
     m = result.metrics
     print(f"{'class':<24} {'IoU':>7} {'Dice':>7}")
     for c in m.classes:
@@ -126,11 +127,8 @@ def _train(args: argparse.Namespace) -> int:
 
 @command("finetune")
 def _finetune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from napari_msunet.training.finetune import iter_finetune
     from napari_msunet.training.slide_dataset import SlideSpec
-    from napari_msunet.training.trainer import TrainStep
 
     if len(args.annotations) != len(args.slides):
         raise MsunetError(
@@ -160,29 +158,30 @@ def _finetune(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out,
     )
-    bar = tqdm(total=args.steps, unit="step", desc="fine-tune")
-    try:
-        while True:
-            rec = next(gen)
-            if isinstance(rec, TrainStep):
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec.loss:.4f}", bootstrap=f"{rec.bootstrap:.4f}")
-    except StopIteration as stop:
-        result = stop.value
-    except KeyboardInterrupt:
-        gen.close()
-        raise
-    finally:
-        bar.close()
+    result = drive(gen, "fine-tune")  # Ctrl-C: the run folder keeps a checkpoint
+    if result.model is None:  # only a stop before the first step; the CLI passes none
+        print("stopped before the first step: no new model version")
+        return 1
     print(f"new model version: {result.model}  (parent {args.model}, {result.steps} steps)")
     return 0
 
 
-def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
-    from tqdm import tqdm
+def _epoch_line(rec) -> str | None:
+    """The line a validated epoch prints above the bar."""
+    from napari_msunet.training.trainer import EpochEnd
 
+    if not isinstance(rec, EpochEnd) or rec.val is None:
+        return None
+    best = " (best)" if rec.is_best else ""
+    return (
+        f"epoch {rec.epoch}: val Dice {rec.val.foreground_dice:.4f} "
+        f"IoU {rec.val.foreground_iou:.4f}{best}"
+    )
+
+
+def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     from napari_msunet.training.plots import plot_history
-    from napari_msunet.training.trainer import EpochEnd, TrainStep, iter_train
+    from napari_msunet.training.trainer import iter_train
 
     gen = iter_train(
         cfg,
@@ -193,31 +192,9 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
         provenance={"data": desc},
         resume=not args.restart,
     )
-    bar = None
-    result = None
-    try:
-        while True:
-            rec = next(gen)
-            if isinstance(rec, TrainStep):
-                if bar is None:
-                    bar = tqdm(total=rec.total_steps, initial=rec.global_step - 1, unit="step")
-                bar.update(1)
-                bar.set_postfix(epoch=rec.epoch + 1, loss=f"{rec.loss:.4f}")
-            elif isinstance(rec, EpochEnd) and rec.val is not None:
-                best = " (best)" if rec.is_best else ""
-                msg = (
-                    f"epoch {rec.epoch}: val Dice {rec.val.foreground_dice:.4f} "
-                    f"IoU {rec.val.foreground_iou:.4f}{best}"
-                )
-                (bar.write if bar else print)(msg)
-    except StopIteration as stop:
-        result = stop.value
-    except KeyboardInterrupt:
-        gen.close()  # leaves a checkpoint to resume from
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    # Ctrl-C closes the generator, which leaves a checkpoint to resume from; a resumed run's
+    # bar starts at its step (records count steps of the whole run)
+    result = drive(gen, Path(out).name, on_record=_epoch_line)
     curves = plot_history(out)
     print(
         f"best model: {result.best}  (val Dice {result.best_score})"
@@ -232,31 +209,9 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
-    from tqdm import tqdm
-
     from napari_msunet.demo import iter_demo
 
-    gen = iter_demo(args.out, model=args.model, device=args.device)
-    bar, stage_now, results = None, None, None
-    try:
-        while True:
-            stage, rec = next(gen)
-            if stage != stage_now:
-                if bar is not None:
-                    bar.close()
-                bar, stage_now = None, stage
-                if rec is None:
-                    print(f"{stage}: building the sample slide from the bundled EBHI-Seg tiles")
-            if rec is not None:
-                if bar is None:
-                    bar = tqdm(total=rec.total, desc=stage, unit="step")
-                bar.n = rec.done
-                bar.refresh()
-    except StopIteration as stop:
-        results = stop.value
-    finally:
-        if bar is not None:
-            bar.close()
+    results = drive(iter_demo(args.out, model=args.model, device=args.device), "demo")
     files, evaluation = results["files"], results["evaluation"]
     fg = evaluation.metrics.foreground
     print(f"slide: {files.slide}  (EBHI-Seg tiles, Shi et al. 2023, CC BY 4.0)")

@@ -24,11 +24,11 @@ from napari_msunet.inference.pipeline import (
     read_workers,
     run_batches,
 )
-from napari_msunet.inference.progress import Progress, Stop, make_progress, stopped
+from napari_msunet.inference.progress import TileProgress, make_progress
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.io.tissue import TissueMask
 from napari_msunet.io.working_image import ArrayReader
-from napari_msunet.progress import run_to_end
+from napari_msunet.progress import Stop, eager, stopped
 
 __all__ = ["iter_predict_array", "predict_array"]
 
@@ -42,14 +42,25 @@ def iter_predict_array(
     tissue: TissueMask | None = None,
     probabilities: str = "uint8",
     stop: Stop = None,
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+) -> Generator[TileProgress, None, tuple[np.ndarray, np.ndarray]]:
     """Predict an in-memory RGB image with the slide engine's tiling, as a generator.
 
     The image is taken as the working image (no resampling; ``config.target_mpp`` and the
-    tissue settings are not used). Returns ``(labels, probabilities)``: ``(H, W)`` uint8 and
-    ``(C, H, W)``, uint8 (``round(p * 255)``) or float32 with ``probabilities="float32"``.
-    Tiles without tissue in ``tissue`` (a mask whose downsample is relative to ``image``) and
-    tiles not computed because of ``stop`` are 0 in both.
+    tissue settings are not used). Tiles without tissue in ``tissue`` (a mask whose
+    downsample is relative to ``image``) and tiles not computed because of ``stop`` (or a
+    ``close()``) are 0 in both outputs; nothing is written anywhere, so there is nothing to
+    clean up.
+
+    Yields
+    ------
+    TileProgress
+        After every batch, in stage ``"tiles"`` (``done``/``total`` count tiles).
+
+    Returns
+    -------
+    labels, probabilities
+        ``(H, W)`` uint8 and ``(C, H, W)``, uint8 (``round(p * 255)``) or float32 with
+        ``probabilities="float32"``.
     """
     config = config or InferenceConfig()
     t0 = time.perf_counter()
@@ -106,15 +117,4 @@ def iter_predict_array(
         model.train(was_training)
 
 
-def predict_array(
-    image: np.ndarray,
-    model: nn.Module,
-    norm: Any,
-    config: InferenceConfig | None = None,
-    *,
-    tissue: TissueMask | None = None,
-    probabilities: str = "uint8",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run :func:`iter_predict_array` to the end and return ``(labels, probabilities)``."""
-    gen = iter_predict_array(image, model, norm, config, tissue=tissue, probabilities=probabilities)
-    return run_to_end(gen)
+predict_array = eager(iter_predict_array)

@@ -4,7 +4,8 @@ The engine, the CLI (``msunet predict --tile ... --margin ...``) and the GUI all
 with :class:`InferenceConfig`, so a run can be written into the output's manifest and repeated
 exactly. Values that depend on the model or the device (``"auto"`` tile, margin, batch size,
 mixed precision, memory format) are resolved by the engine when it knows both; what they resolve
-to is recorded in the :class:`~napari_msunet.inference.engine.PredictionResult`.
+to is recorded in the :class:`~napari_msunet.inference.progress.PredictionResult` that
+:func:`~napari_msunet.inference.engine.iter_predict_slide` returns and in the manifest.
 """
 
 from __future__ import annotations

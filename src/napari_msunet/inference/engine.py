@@ -8,9 +8,11 @@ GUI in a napari ``thread_worker``, tests drive it directly::
     gen = iter_predict_slide(slide, model, header, InferenceConfig(), "out/")
     try:
         while True:
-            progress = next(gen)          # Progress(done, total, message, ...)
+            record = next(gen)            # Progress(done, total, stage, message, ...)
     except StopIteration as stop:
         result = stop.value               # PredictionResult
+
+or, without the records, ``result = predict_slide(slide, model, header, None, "out/")``.
 
 It stops cleanly at the next batch when ``stop`` (a callable or a ``threading.Event``) says so,
 or when the generator is closed (``gen.close()``, napari's ``worker.quit()``): tiles already
@@ -18,8 +20,8 @@ computed are written and kept in the ``.partial`` stores, threads are shut down,
 the same folder computes only the rest. Results are deterministic for a fixed model: the tile
 plan depends only on the slide and the settings, and every batch has the same shape.
 
-:func:`~napari_msunet.inference.array.predict_array` runs the same tiling on an in-memory
-image (the GUI's "current view").
+:func:`~napari_msunet.inference.array.iter_predict_array` runs the same tiling on an in-memory
+image.
 """
 
 from __future__ import annotations
@@ -54,19 +56,13 @@ from napari_msunet.inference.pipeline import (
     read_workers,
     run_batches,
 )
-from napari_msunet.inference.progress import (
-    PredictionResult,
-    Progress,
-    Stop,
-    make_progress,
-    stopped,
-)
+from napari_msunet.inference.progress import PYRAMID, PredictionResult, make_progress
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.slide import Slide
 from napari_msunet.io.tissue import detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry, working_window
-from napari_msunet.progress import eager
+from napari_msunet.progress import Progress, Stop, eager, stopped
 
 __all__ = ["iter_predict_slide", "predict_slide"]
 
@@ -109,7 +105,9 @@ def iter_predict_slide(
     resume
         Continue an interrupted run in ``out`` (default); False discards it.
     stop
-        Checked before every batch: a callable returning True, or a ``threading.Event``.
+        Checked before every batch (see :func:`napari_msunet.progress.stopped`): a callable
+        returning True, or a ``threading.Event``. A stopped run *returns* a result with
+        ``completed=False``.
     region
         Level-0 ``(y0, x0, height, width)``: compute only the tiles whose output meets this
         window (the GUI's "current view only"). The tiles stay on the whole-slide grid, so
@@ -119,11 +117,27 @@ def iter_predict_slide(
     Yields
     ------
     Progress
-        Once before the first batch and after every batch, then while finishing.
+        Drivers branch on ``record.stage``, never on the message:
+
+        ``"tiles"``
+            :class:`~napari_msunet.inference.progress.TileProgress` records, once before the
+            first batch (``done`` = tiles resumed from an earlier run; the ``.partial``
+            label store exists from this record on) and after every batch. ``done`` and
+            ``total`` count tiles with tissue; the speed fields are this run's.
+        ``"pyramid"``
+            Only when the tiles are all done: ``done=0, total=1`` before the coarse levels
+            are built and the stores, ``tissue.png`` and the manifest published (no record
+            is yielded in between, so a ``close()`` never interrupts publishing), then
+            ``done=1, total=1`` once the folder holds the finished prediction.
 
     Returns
     -------
     PredictionResult
+        ``completed`` is False when ``stop`` ended the run early; its tiles then stay in the
+        ``.partial`` stores (with the run record ``prediction.run.json``) for a rerun to
+        resume, and nothing is written under a final name (a finished prediction that
+        ``overwrite`` was to replace stays as it was). A ``close()`` leaves the same state
+        (and returns nothing).
 
     Raises
     ------
@@ -189,7 +203,7 @@ def iter_predict_slide(
             record["region"] = [int(v) for v in region]
         check_run_record(outputs, record, resume)
         make_folder(outputs)
-        write_json(outputs.run_record, record)
+        write_json(outputs.run_record, record, overwrite=True)  # a resumed run rewrites it
         common = {
             "chunk": config.chunk,
             "mpp": geometry.mpp,
@@ -217,8 +231,6 @@ def iter_predict_slide(
                 **common,
             )
             writers.append(probs_w)
-        if tissue is not None:
-            tissue.save_png(outputs.tissue)
         workers = config.write_workers if plan.conflict_free(config.chunk) else 1
         tile_writer = TileWriter(labels_w, probs_w, workers)
         todo = [t for t in plan.tiles if not tile_writer.is_done(t.y, t.x, t.h, t.w)]
@@ -267,7 +279,9 @@ def iter_predict_slide(
             tile_writer.close()
         computed = done - resumed
         if not cancelled:
-            yield make_progress(done, plan, resumed, t0, tc, px, "building the pyramid")
+            # the last record before publishing: from here to the end nothing is yielded, so a
+            # close() cannot leave a published store without its manifest
+            yield Progress(0, 1, PYRAMID, "building the pyramid", time.perf_counter() - t0)
             tf = time.perf_counter()
             for w in writers:
                 w.finalize()
@@ -280,6 +294,8 @@ def iter_predict_slide(
             for w in writers:
                 group = zarr.open_group(w.path, mode="r+", zarr_format=3)
                 group.attrs["napari_msunet_prediction"] = extra
+            if tissue is not None:  # written with the stores, not before: see the Returns
+                tissue.save_png(outputs.tissue, overwrite=True)  # recomputed by every run
             timings.finalize = time.perf_counter() - tf
         timings.total = time.perf_counter() - t0
         result = PredictionResult(
@@ -305,9 +321,10 @@ def iter_predict_slide(
         )
         if not cancelled:
             remove_stale(outputs, config, tissue, overwrite)
-            write_manifest(outputs, slide, geometry, config, tiling, settings, record, tissue,
-                            norm, names, colours, result)  # fmt: skip
+            write_manifest(outputs, overwrite, slide, geometry, config, tiling, settings, record,
+                            tissue, norm, names, colours, result)  # fmt: skip
             outputs.run_record.unlink(missing_ok=True)
+            yield Progress(1, 1, PYRAMID, "finished", time.perf_counter() - t0)
         return result
     finally:
         for w in writers:

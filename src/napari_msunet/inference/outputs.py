@@ -9,14 +9,21 @@ Layout of an output folder (names can be changed with :class:`SlideOutputs`)::
     prediction.run.json      only while unfinished: what the partial outputs were made with
 
 Both stores are built under ``<name>.partial`` and published when complete (see
-:mod:`napari_msunet.io.ome_zarr`). A tile is finished when both stores record it; a rerun skips
-those. The run record guards against resuming with something else: it holds a fingerprint of
-the slide, the model weights and every setting that changes the pixels, and a rerun with a
-different one is refused instead of mixing two predictions in one output.
+:mod:`napari_msunet.io.ome_zarr`); ``tissue.png`` and the manifest are written after them, so
+an interrupted run leaves only the two ``.partial`` stores and the run record, and a folder
+with a manifest holds a finished prediction. Every file is written through
+:func:`~napari_msunet._atomic.atomic_write_bytes`. A tile is finished when both stores record
+it; a rerun skips those. The run record guards against resuming with something else: it holds
+a fingerprint of the slide, the model weights and every setting that changes the pixels, and a
+rerun with a different one is refused instead of mixing two predictions in one output.
 
 Pixels of tiles without tissue are never written: labels 0, and probabilities 0 in *every*
 channel, which no computed pixel has (its channels sum to about 255), so "not computed" stays
 distinguishable from "background".
+
+The manifest's format belongs here: :func:`write_manifest` writes it and
+:func:`read_prediction_record` reads what callers (the GUI deciding whether to reuse a folder)
+need from it, so nobody else parses ``prediction.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from torch import nn
 
 from napari_msunet import __version__
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import ConfigError, MsunetError, WriterError
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.io.ome_zarr import OmeZarrWriter
@@ -50,7 +58,14 @@ if TYPE_CHECKING:
     from napari_msunet.io.slide import Slide
     from napari_msunet.io.working_image import WorkingGeometry
 
-__all__ = ["MANIFEST_FORMAT", "SlideOutputs", "TileWriter", "model_fingerprint"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "PredictionRecord",
+    "SlideOutputs",
+    "TileWriter",
+    "model_fingerprint",
+    "read_prediction_record",
+]
 
 MANIFEST_FORMAT = "napari-msunet-prediction"
 
@@ -120,7 +135,7 @@ def check_run_record(outputs: SlideOutputs, record: Mapping[str, Any], resume: b
     if not isinstance(stored, dict):
         raise MsunetError(
             f"{outputs.root}: holds an interrupted prediction without a readable run record "
-            f"({path.name}); pass resume=False (msunet predict --no-resume) to start afresh"
+            f"({path.name}); pass resume=False (msunet predict --restart) to start afresh"
         )
     fresh = json.loads(json.dumps(record))
     diff = sorted(k for k in set(fresh) | set(stored) if fresh.get(k) != stored.get(k))
@@ -128,15 +143,15 @@ def check_run_record(outputs: SlideOutputs, record: Mapping[str, Any], resume: b
         raise MsunetError(
             f"{outputs.root}: holds an interrupted prediction made with a different "
             f"{', '.join(diff)}; rerun with the same slide, model and settings to resume it, "
-            "or pass resume=False (msunet predict --no-resume) to discard it"
+            "or pass resume=False (msunet predict --restart) to discard it"
         )
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON through a temporary name, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+def write_json(path: Path, data: Mapping[str, Any], *, overwrite: bool) -> None:
+    """Write JSON atomically (temporary sibling, fsync, rename): a crash never leaves half a
+    file, and a reader never sees one. ``overwrite``: replace an existing file."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
 def check_target(outputs: SlideOutputs, overwrite: bool) -> None:
@@ -251,6 +266,7 @@ def remove_stale(
 
 def write_manifest(
     outputs: SlideOutputs,
+    overwrite: bool,
     slide: Slide,
     geometry: WorkingGeometry,
     config: InferenceConfig,
@@ -265,7 +281,12 @@ def write_manifest(
 ) -> None:
     """Write ``prediction.json``: everything needed to interpret and repeat the prediction
     (slide, output grid and its level-0 downsample, settings as given and as resolved, model
-    header and fingerprint, tile counts, timings)."""
+    header and fingerprint, tile counts, timings).
+
+    Written last, after both stores are published, so its presence means a finished
+    prediction. ``overwrite`` is the run's: :func:`check_target` refused an existing manifest
+    without it, so one appearing meanwhile (another process) is not replaced.
+    """
     header = norm.to_dict() if hasattr(norm, "to_dict") else None
     rel = lambda p: os.path.relpath(p, outputs.manifest.parent)  # noqa: E731
     write_json(
@@ -315,4 +336,102 @@ def write_manifest(
             "timings": result.timings,
             "region": None if result.region is None else list(result.region),
         },
+        overwrite=overwrite,
     )
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """What a finished prediction's manifest (``prediction.json``) says about how it was made.
+
+    Enough to decide whether a folder can be shown again instead of recomputed: the same
+    model (header and weights) and the same window.
+
+    Attributes
+    ----------
+    manifest
+        The file it was read from.
+    labels, probabilities
+        Paths of the stores, next to the manifest (``probabilities`` is ``None`` when they
+        were not saved).
+    model_fingerprint
+        :func:`model_fingerprint` of the weights that made it.
+    model_header
+        The model file's header as a JSON dict (``None`` when the run was given a bare
+        normalisation instead of a header).
+    region
+        Level-0 ``(y0, x0, h, w)`` of a windowed run, ``None`` for the whole slide.
+    mpp, shape
+        µm per output pixel and the output's ``(Y, X)``.
+    class_names
+        The label values' names, in order.
+    """
+
+    manifest: Path
+    labels: Path
+    probabilities: Path | None
+    model_fingerprint: str | None
+    model_header: dict[str, Any] | None
+    region: tuple[int, int, int, int] | None
+    mpp: float | None
+    shape: tuple[int, int] | None
+    class_names: tuple[str, ...]
+
+    def same_header(self, header: Any) -> bool:
+        """Whether ``header`` (a :class:`~napari_msunet.models.ModelHeader` or its dict) is
+        the one recorded, compared as JSON (tuples and lists alike)."""
+        if self.model_header is None or header is None:
+            return False
+        mine = header.to_dict() if hasattr(header, "to_dict") else header
+        return json.loads(json.dumps(mine)) == self.model_header
+
+
+def read_prediction_record(
+    folder: str | os.PathLike[str] | SlideOutputs,
+) -> PredictionRecord | None:
+    """Read the manifest of the prediction in ``folder`` (a folder or its :class:`SlideOutputs`).
+
+    Returns
+    -------
+    PredictionRecord or None
+        ``None`` when there is no manifest: no finished prediction there (an interrupted one
+        has only ``.partial`` stores and its run record).
+
+    Raises
+    ------
+    MsunetError
+        The manifest exists but cannot be read or is not a prediction manifest.
+    """
+    outputs = folder if isinstance(folder, SlideOutputs) else SlideOutputs.in_dir(folder)
+    path = outputs.manifest
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise MsunetError(
+            f"{path}: cannot read the finished prediction's manifest ({exc})"
+        ) from exc
+    try:
+        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise ValueError(f"format {data['format']!r}")
+        model = data.get("model") or {}
+        output = data.get("output") or {}
+        region = data.get("region")
+        probs = data.get("probabilities")
+        shape = output.get("shape")
+        return PredictionRecord(
+            manifest=path,
+            labels=path.parent / data["labels"],
+            probabilities=None if probs is None else path.parent / probs,
+            model_fingerprint=model.get("fingerprint"),
+            model_header=model.get("header"),
+            region=None if region is None else tuple(int(v) for v in region),
+            mpp=None if output.get("mpp") is None else float(output["mpp"]),
+            shape=None if shape is None else (int(shape[0]), int(shape[1])),
+            class_names=tuple(str(n) for n in data.get("class_names") or ()),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise MsunetError(
+            f"{path}: not a prediction manifest of napari-msunet ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -9,8 +9,9 @@ Three kinds of work overlap so that the network never waits:
 - compute (the calling thread): the forward pass under ``torch.inference_mode`` and autocast,
   then the centre crop, softmax, argmax and uint8 quantisation on the device, so only the
   small outputs travel back;
-- writing: done by the consumer of :func:`run_batches` (the engine hands tiles to a writer
-  pool; :func:`~napari_msunet.inference.engine.predict_array` copies them into arrays).
+- writing: done by the consumer of :func:`run_batches`
+  (:func:`~napari_msunet.inference.engine.iter_predict_slide` hands tiles to a writer pool;
+  :func:`~napari_msunet.inference.array.iter_predict_array` copies them into arrays).
 
 Batches always hold the same number of tiles (the last is padded), so the network sees one
 input shape: the same kernels run for every tile, whether a run is fresh or resumed, which

@@ -1,7 +1,10 @@
-"""What a run reports: :class:`Progress` after every batch and a :class:`PredictionResult`.
+"""What a run reports: :class:`TileProgress` after every batch and a :class:`PredictionResult`.
 
 Frozen dataclasses with plain fields, so the GUI can pass them through Qt signals and the CLI
 can print them; no Qt and no callbacks here (see GUIDE: long work is a generator).
+:class:`TileProgress` is the package's one :class:`~napari_msunet.progress.Progress` record
+with the speed of the tiles added, so any driver reads it like every other record and a
+widget that wants the speed asks ``isinstance(record, TileProgress)``.
 """
 
 from __future__ import annotations
@@ -11,42 +14,37 @@ from dataclasses import dataclass
 
 from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.tiling import TilePlan
-from napari_msunet.progress import Stop, stopped  # re-exported: the engine's API
+from napari_msunet.progress import Progress
 
-__all__ = ["PredictionResult", "Progress", "Stop", "stopped"]
+__all__ = ["PYRAMID", "TILES", "PredictionResult", "TileProgress"]
+
+#: Stage of the records yielded while tiles are computed (:class:`TileProgress`).
+TILES = "tiles"
+#: Stage of the records yielded while the finished stores are published (see
+#: :func:`~napari_msunet.inference.engine.iter_predict_slide`).
+PYRAMID = "pyramid"
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where a run stands, yielded after every batch.
+@dataclass(frozen=True, kw_only=True)
+class TileProgress(Progress):
+    """Where the tiles of a run stand, yielded before the first batch and after every batch.
+
+    ``stage`` is ``"tiles"``; ``done`` counts the tiles finished (including those resumed
+    from an earlier run) and ``total`` the tiles to compute (tiles with tissue).
 
     Attributes
     ----------
-    done, total
-        Tiles finished (including those resumed from an earlier run) and tiles to compute
-        (tiles with tissue).
-    message
-        A short line for a status bar.
     tiles_per_s, mpx_per_s
-        Speed of this run so far: tiles and kept output megapixels per second of compute.
-    elapsed_s
-        Since the run started.
+        Speed of this run so far: tiles and kept output megapixels per second of compute
+        (resumed tiles do not count, so the speed is this machine's, not the folder's).
     skipped, resumed
         Tiles without tissue (never computed) and tiles finished by an earlier run.
     """
 
-    done: int
-    total: int
-    message: str
     tiles_per_s: float = 0.0
     mpx_per_s: float = 0.0
-    elapsed_s: float = 0.0
     skipped: int = 0
     resumed: int = 0
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
 
 
 @dataclass(frozen=True)
@@ -91,17 +89,18 @@ class PredictionResult:
 
 def make_progress(
     done: int, plan: TilePlan, resumed: int, t0: float, tc: float, px: int, msg: str
-) -> Progress:
-    """A :class:`Progress` for ``done`` tiles; speeds count from ``tc``, elapsed from ``t0``."""
+) -> TileProgress:
+    """A :class:`TileProgress` for ``done`` tiles; speeds count from ``tc``, elapsed from ``t0``."""
     dt = time.perf_counter() - tc
     n = done - resumed
-    return Progress(
+    return TileProgress(
         done=done,
         total=len(plan.tiles),
+        stage=TILES,
         message=msg,
+        elapsed_s=time.perf_counter() - t0,
         tiles_per_s=n / dt if dt > 0 and n else 0.0,
         mpx_per_s=px / 1e6 / dt if dt > 0 and px else 0.0,
-        elapsed_s=time.perf_counter() - t0,
         skipped=len(plan.skipped),
         resumed=resumed,
     )

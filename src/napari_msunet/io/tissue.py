@@ -13,6 +13,7 @@ tile's area holds any tissue and writes it next to the prediction (PNG) for insp
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.io.slide import Slide
 
 __all__ = ["TissueMask", "TissueSettings", "detect_tissue", "saturation", "tissue_from_rgb"]
@@ -91,13 +93,17 @@ class TissueMask:
         r1, c1 = math.ceil(y1 / dy), math.ceil(x1 / dx)
         return bool(self.mask[r0:r1, c0:c1].any())
 
-    def save_png(self, path: str | Path) -> Path:
-        """Write the mask as an 8-bit PNG (255 = tissue) via a temporary name."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-        tmp.replace(path)
-        return path
+    def save_png(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the mask as an 8-bit PNG (255 = tissue), atomically.
+
+        The PNG is encoded in memory (a few MB at most: the mask is small) and written with
+        :func:`~napari_msunet._atomic.atomic_write_bytes`, so a reader never sees half a
+        file. ``overwrite`` (default, as before): replace an existing file; False refuses it
+        with a :class:`~napari_msunet.errors.WriterError`.
+        """
+        buf = io.BytesIO()
+        Image.fromarray(self.mask.astype(np.uint8) * 255).save(buf, format="PNG")
+        return atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
     def to_dict(self) -> dict[str, object]:
         """Metadata for the manifest (not the pixels)."""
