@@ -16,7 +16,6 @@ No compute here: the widget gathers paths and settings, the core does the work.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -359,11 +358,7 @@ class FinetuneWidget(QWidget):
         }
 
         def make(stop):
-            result = yield from iter_finetune(parent, [spec], out=target, stop=stop, **settings)
-            if result.steps == 0:  # cancelled before the first step: a copy of the parent
-                result.model.unlink(missing_ok=True)
-                shutil.rmtree(result.run_dir, ignore_errors=True)
-            return result
+            return iter_finetune(parent, [spec], out=target, stop=stop, **settings)
 
         self.plot.clear(total=settings["steps"])
         where = "the corrected regions" if regions else "all"
@@ -381,11 +376,11 @@ class FinetuneWidget(QWidget):
 
     def _on_step(self, record: Any) -> None:
         if isinstance(record, TrainStep):
-            self.plot.add(record.global_step, record.loss, record.total_steps)
+            self.plot.add(record.done, record.loss, record.total)
 
     def _on_done(self, result: FinetuneResult) -> None:
         self.result = result
-        if result.steps == 0:
+        if result.model is None:  # the core saves no version that trained zero steps
             self.info.setText("Stopped before the first step; no new version was saved.")
             return
         if self.plot.losses and not result.stopped:

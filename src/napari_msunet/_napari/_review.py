@@ -445,10 +445,10 @@ class ReviewWidget(QWidget):
         store, threshold = self.store, float(self.threshold.value())
 
         def make(stop):
-            from napari_msunet.evaluation.missing import iter_missing
+            from napari_msunet.evaluation.missing import iter_find_missing
 
             return (
-                yield from iter_missing(
+                yield from iter_find_missing(
                     probs, store, threshold=threshold, rejected=store.rejected(), stop=stop
                 )
             )
