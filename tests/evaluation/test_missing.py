@@ -130,6 +130,8 @@ def test_coarse_level_and_slide_from_the_manifest(prediction):
     (prediction / "prediction.json").write_text(
         json.dumps(
             {
+                "format": "napari-msunet-prediction",
+                "labels": "labels.ome.zarr",
                 "slide": {"shape": list(SLIDE), "mpp": 0.5},
                 "output": {"shape": list(PRED), "level0_downsample": [2.0, 2.0]},
             }

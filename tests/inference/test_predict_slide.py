@@ -26,7 +26,7 @@ from napari_msunet.inference import (
     predict_slide,
 )
 from napari_msunet.inference.engine import _on_tissue
-from napari_msunet.inference.outputs import read_prediction_record
+from napari_msunet.io.prediction_record import read_prediction_record
 from napari_msunet.io.slide import SlideWarning, open_slide
 from napari_msunet.io.tissue import detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry

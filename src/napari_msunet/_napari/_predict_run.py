@@ -294,7 +294,7 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
 def _reuse_refusal(plan: _Plan) -> str | None:
     """Why the finished prediction in the plan's folder must not be shown as this model's
     (compared by header here; the worker compares the weights), or ``None``."""
-    from napari_msunet.inference.outputs import read_prediction_record
+    from napari_msunet.io.prediction_record import read_prediction_record
 
     try:
         record = read_prediction_record(plan.folder)
@@ -310,7 +310,8 @@ def _reuse_refusal(plan: _Plan) -> str | None:
 
 
 def _check_weights(plan: _Plan, model: Any) -> None:
-    from napari_msunet.inference.outputs import model_fingerprint, read_prediction_record
+    from napari_msunet.inference.outputs import model_fingerprint
+    from napari_msunet.io.prediction_record import read_prediction_record
 
     record = read_prediction_record(plan.folder)
     if record is None or record.model_fingerprint != model_fingerprint(model):

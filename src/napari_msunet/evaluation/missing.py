@@ -26,7 +26,6 @@ engine never computed (no tissue) have every channel 0 and are never candidates.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Generator, Sequence
@@ -40,10 +39,11 @@ import zarr
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
-from napari_msunet.errors import AnnotationError
+from napari_msunet.errors import AnnotationError, MsunetError
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.masks import open_mask
+from napari_msunet.io.prediction_record import PredictionRecord, read_prediction_record
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.vectorise import vectorise
 from napari_msunet.io.writers import read_block
@@ -163,14 +163,12 @@ def _open_probabilities(path: Path) -> tuple[list[Any], float | None, list[str]]
     return arrays, mpp, names
 
 
-def _manifest(path: Path) -> dict[str, Any]:
-    """The prediction manifest beside the probabilities, if any."""
-    for candidate in (path.parent / "prediction.json", path.with_name("prediction.json")):
-        try:
-            return json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return {}
+def _record(path: Path) -> PredictionRecord | None:
+    """The prediction manifest beside the probabilities, if there is a readable one."""
+    try:
+        return read_prediction_record(path.parent)
+    except MsunetError:  # unreadable: the probabilities alone still work
+        return None
 
 
 class _Annotation:
@@ -398,16 +396,16 @@ def iter_find_missing(
     """
     path = Path(probabilities)
     arrays, mpp0, names = _open_probabilities(path)
-    manifest = _manifest(path)
+    record = _record(path)
     if slide_shape is None and isinstance(annotation, AnnotationStore):
         slide_shape, slide_mpp = annotation.slide_shape, slide_mpp or annotation.slide_mpp
-    if slide_shape is None and manifest.get("slide", {}).get("shape"):
-        slide_shape = tuple(manifest["slide"]["shape"])
-        slide_mpp = slide_mpp or manifest["slide"].get("mpp")
+    if slide_shape is None and record is not None and record.slide_shape:
+        slide_shape = record.slide_shape
+        slide_mpp = slide_mpp or record.slide_mpp
     ph, pw = (int(s) for s in arrays[0].shape[-2:])
     slide_shape = tuple(int(s) for s in (slide_shape or (ph, pw)))
-    d0 = manifest.get("output", {}).get("level0_downsample")
-    if not d0 or tuple(manifest.get("output", {}).get("shape", ())) != (ph, pw):
+    d0 = None if record is None else record.level0_downsample
+    if not d0 or record.shape != (ph, pw):
         d0 = (slide_shape[0] / ph, slide_shape[1] / pw)
     if level is None:
         level = 0

@@ -20,9 +20,10 @@ from napari_msunet.inference.array import iter_predict_array, predict_array
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.inference.device import DeviceSettings, Normalization
 from napari_msunet.inference.engine import iter_predict_slide, predict_slide
-from napari_msunet.inference.outputs import PredictionRecord, SlideOutputs, read_prediction_record
+from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.progress import PredictionResult, TileProgress
 from napari_msunet.inference.tiling import Tile, TilePlan, plan_tiles
+from napari_msunet.io.prediction_record import PredictionRecord, read_prediction_record
 from napari_msunet.io.tissue import TissueMask, detect_tissue
 from napari_msunet.io.working_image import WorkingGeometry, working_geometry
 from napari_msunet.models.device import select_device

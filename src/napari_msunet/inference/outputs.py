@@ -21,9 +21,10 @@ Pixels of tiles without tissue are never written: labels 0, and probabilities 0 
 channel, which no computed pixel has (its channels sum to about 255), so "not computed" stays
 distinguishable from "background".
 
-The manifest's format belongs here: :func:`write_manifest` writes it and
-:func:`read_prediction_record` reads what callers (the GUI deciding whether to reuse a folder)
-need from it, so nobody else parses ``prediction.json``.
+:func:`write_manifest` writes the manifest;
+:func:`~napari_msunet.io.prediction_record.read_prediction_record` is its one reader (the GUI
+deciding whether to reuse a folder, the suspected-missing-annotation search), so nobody else
+parses ``prediction.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import ConfigError, MsunetError, WriterError
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.io.ome_zarr import OmeZarrWriter
+from napari_msunet.io.prediction_record import MANIFEST_FORMAT, MANIFEST_NAME
 from napari_msunet.io.tissue import TissueMask
 from napari_msunet.io.writers import partial_path
 
@@ -58,16 +60,7 @@ if TYPE_CHECKING:
     from napari_msunet.io.slide import Slide
     from napari_msunet.io.working_image import WorkingGeometry
 
-__all__ = [
-    "MANIFEST_FORMAT",
-    "PredictionRecord",
-    "SlideOutputs",
-    "TileWriter",
-    "model_fingerprint",
-    "read_prediction_record",
-]
-
-MANIFEST_FORMAT = "napari-msunet-prediction"
+__all__ = ["SlideOutputs", "TileWriter", "model_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +83,7 @@ class SlideOutputs:
             labels=r / f"{prefix}labels.ome.zarr",
             probabilities=r / f"{prefix}probabilities.ome.zarr",
             tissue=r / f"{prefix}tissue.png",
-            manifest=r / f"{prefix}prediction.json",
+            manifest=r / f"{prefix}{MANIFEST_NAME}",
         )
 
     @property
@@ -338,100 +331,3 @@ def write_manifest(
         },
         overwrite=overwrite,
     )
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """What a finished prediction's manifest (``prediction.json``) says about how it was made.
-
-    Enough to decide whether a folder can be shown again instead of recomputed: the same
-    model (header and weights) and the same window.
-
-    Attributes
-    ----------
-    manifest
-        The file it was read from.
-    labels, probabilities
-        Paths of the stores, next to the manifest (``probabilities`` is ``None`` when they
-        were not saved).
-    model_fingerprint
-        :func:`model_fingerprint` of the weights that made it.
-    model_header
-        The model file's header as a JSON dict (``None`` when the run was given a bare
-        normalisation instead of a header).
-    region
-        Level-0 ``(y0, x0, h, w)`` of a windowed run, ``None`` for the whole slide.
-    mpp, shape
-        µm per output pixel and the output's ``(Y, X)``.
-    class_names
-        The label values' names, in order.
-    """
-
-    manifest: Path
-    labels: Path
-    probabilities: Path | None
-    model_fingerprint: str | None
-    model_header: dict[str, Any] | None
-    region: tuple[int, int, int, int] | None
-    mpp: float | None
-    shape: tuple[int, int] | None
-    class_names: tuple[str, ...]
-
-    def same_header(self, header: Any) -> bool:
-        """Whether ``header`` (a :class:`~napari_msunet.models.ModelHeader` or its dict) is
-        the one recorded, compared as JSON (tuples and lists alike)."""
-        if self.model_header is None or header is None:
-            return False
-        mine = header.to_dict() if hasattr(header, "to_dict") else header
-        return json.loads(json.dumps(mine)) == self.model_header
-
-
-def read_prediction_record(
-    folder: str | os.PathLike[str] | SlideOutputs,
-) -> PredictionRecord | None:
-    """Read the manifest of the prediction in ``folder`` (a folder or its :class:`SlideOutputs`).
-
-    Returns
-    -------
-    PredictionRecord or None
-        ``None`` when there is no manifest: no finished prediction there (an interrupted one
-        has only ``.partial`` stores and its run record).
-
-    Raises
-    ------
-    MsunetError
-        The manifest exists but cannot be read or is not a prediction manifest.
-    """
-    outputs = folder if isinstance(folder, SlideOutputs) else SlideOutputs.in_dir(folder)
-    path = outputs.manifest
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise MsunetError(
-            f"{path}: cannot read the finished prediction's manifest ({exc})"
-        ) from exc
-    try:
-        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-            raise ValueError(f"format {data['format']!r}")
-        model = data.get("model") or {}
-        output = data.get("output") or {}
-        region = data.get("region")
-        probs = data.get("probabilities")
-        shape = output.get("shape")
-        return PredictionRecord(
-            manifest=path,
-            labels=path.parent / data["labels"],
-            probabilities=None if probs is None else path.parent / probs,
-            model_fingerprint=model.get("fingerprint"),
-            model_header=model.get("header"),
-            region=None if region is None else tuple(int(v) for v in region),
-            mpp=None if output.get("mpp") is None else float(output["mpp"]),
-            shape=None if shape is None else (int(shape[0]), int(shape[1])),
-            class_names=tuple(str(n) for n in data.get("class_names") or ()),
-        )
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise MsunetError(
-            f"{path}: not a prediction manifest of napari-msunet ({type(exc).__name__}: {exc})"
-        ) from exc
