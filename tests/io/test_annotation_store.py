@@ -337,13 +337,3 @@ def test_store_downsample():
     assert store_downsample(0.2527, 1.0) == 4
     assert store_downsample(0.5, 0.27) == 1
     assert store_downsample(None, 1.0) == 1
-
-
-def test_layer_metadata_names_mask_and_regions(tmp_path):
-    store = AnnotationStore.create(tmp_path / "s", None, (64, 64), classes=["bg", "Gland"])
-    meta = store.layer_metadata("/x/slide.svs")
-    assert meta["kind"] == "annotation"
-    assert meta["path"] == str(store.mask_path)
-    assert meta["regions"] == str(store.regions_path)
-    assert meta["slide"] == "/x/slide.svs"
-    assert meta["classes"][0]["name"] == "Gland"

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from napari_msunet._napari._layer_info import Kind, LayerInfo
 from napari_msunet._napari._reader import mask_layer, slide_layer
 from napari_msunet.io.ome_zarr import write_ome_zarr
 from napari_msunet.io.slide import open_slide
@@ -83,8 +84,11 @@ def open_in_viewer(viewer, case: Case):
     slide = viewer.add_image(data, **kwargs)
     data, kwargs, _ = mask_layer(case.mask)
     kwargs["name"] = "annotation (corrected)"
-    kwargs["metadata"]["napari_msunet"].update(
-        kind="annotation", regions=str(case.regions), slide=str(case.slide)
-    )
+    kwargs["metadata"] = replace(
+        LayerInfo.from_metadata(kwargs["metadata"]),
+        kind=Kind.ANNOTATION,
+        regions=case.regions,
+        slide=case.slide,
+    ).as_metadata()
     annotation = viewer.add_labels(data, **kwargs)
     return slide, annotation

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import shapely
 
 from napari_msunet._napari._compare import GEOJSON_ENTRY, CompareWidget
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, kind_of, layer_info
 from napari_msunet._napari._reader import geojson_layers, mask_layer, slide_layer
 from napari_msunet.evaluation import FN, FP, TP
 from napari_msunet.io.annotations import Annotation, AnnotationSet
@@ -74,7 +77,8 @@ def _viewer_with_slide_and_prediction(make_napari_viewer, files):
     slide_l = viewer.add_image(data, **kwargs)
     data, kwargs, _ = mask_layer(files["pred"])
     kwargs["name"] = "prediction"
-    kwargs["metadata"]["napari_msunet"] |= {"kind": "prediction", "slide": str(files["slide"])}
+    info = LayerInfo.from_metadata(kwargs["metadata"])
+    kwargs["metadata"] = replace(info, kind=Kind.PREDICTION, slide=files["slide"]).as_metadata()
     pred_l = viewer.add_labels(data, **kwargs)
     return viewer, slide_l, pred_l
 
@@ -99,8 +103,10 @@ def _check_result(widget, viewer, pred_layer):
     overlay = widget.overlay_layer
     assert overlay is not None
     assert overlay in viewer.layers
-    meta = overlay.metadata["napari_msunet"]
-    assert meta["kind"] == "overlay"
+    info = layer_info(overlay)
+    assert info.kind is Kind.OVERLAY
+    assert info.compared == (pred_layer.name, widget._annotation_name)
+    assert info.details["prediction"] == str(layer_info(pred_layer).path)
     # on the prediction's grid, in µm: exactly where the prediction lies on the slide
     assert tuple(overlay.scale) == pytest.approx((PRED_MPP, PRED_MPP))
     assert tuple(overlay.translate) == tuple(pred_layer.translate)
@@ -121,7 +127,7 @@ def _check_result(widget, viewer, pred_layer):
         assert table[name] == (f"{iou:.3f}", f"{dice:.3f}"), name
     gc = widget.comparison.metrics["GC"]
     assert (gc.tp, gc.fp, gc.fn) == (6400, 3600, 3600)
-    assert meta["metrics"]["foreground"]["tp"] == 11400
+    assert info.details["metrics"]["foreground"]["tp"] == 11400
 
 
 def test_compare_with_annotation_layer_from_geojson(make_napari_viewer, qtbot, files):
@@ -142,18 +148,15 @@ def test_compare_with_annotation_layer_from_geojson(make_napari_viewer, qtbot, f
     # the map can show one class: Sinus pixels vanish from the GC map
     widget.show_class.setCurrentIndex(widget.show_class.findText("GC"))
     overlay = widget.overlay_layer
-    assert overlay.metadata["napari_msunet"]["shows"] == "GC"
+    assert layer_info(overlay).details["shows"] == "GC"
     assert int(np.asarray(overlay.data[0][325, 450])) == 0
     assert int(np.asarray(overlay.data[0][150, 150])) == TP
-    assert (
-        sum(ly.metadata.get("napari_msunet", {}).get("kind") == "overlay" for ly in viewer.layers)
-        == 1
-    )
+    assert sum(kind_of(ly) is Kind.OVERLAY for ly in viewer.layers) == 1
 
     # running again replaces the overlay instead of stacking another one
     _run(qtbot, widget)
-    kinds = [ly.metadata.get("napari_msunet", {}).get("kind") for ly in viewer.layers]
-    assert kinds.count("overlay") == 1
+    kinds = [kind_of(ly) for ly in viewer.layers]
+    assert kinds.count(Kind.OVERLAY) == 1
 
 
 def test_compare_with_painted_labels_layer_at_slide_resolution(make_napari_viewer, qtbot, files):
@@ -163,12 +166,9 @@ def test_compare_with_painted_labels_layer_at_slide_resolution(make_napari_viewe
         name="my annotation",
         scale=(SLIDE_MPP, SLIDE_MPP),
         units=("um", "um"),
-        metadata={
-            "napari_msunet": {
-                "kind": "labels",
-                "classes": [{"name": "GC", "label": 1}, {"name": "Sinus", "label": 2}],
-            }
-        },
+        metadata=LayerInfo(
+            kind=Kind.LABELS, classes=(LayerClass(1, "GC"), LayerClass(2, "Sinus"))
+        ).as_metadata(),
     )
     widget = CompareWidget(viewer)
     qtbot.addWidget(widget)
@@ -234,9 +234,9 @@ def test_cancel_stops_the_comparison_and_adds_nothing(make_napari_viewer, qtbot)
     viewer = make_napari_viewer()
     side = 32768  # 256 windows of 2048 x 2048 (lazy zeros: nothing held in memory)
     levels = [da.zeros((side >> k, side >> k), dtype=np.uint8, chunks=2048) for k in range(7)]
-    classes = {"classes": [{"name": "GC", "label": 1}]}
-    viewer.add_labels(levels, name="big prediction", metadata={"napari_msunet": classes})
-    viewer.add_labels(levels, name="big annotation", metadata={"napari_msunet": classes})
+    labels = LayerInfo(kind=Kind.LABELS, classes=(LayerClass(1, "GC"),)).as_metadata()
+    viewer.add_labels(levels, name="big prediction", metadata=labels)
+    viewer.add_labels(levels, name="big annotation", metadata=labels)
     widget = CompareWidget(viewer)
     qtbot.addWidget(widget)
     assert widget.prediction.current_layer().name == "big annotation"  # newest first

@@ -11,6 +11,7 @@ import pytest
 from finetune_case import NAMES, make_case, open_in_viewer
 
 from napari_msunet._napari._finetune import FinetuneWidget
+from napari_msunet._napari._layer_info import Kind, LayerInfo, layer_info, prediction_layers
 from napari_msunet._napari._model_history import is_bundled, model_history, version_target
 from napari_msunet._napari._reader import slide_layer
 from napari_msunet._napari._workspace import workspace_dir
@@ -25,14 +26,6 @@ TIMEOUT = 180_000  # ms; the machine is shared with a long training job
 @pytest.fixture
 def case(tmp_path):
     return make_case(tmp_path)
-
-
-def _predictions(viewer):
-    return [
-        ly
-        for ly in viewer.layers
-        if ly.metadata.get("napari_msunet", {}).get("kind") == "prediction"
-    ]
 
 
 def _widget(make_napari_viewer, case, qtbot, steps):
@@ -65,13 +58,7 @@ def test_inputs_default_to_the_annotation_and_the_prediction_model(make_napari_v
     viewer.add_labels(
         annotation.data,
         name="prediction",
-        metadata={
-            "napari_msunet": {
-                "kind": "prediction",
-                "model": str(case.parent),
-                "slide": str(case.slide),
-            }
-        },
+        metadata=LayerInfo(kind=Kind.PREDICTION, model=case.parent, slide=case.slide).as_metadata(),
     )
     assert widget.parent_model() == case.parent
     # a GeoJSON file can be the annotation too
@@ -111,8 +98,8 @@ def test_finetune_saves_a_new_version_and_repredicts_the_view(make_napari_viewer
     assert widget.predict_task is not None
     qtbot.waitUntil(lambda: widget.predict_task.done, timeout=TIMEOUT)
     assert widget.predict_task.error is None
-    models = [ly.metadata["napari_msunet"]["model"] for ly in _predictions(viewer)]
-    assert str(new) in models
+    models = [layer_info(ly).model for ly in prediction_layers(viewer)]
+    assert new in models
     assert widget.info.text() == "The current view is predicted with tiny-ft1.safetensors."
     # history: the parent and its version, with what their headers say
     assert widget.history_paths() == [case.parent, new]
@@ -125,8 +112,8 @@ def test_finetune_saves_a_new_version_and_repredicts_the_view(make_napari_viewer
     qtbot.waitUntil(lambda: task.done, timeout=TIMEOUT)
     assert task.error is None
     assert widget.parent_model() == case.parent
-    models = [ly.metadata["napari_msunet"]["model"] for ly in _predictions(viewer)]
-    assert str(case.parent) in models
+    models = [layer_info(ly).model for ly in prediction_layers(viewer)]
+    assert case.parent in models
     # a second fine-tune from the parent gets the next number; nothing is overwritten
     widget.repredict.setChecked(False)
     widget.steps.setValue(2)

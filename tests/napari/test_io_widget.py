@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import shapely
 from napari.utils.notifications import notification_manager
 
 from napari_msunet._napari._io_widget import FORMATS, ImportExportWidget
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
 from napari_msunet._napari._reader import mask_layer, slide_layer
 from napari_msunet.errors import AnnotationError
 from napari_msunet.io.annotations import Annotation, AnnotationSet
@@ -95,7 +97,8 @@ def _import(qtbot, widget, path):
 def _add_prediction(viewer, files):
     data, kwargs, _ = mask_layer(files["pred"])
     kwargs["name"] = "prediction"
-    kwargs["metadata"]["napari_msunet"] |= {"kind": "prediction", "slide": str(files["slide"])}
+    info = LayerInfo.from_metadata(kwargs["metadata"])
+    kwargs["metadata"] = replace(info, kind=Kind.PREDICTION, slide=files["slide"]).as_metadata()
     return viewer.add_labels(data, **kwargs)
 
 
@@ -109,10 +112,10 @@ def test_import_puts_labels_exactly_on_the_slide(viewer_and_widget, qtbot, files
     assert [lv.shape for lv in layer.data] == [lv.shape[:2] for lv in slide_l.data]
     assert tuple(layer.scale) == tuple(slide_l.scale)
     np.testing.assert_array_equal(np.asarray(layer.data[0]), _expected_level0())
-    meta = layer.metadata["napari_msunet"]
-    assert meta["kind"] == "annotation"
-    assert meta["slide"] == str(files["slide"])
-    assert [c["name"] for c in meta["classes"]] == ["GC", "Sinus"]
+    info = layer_info(layer)
+    assert info.kind is Kind.ANNOTATION
+    assert info.slide == files["slide"]
+    assert [c.name for c in info.classes] == ["GC", "Sinus"]
 
 
 @pytest.mark.parametrize("which", ["bad", "other"])
@@ -229,12 +232,9 @@ def test_a_window_layer_exports_at_its_place_on_the_slide(viewer_and_widget, qtb
         scale=(d * s0, d * s0),
         # the review widget's rule: the window's origin plus the centre of a d x d block
         translate=tuple((o * d + (d - 1) / 2) * s0 for o in origin),
-        metadata={
-            "napari_msunet": {
-                "kind": "annotation-edit",
-                "classes": [{"name": "GC", "label": 1, "color": [0, 200, 0]}],
-            }
-        },
+        metadata=LayerInfo(
+            kind=Kind.ANNOTATION_EDIT, classes=(LayerClass(1, "GC", (0, 200, 0)),)
+        ).as_metadata(),
     )
     widget.export_layer.set_layer(layer)
     widget.export_format.setCurrentText(GEOJSON)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from napari_msunet._napari._layer_info import Kind, layer_info
 from napari_msunet._napari._reader import napari_get_reader
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
@@ -32,7 +33,10 @@ def test_slide_opens_as_multiscale_image_in_um(make_napari_viewer, slide_dir):
     assert len(layer.data) >= 2
     assert tuple(layer.scale) == pytest.approx((0.5, 0.5))
     assert layer.data[0].shape == (1500, 2000, 3)
-    assert layer.metadata["napari_msunet"]["mpp"] == pytest.approx(0.5)
+    info = layer_info(layer)
+    assert info.kind is Kind.SLIDE
+    assert info.path == slide_dir / "case.svs"
+    assert info.mpp == pytest.approx(0.5)
 
 
 def test_geojson_opens_as_labels_on_its_slide(make_napari_viewer, slide_dir):
@@ -47,12 +51,14 @@ def test_geojson_opens_as_labels_on_its_slide(make_napari_viewer, slide_dir):
     truth = SPEC.mask(downsample=labels.data[0].shape[0] / labels.data[1].shape[0])
     agree = (got > 0) == (truth[: got.shape[0], : got.shape[1]] > 0)
     assert agree.mean() > 0.99
-    classes = labels.metadata["napari_msunet"]["classes"]
-    assert {c["name"] for c in classes} == {"Germinal centre", "Sinus"}
+    info = layer_info(labels)
+    assert info.kind is Kind.ANNOTATION
+    assert info.slide == slide_dir / "case.svs"
+    assert {c.name for c in info.classes} == {"Germinal centre", "Sinus"}
     # the class colour is what napari draws
-    gc = next(c for c in classes if c["name"] == "Germinal centre")
+    gc = next(c for c in info.classes if c.name == "Germinal centre")
     np.testing.assert_allclose(
-        labels.colormap.map(np.array([gc["label"]]))[0][:3], np.array(gc["color"]) / 255, atol=0.01
+        labels.colormap.map(np.array([gc.label]))[0][:3], np.array(gc.color) / 255, atol=0.01
     )
 
 

@@ -3,10 +3,13 @@ accept or reject a suspected missing annotation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import shapely
 
+from napari_msunet._napari._layer_info import Kind, LayerInfo, layer_info
 from napari_msunet._napari._reader import geojson_layers, mask_layer, slide_layer
 from napari_msunet._napari._review import ReviewWidget
 from napari_msunet.io.annotations import Annotation, AnnotationSet
@@ -58,13 +61,14 @@ def _viewer(make_napari_viewer, files):
     for data, kwargs, _ in geojson_layers(files["geojson"]):
         viewer.add_labels(data, **kwargs)
     data, kwargs, _ = mask_layer(files["pred"] / "labels.ome.zarr")
-    kwargs["metadata"]["napari_msunet"] |= {
-        "kind": "prediction",
-        "probabilities": str(files["pred"] / "probabilities.ome.zarr"),
-        "prediction_dir": str(files["pred"]),
-        "slide": str(files["slide"]),
-        "mpp": 1.0,
-    }
+    kwargs["metadata"] = replace(
+        LayerInfo.from_metadata(kwargs["metadata"]),
+        kind=Kind.PREDICTION,
+        probabilities=files["pred"] / "probabilities.ome.zarr",
+        prediction_dir=files["pred"],
+        slide=files["slide"],
+        mpp=1.0,
+    ).as_metadata()
     kwargs["name"] = "prediction"
     viewer.add_labels(data, **kwargs)
     widget = ReviewWidget(viewer)
@@ -97,11 +101,13 @@ def test_edit_apply_and_undo_change_exactly_the_region(make_napari_viewer, qtbot
     _, widget = _viewer(make_napari_viewer, files)
     store = _start(qtbot, widget)
     assert store.downsample == 2  # the prediction's 1 µm/px on a 0.5 µm/px slide
-    meta = widget.store_layer.metadata["napari_msunet"]
-    assert meta["kind"] == "annotation"
-    assert meta["path"] == str(store.mask_path)
-    assert meta["regions"] == str(store.regions_path)
-    assert meta["slide"] == str(files["slide"])
+    info = layer_info(widget.store_layer)
+    assert info.kind is Kind.ANNOTATION
+    assert info.path == store.mask_path
+    assert info.regions == store.regions_path
+    assert info.store == store.root
+    assert info.slide == files["slide"]
+    assert info.mpp == store.mpp
     assert store.root.parent.name == "case.svs.msunet"
     ann = read_geojson(files["geojson"])
     labels = {c.name: NAMES.index(c.name) for c in ann.classes}
@@ -183,7 +189,7 @@ def test_edit_a_candidate_opens_it_for_painting(make_napari_viewer, qtbot, files
     _wait(qtbot, widget.find_missing())
     widget.candidate_list.setCurrentRow(1)
     _wait(qtbot, widget.edit_candidate())
-    y, x, h, w = widget.edit_layer.metadata["napari_msunet"]["region"]
+    y, x, h, w = layer_info(widget.edit_layer).region
     cy, cx, ch, cw = widget.candidates[1].bbox
     assert y < cy
     assert x < cx
@@ -196,7 +202,7 @@ def test_edit_a_candidate_opens_it_for_painting(make_napari_viewer, qtbot, files
 
     view = visible_region(viewer, widget.slide_combo.current_layer())
     _wait(qtbot, widget.open_region())
-    y, x, h, w = widget.edit_layer.metadata["napari_msunet"]["region"]
+    y, x, h, w = layer_info(widget.edit_layer).region
     assert y <= view[0] < y + 2  # the view in whole store pixels (2 level-0 px)
     assert x <= view[1] < x + 2
     assert h >= view[2]

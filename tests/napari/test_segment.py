@@ -18,6 +18,7 @@ import zarr
 from segment_case import make_case
 
 from napari_msunet._napari._finetune import FinetuneWidget
+from napari_msunet._napari._layer_info import Kind, LayerClass, layer_info
 from napari_msunet._napari._layers import slide_mpp_of
 from napari_msunet._napari._predict_run import prediction_layers, visible_region
 from napari_msunet._napari._review import EMPTY_ENTRY, ReviewWidget
@@ -126,13 +127,15 @@ def test_run_fills_a_labels_layer_in_um_equal_to_the_engine(qtbot, setup, files)
     assert tuple(layer.scale) == pytest.approx((1.0, 1.0))
     assert tuple(layer.translate) == pytest.approx((0.25, 0.25))  # pixel centres on the slide's
     np.testing.assert_array_equal(np.asarray(layer.data[0]), files["reference"])
-    meta = layer.metadata["napari_msunet"]
-    assert meta["kind"] == "prediction"
-    assert meta["mpp"] == pytest.approx(1.0)
-    assert meta["model"] == str(files["model"])
-    assert meta["classes"] == [{"name": "Region", "label": 1, "color": [0, 160, 255]}]
-    folder = workspace_dir(slide_layer.metadata["napari_msunet"]["path"]) / "predictions" / "tiny"
-    assert meta["prediction_dir"] == str(folder)
+    info = layer_info(layer)
+    assert info.kind is Kind.PREDICTION
+    assert info.mpp == pytest.approx(1.0)
+    assert info.model == files["model"]
+    assert info.classes == (LayerClass(1, "Region", (0, 160, 255)),)
+    assert info.slide == layer_info(slide_layer).path
+    folder = workspace_dir(layer_info(slide_layer).path) / "predictions" / "tiny"
+    assert info.prediction_dir == folder
+    assert info.region is None
     assert (folder / "labels.ome.zarr").is_dir()
     assert json.loads((folder / "prediction.json").read_text())["region"] is None
     assert "Done" in widget.output_label.text()
@@ -208,7 +211,7 @@ def test_current_view_only_computes_just_the_view(qtbot, setup, files):
     assert run.result.tiles_total < files["direct"].tiles_total
     (layer,) = prediction_layers(viewer)
     assert layer.name == "tiny prediction (view)"
-    assert layer.metadata["napari_msunet"]["region"] == list(region)
+    assert layer_info(layer).region == region
     shown = np.asarray(layer.data[0])
     ref = files["reference"]
     # the view (in prediction pixels, 2 slide pixels each) equals the whole-slide run ...
@@ -228,8 +231,9 @@ def test_sample_data_opens_slide_and_annotation(make_napari_viewer, tmp_path, mo
     viewer = make_napari_viewer()
     layers = viewer.open_sample("napari-msunet", "ebhi_mosaic")
     slide, annotation = layers
-    assert slide.metadata["napari_msunet"]["kind"] == "slide"
-    assert annotation.metadata["napari_msunet"]["kind"] == "annotation"
+    assert layer_info(slide).kind is Kind.SLIDE
+    assert layer_info(annotation).kind is Kind.ANNOTATION
+    assert layer_info(annotation).slide == layer_info(slide).path
     assert slide.multiscale
     assert annotation.multiscale
     assert tuple(slide.scale) == pytest.approx((1.0, 1.0))  # EBHI-Seg's ~1 µm/px
@@ -238,8 +242,8 @@ def test_sample_data_opens_slide_and_annotation(make_napari_viewer, tmp_path, mo
     assert (np.asarray(annotation.data[-1]) > 0).mean() > 0.2  # glands annotated
     for layer in layers:
         assert "EBHI-Seg" in layer.name
-        assert "CC BY 4.0" in layer.metadata["napari_msunet"]["credit"]
-    assert str(tmp_path) in slide.metadata["napari_msunet"]["path"]
+        assert "CC BY 4.0" in layer_info(layer).details["credit"]
+    assert str(tmp_path) in str(layer_info(slide).path)
     widget = SegmentWidget(viewer)  # the sample is ready to segment
     assert widget.slide_layer() is slide
 
@@ -256,7 +260,7 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     tifffile.imwrite(plain, rgb, photometric="rgb", tile=(256, 256))
     viewer = make_napari_viewer()
     (slide_layer,) = viewer.open(str(plain), plugin="napari-msunet")
-    assert slide_layer.metadata["napari_msunet"]["mpp"] is None
+    assert layer_info(slide_layer).mpp is None
     widget = SegmentWidget(viewer)
     widget.show()
     widget.set_model(files["model"])
@@ -274,7 +278,7 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     # in the slide layer's units (pixels): one prediction pixel covers 2 x 2 slide pixels
     assert tuple(layer.scale) == pytest.approx((2.0, 2.0))
     assert tuple(layer.translate) == pytest.approx((0.5, 0.5))
-    assert layer.metadata["napari_msunet"]["mpp"] == pytest.approx(1.0)  # real µm/px
+    assert layer_info(layer).mpp == pytest.approx(1.0)  # real µm/px
     net, header = load_model(files["model"])
     with open_slide(plain) as slide:
         direct = run_to_end(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo
 from napari_msunet.io.annotations import AnnotationSet
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.rasterise import rasterise
@@ -30,18 +31,13 @@ def label_colors(annotations: AnnotationSet) -> dict[int | None, tuple[float, ..
     return colors
 
 
-def _metadata(path: Path, annotations: AnnotationSet, slide: Slide | None) -> dict[str, Any]:
-    return {
-        "napari_msunet": {
-            "kind": "annotation",
-            "path": str(path),
-            "slide_path": str(slide.path) if slide is not None else None,
-            "classes": [
-                {"name": c.name, "label": c.label, "color": list(c.color)}
-                for c in annotations.classes
-            ],
-        }
-    }
+def _info(path: Path, annotations: AnnotationSet, slide: Slide | None) -> LayerInfo:
+    return LayerInfo(
+        kind=Kind.ANNOTATION,
+        path=path,
+        slide=slide.path if slide is not None else None,
+        classes=tuple(LayerClass(c.label, c.name, c.color) for c in annotations.classes),
+    )
 
 
 def annotation_layers(path: Path, slide: Slide | None) -> list[LayerData]:
@@ -56,8 +52,7 @@ def annotation_layers(path: Path, slide: Slide | None) -> list[LayerData]:
         warnings.simplefilter("always")
         annotations = read_geojson(path, slide_shape=slide.shape if slide else None)
     notes = [str(w.message) for w in caught]
-    meta = _metadata(path, annotations, slide)
-    meta["napari_msunet"]["warnings"] = notes
+    meta = _info(path, annotations, slide).with_details(warnings=notes).as_metadata()
     if slide is not None:
         levels = [
             rasterise(

@@ -37,11 +37,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msunet._napari._layer_info import Kind, LayerInfo, kind_of, layer_info
 from napari_msunet._napari._layers import (
     LayerCombo,
     is_slide,
     layer_pyramid,
-    plugin_meta,
     same_layer,
     slide_path_of,
 )
@@ -67,18 +67,16 @@ _MEANING = {0: "", TP: "TP (both)", FP: "FP (prediction only)", FN: "FN (annotat
 
 def _is_labels(layer: Layer) -> bool:
     """Whole-slide Labels layers (not our overlays, nor the review widget's edit windows)."""
-    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") not in (
-        "overlay",
-        "annotation-edit",
-    )
+    return isinstance(layer, Labels) and kind_of(layer) not in (Kind.OVERLAY, Kind.ANNOTATION_EDIT)
 
 
 def _prediction_rank(layer: Layer) -> int:
-    return {"prediction": 0, "labels": 1}.get(plugin_meta(layer).get("kind"), 2)
+    return {Kind.PREDICTION: 0, Kind.LABELS: 1}.get(kind_of(layer), 2)
 
 
 def _annotation_rank(layer: Layer) -> int:
-    return {"annotation": 0, "labels": 1, "prediction": 3}.get(plugin_meta(layer).get("kind"), 2)
+    ranks = {Kind.ANNOTATION: 0, Kind.LABELS: 1, Kind.PREDICTION: 3}
+    return ranks.get(kind_of(layer), 2)
 
 
 def _fmt(v: float) -> str:
@@ -97,8 +95,8 @@ def overlay_layer_kwargs(
     comparison: Comparison, prediction: Layer, annotation_name: str, label: int | None
 ) -> dict[str, Any]:
     """``add_labels`` keyword arguments of the TP/FP/FN layer: the prediction's grid (scale,
-    translate, units), the paper's colours, and our metadata (kind ``"overlay"``)."""
-    pred_meta = plugin_meta(prediction)
+    translate, units), the paper's colours, and our record (kind ``"overlay"``)."""
+    pred = layer_info(prediction)
     subject = "any foreground" if label is None else comparison.matching.names.get(label, label)
     kwargs: dict[str, Any] = {
         "name": f"TP/FP/FN {prediction.name} vs {annotation_name}",
@@ -107,20 +105,19 @@ def overlay_layer_kwargs(
         "opacity": 0.6,
         "colormap": dict(OVERLAY_COLORS) | {None: (0.0, 0.0, 0.0, 0.0)},
         "features": {"index": list(_MEANING), "meaning": list(_MEANING.values())},
-        "metadata": {
-            "napari_msunet": {
-                "kind": "overlay",
-                "prediction": pred_meta.get("path") or prediction.name,
-                "prediction_layer": prediction.name,
-                "annotation": annotation_name,
+        "metadata": LayerInfo(
+            kind=Kind.OVERLAY,
+            mpp=comparison.mpp,
+            compared=(prediction.name, annotation_name),
+            details={
+                "prediction": pred.path if pred is not None and pred.path else prediction.name,
                 "shows": subject,
                 "label": label,
-                "mpp": comparison.mpp,
                 "codes": {str(k): v for k, v in OVERLAY_NAMES.items()},
                 "metrics": comparison.metrics.to_dict(),
                 "matching": comparison.matching.to_dict(),
-            }
-        },
+            },
+        ).as_metadata(),
     }
     units = getattr(prediction, "units", None)
     if units is not None:
@@ -153,8 +150,7 @@ class CompareWidget(QWidget):
             extra=[GEOJSON_ENTRY],
             # another prediction is listed (model A vs model B) but never chosen by itself
             auto=lambda ly: (
-                plugin_meta(ly).get("kind") != "prediction"
-                and ly is not self.prediction.current_layer()
+                kind_of(ly) is not Kind.PREDICTION and ly is not self.prediction.current_layer()
             ),
         )
         self.geojson_path = QLineEdit()
@@ -261,10 +257,11 @@ class CompareWidget(QWidget):
         if layer is None:
             self._refuse("Choose the annotation: a Labels layer or a QuPath GeoJSON file.")
             return None
-        meta = plugin_meta(layer)
-        source = Path(meta["path"]) if meta.get("path") else None
+        info = layer_info(layer)
+        source = info.path if info is not None else None
         if (
-            meta.get("kind") == "annotation"
+            info is not None
+            and info.kind is Kind.ANNOTATION
             and layer.multiscale  # napari cannot paint on it: the layer is still the file
             and source is not None
             and source.suffix.lower() in (".geojson", ".json")
@@ -272,7 +269,7 @@ class CompareWidget(QWidget):
         ):
             # rasterise the file straight onto the prediction's grid: exact, and cheaper
             # than sampling the slide-resolution raster of the layer
-            return source, layer.name, slide_path_of(layer)
+            return source, layer.name, info.slide
         return layer_pyramid(layer), layer.name, None
 
     def _refuse(self, message: str) -> None:
@@ -410,13 +407,10 @@ class CompareWidget(QWidget):
         if old is not None and old in self.viewer.layers:
             position = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
+        pair = (pred.name, self._annotation_name)
         for layer in list(self.viewer.layers):  # an earlier run on the same pair
-            meta = plugin_meta(layer)
-            if (
-                meta.get("kind") == "overlay"
-                and meta.get("prediction_layer") == pred.name
-                and meta.get("annotation") == self._annotation_name
-            ):
+            info = layer_info(layer)
+            if info is not None and info.kind is Kind.OVERLAY and info.compared == pair:
                 position = self.viewer.layers.index(layer)
                 self.viewer.layers.remove(layer)
         layer = self.viewer.add_labels(data, multiscale=len(levels) > 1, **kwargs)

@@ -42,15 +42,15 @@ from napari_msunet._napari._finetune_inputs import (
     annotation_items,
     annotation_source,
     fill_combo,
-    meta,
     model_items,
-    prediction_layers,
+    prediction_model,
 )
 from napari_msunet._napari._history_panel import ModelHistoryPanel
-from napari_msunet._napari._layers import plugin_meta, same_layer, slide_mpp_of
+from napari_msunet._napari._layer_info import Kind, kind_of, layer_info, prediction_layers
+from napari_msunet._napari._layers import same_layer, slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
-from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.finetune import FinetuneResult, iter_finetune
 from napari_msunet.training.slide_dataset import SlideSpec
@@ -197,16 +197,15 @@ class FinetuneWidget(QWidget):
 
     def _given_slide_mpp(self) -> float | None:
         """The µm/px entered in Segment for a slide whose file does not state it, else None."""
-        layer = self.slide_combo.currentData()
-        return None if plugin_meta(layer).get("mpp") else slide_mpp_of(layer)
+        info = layer_info(self.slide_combo.currentData())
+        return info.mpp_given if info is not None and info.mpp is None else None
 
     def _slide_path(self) -> Path | None:
-        layer = self.slide_combo.currentData()
-        path = meta(layer).get("path") if layer is not None else None
-        return Path(path) if path else None
+        return slide_path_of(self.slide_combo.currentData())
 
     def _prediction_layers(self) -> list[Any]:
-        return prediction_layers(self.viewer.layers, self._slide_path())
+        layers = prediction_layers(self.viewer, self._slide_path())
+        return [ly for ly in layers if prediction_model(ly) is not None]
 
     def _current_prediction(self) -> Any | None:
         active = self.viewer.layers.selection.active
@@ -219,7 +218,7 @@ class FinetuneWidget(QWidget):
     def _layers_changed(self, _event: Any = None) -> None:
         self._busy = True
         try:
-            slides = [ly for ly in self.viewer.layers if meta(ly).get("kind") == "slide"]
+            slides = [ly for ly in self.viewer.layers if kind_of(ly) is Kind.SLIDE]
             fill_combo(self.slide_combo, [(ly.name, ly) for ly in slides])
             self._fill_annotations()
             self._fill_models()
@@ -249,7 +248,7 @@ class FinetuneWidget(QWidget):
         prefer = None
         if self._model_auto:
             current = self._current_prediction()
-            prefer = Path(meta(current)["model"]) if current is not None else default
+            prefer = prediction_model(current) if current is not None else default
             self.model_combo.setCurrentIndex(-1)  # let the preference win over the old choice
         fill_combo(self.model_combo, items, prefer)
 
@@ -358,6 +357,8 @@ class FinetuneWidget(QWidget):
         }
 
         def make(stop):
+            # torch's optimiser imports torch._dynamo on first use: see import_quietly
+            import_quietly("torch._dynamo")
             return iter_finetune(parent, [spec], out=target, stop=stop, **settings)
 
         self.plot.clear(total=settings["steps"])
@@ -435,7 +436,7 @@ class FinetuneWidget(QWidget):
         self.history.show_versions(
             model_history(parent, folders),
             selected=parent,
-            in_use=Path(meta(current)["model"]) if current is not None else None,
+            in_use=prediction_model(current),
             in_use_by=current.name if current is not None else "",
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 from napari.layers import Labels
 from qtpy.QtWidgets import QComboBox
 
+from napari_msunet._napari._layer_info import Kind, layer_info
 from napari_msunet.demo import default_model_path
 from napari_msunet.errors import MsunetError
 
@@ -27,23 +28,22 @@ __all__ = [
     "annotation_items",
     "annotation_source",
     "fill_combo",
-    "meta",
     "model_items",
-    "prediction_layers",
+    "prediction_model",
 ]
 
 BROWSE = "browse"
 """userData of the "choose a file…" entry of a combo box."""
 
-_NOT_ANNOTATIONS = ("slide", "prediction", "overlay")
+_NOT_ANNOTATIONS = (Kind.SLIDE, Kind.PREDICTION, Kind.OVERLAY)
 
 Items = list[tuple[str, Any]]
 
 
-def meta(layer: Any) -> dict[str, Any]:
-    """The plugin's metadata of a layer (empty for other layers)."""
-    found = getattr(layer, "metadata", {}).get("napari_msunet")
-    return found if isinstance(found, dict) else {}
+def prediction_model(layer: Any) -> Path | None:
+    """The model file a prediction layer was made with (``None`` for any other layer)."""
+    info = layer_info(layer)
+    return info.model if info is not None and info.kind is Kind.PREDICTION else None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -67,34 +67,21 @@ def fill_combo(combo: QComboBox, items: Items, prefer: Any = None) -> None:
     combo.setCurrentIndex(0 if combo.count() and combo.itemData(0) != BROWSE else -1)
 
 
-def prediction_layers(layers: Iterable[Any], slide: Path | None) -> list[Any]:
-    """Prediction layers (with a model file) of ``slide`` (all of them when ``None``)."""
-    out = []
-    for layer in layers:
-        m = meta(layer)
-        if m.get("kind") != "prediction" or not m.get("model"):
-            continue
-        if slide is None or not m.get("slide") or Path(m["slide"]) == slide:
-            out.append(layer)
-    return out
-
-
 def annotation_items(
     layers: Iterable[Any], slide: Path | None, files: Sequence[Path]
 ) -> tuple[Items, Any]:
     """Combo entries for the annotation, and the one to prefer (see the module docstring)."""
     ranked: list[tuple[int, Any]] = []
     for layer in layers:
-        m = meta(layer)
-        if not isinstance(layer, Labels) or m.get("kind") in _NOT_ANNOTATIONS:
+        info = layer_info(layer)
+        if not isinstance(layer, Labels) or info is None or info.kind in _NOT_ANNOTATIONS:
             continue
-        if not m.get("path") or not Path(m["path"]).exists():
+        if info.path is None or not info.path.exists():
             continue
-        own = m.get("slide") or m.get("slide_path")
-        other_slide = slide is not None and own is not None and Path(own) != slide
+        other_slide = slide is not None and info.slide is not None and info.slide != slide
         # corrected annotations (a review store, with its regions) first, then other
         # annotations, then any labels with a file; this slide's before other slides'
-        rank = 0 if m.get("regions") else 2 if m.get("kind") == "annotation" else 4
+        rank = 0 if info.regions else 2 if info.kind is Kind.ANNOTATION else 4
         ranked.append((rank + other_slide, layer))
     ranked.sort(key=lambda r: r[0])
     items: Items = [(ly.name, ly) for _, ly in ranked]
@@ -108,8 +95,8 @@ def model_items(predictions: Iterable[Any], files: Sequence[Path]) -> tuple[Item
     items: Items = []
     seen: set[Path] = set()
     for layer in predictions:
-        path = Path(meta(layer)["model"])
-        if path not in seen:
+        path = prediction_model(layer)
+        if path is not None and path not in seen:
             seen.add(path)
             items.append((f"{path.name} (used by {layer.name})", path))
     try:
@@ -138,16 +125,19 @@ def annotation_source(choice: Any, regions_text: str) -> tuple[Path, Path | None
     ValueError
         Nothing chosen, or a file that is not there, with a message for the user.
     """
+    info = None
     if isinstance(choice, Path):
-        path, m = choice, {}
+        path = choice
     elif choice is not None and not _same(choice, BROWSE):
-        m = meta(choice)
-        path = Path(m["path"])
+        info = layer_info(choice)
+        if info is None or info.path is None:
+            raise ValueError(f"{choice.name}: the layer names no annotation file")
+        path = info.path
     else:
         raise ValueError("Choose the corrected annotation (Review widget) or a GeoJSON file.")
     if not path.exists():
         raise ValueError(f"{path}: the annotation file is gone")
-    regions = regions_text.strip() or m.get("regions")
+    regions = regions_text.strip() or (info.regions if info is not None else None)
     if regions and not Path(regions).is_file():
         if regions_text.strip():
             raise ValueError(f"{regions}: no such corrected-regions file")

@@ -16,7 +16,6 @@ slide's workspace folder (``<slide>.msunet/exports/``).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,13 +36,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msunet._napari._layer_info import Kind, kind_of, layer_info
 from napari_msunet._napari._layers import (
     LayerCombo,
     is_slide,
     layer_classes,
     layer_levels,
     layer_mpp,
-    plugin_meta,
     slide_path_of,
 )
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
@@ -63,7 +62,7 @@ FORMATS: dict[str, tuple[str, str]] = {
 
 
 def _kind_rank(layer: Layer) -> int:
-    return {"prediction": 0, "annotation": 1, "labels": 2}.get(plugin_meta(layer).get("kind"), 3)
+    return {Kind.PREDICTION: 0, Kind.ANNOTATION: 1, Kind.LABELS: 2}.get(kind_of(layer), 3)
 
 
 def _file_stem(name: str) -> str:
@@ -93,11 +92,8 @@ def export_classes(layer: Labels) -> tuple[Any, list[str], list[list[int]]]:
     RGBA colours of label values 0..max (OME metadata); background transparent."""
     from napari_msunet.io.annotations import ClassInfo, default_color
 
-    meta = plugin_meta(layer).get("classes") or []
-    colours: dict[int, tuple[int, int, int]] = {}
-    for c in meta:
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            colours[int(c["label"])] = tuple(int(v) for v in c["color"][:3])  # type: ignore[assignment]
+    info = layer_info(layer)
+    colours = {c.label: c.color for c in info.classes if c.color} if info is not None else {}
     names = layer_classes(layer)
     infos = [
         ClassInfo(name, label, colours.get(label, default_color(label)))
@@ -232,10 +228,10 @@ class ImportExportWidget(QWidget):
                 kwargs = dict(kwargs)
                 kwargs["scale"] = tuple(slide_layer.scale[-2:])
                 kwargs["translate"] = tuple(slide_layer.translate[-2:])
-                kwargs["metadata"]["napari_msunet"]["slide"] = str(slide_path)
-                layer = self.viewer.add_labels(data, **kwargs)
+                layer = self.viewer.add_labels(data, **kwargs)  # its record names the slide
                 self.imported.append(layer)
-                n = len(kwargs["metadata"]["napari_msunet"].get("classes", []))
+                info = layer_info(layer)
+                n = len(info.classes) if info is not None else 0
                 classes = "1 class" if n == 1 else f"{n} classes"
                 self.import_bar.status.setText(f"Imported {path.name} ({classes}).")
 
@@ -281,8 +277,8 @@ class ImportExportWidget(QWidget):
         slide = slide_path_of(self.export_slide.current_layer()) or slide_path_of(layer)
         if slide is not None:
             return workspace_dir(slide, create=create) / "exports"
-        own = plugin_meta(layer).get("path")
-        return Path(own).parent if own else Path.home()
+        info = layer_info(layer)
+        return info.path.parent if info is not None and info.path is not None else Path.home()
 
     def default_path(self, create: bool = False) -> Path | None:
         """A new file in the slide's ``exports`` folder named after the layer."""

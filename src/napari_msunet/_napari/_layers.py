@@ -1,15 +1,16 @@
-"""Choosing layers in a widget, and reading what our layer metadata says about them.
+"""Choosing layers in a widget, and reading what our layer records say about them.
 
-Widgets find their inputs by the ``layer.metadata["napari_msunet"]["kind"]`` convention
-(``"slide"``, ``"prediction"``, ``"annotation"``, ``"labels"``, ``"overlay"``), never by layer
-name: :class:`LayerCombo` lists the layers a widget accepts, best kinds first, and follows the
-viewer as layers come, go and are renamed. The helpers turn a Labels layer into the plain
-arrays and numbers the core takes (:class:`~napari_msunet.evaluation.LabelPyramid`); they
-compute nothing.
+Widgets find their inputs by the role in each layer's
+:class:`~napari_msunet._napari._layer_info.LayerInfo` (``"slide"``, ``"prediction"``,
+``"annotation"``, ``"labels"``, ``"overlay"``...), never by layer name: :class:`LayerCombo`
+lists the layers a widget accepts, best kinds first, and follows the viewer as layers come, go
+and are renamed. The helpers turn a Labels layer into the plain arrays and numbers the core
+takes (:class:`~napari_msunet.evaluation.LabelPyramid`); they compute nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from napari.layers import Image, Labels, Layer
 from qtpy.QtWidgets import QComboBox
 
+from napari_msunet._napari._layer_info import Kind, kind_of, layer_info, set_layer_info, unwrap
 from napari_msunet.evaluation.compare import LabelPyramid
 
 __all__ = [
@@ -26,27 +28,13 @@ __all__ = [
     "layer_levels",
     "layer_mpp",
     "layer_pyramid",
-    "plugin_meta",
+    "remember_slide_mpp",
+    "same_layer",
+    "slide_mpp_of",
     "slide_path_of",
 ]
 
 _MICRONS = {"micrometer", "micron", "um", "µm"}
-
-
-def plugin_meta(layer: Layer | None) -> dict[str, Any]:
-    """Our metadata block of a layer (empty for layers we did not make)."""
-    if layer is None:
-        return {}
-    meta = layer.metadata.get("napari_msunet") if isinstance(layer.metadata, dict) else None
-    return dict(meta) if isinstance(meta, dict) else {}
-
-
-def unwrap(obj: Any) -> Any:
-    """The object behind napari's ``PublicOnlyProxy`` (dock widgets get a proxied viewer, whose
-    layers are proxies too: ``is`` between a proxy and the layer itself is False)."""
-    while hasattr(obj, "__wrapped__"):
-        obj = obj.__wrapped__
-    return obj
 
 
 def same_layer(a: Any, b: Any) -> bool:
@@ -55,8 +43,8 @@ def same_layer(a: Any, b: Any) -> bool:
 
 
 def is_slide(layer: Layer) -> bool:
-    """Whether ``layer`` is a slide opened by our reader (or an RGB image with a path)."""
-    return isinstance(layer, Image) and plugin_meta(layer).get("kind") == "slide"
+    """Whether ``layer`` is a slide opened by our reader."""
+    return isinstance(layer, Image) and kind_of(layer) is Kind.SLIDE
 
 
 def layer_levels(layer: Layer) -> list[Any]:
@@ -65,29 +53,22 @@ def layer_levels(layer: Layer) -> list[Any]:
 
 
 def layer_mpp(layer: Layer) -> float | None:
-    """µm per pixel of the layer's finest level: its scale when it is in µm, else our metadata.
+    """µm per pixel of the layer's finest level: its scale when it is in µm, else our record.
 
-    The scale wins because it is where napari draws the layer; metadata only fills in for a
+    The scale wins because it is where napari draws the layer; the record only fills in for a
     layer whose units were lost.
     """
     units = getattr(layer, "units", None)
     if units is not None and len(units) and str(units[-1]) in _MICRONS:
         return float(layer.scale[-1])
-    mpp = plugin_meta(layer).get("mpp")
-    return float(mpp) if mpp else None
+    info = layer_info(layer)
+    return info.mpp if info is not None else None
 
 
 def layer_classes(layer: Layer) -> dict[int, str]:
-    """Label -> class name from our metadata (empty when the layer names none)."""
-    out: dict[int, str] = {}
-    for c in plugin_meta(layer).get("classes") or []:
-        try:
-            label, name = int(c["label"]), str(c["name"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if label > 0 and name:
-            out[label] = name
-    return out
+    """Label -> class name from our record (empty when the layer names none)."""
+    info = layer_info(layer)
+    return info.class_names if info is not None else {}
 
 
 def layer_pyramid(layer: Labels) -> LabelPyramid:
@@ -99,29 +80,24 @@ def slide_mpp_of(layer: Layer | None) -> float | None:
     """µm/px of a slide layer: what its file states, else what the user entered for it.
 
     A file that does not state its pixel size gets one in the Segment widget ("Slide µm/px");
-    it is kept in the layer's metadata as ``mpp_given`` so that Review and Fine-tune read the
-    slide at the same scale. The layer itself stays in pixels.
+    :func:`remember_slide_mpp` keeps it in the layer's record (``mpp_given``) so that Review
+    and Fine-tune read the slide at the same scale. The layer itself stays in pixels.
     """
-    meta = plugin_meta(layer)
-    value = meta.get("mpp") or meta.get("mpp_given")
-    return float(value) if value else None
+    info = layer_info(layer)
+    return info.slide_mpp if info is not None else None
 
 
 def remember_slide_mpp(layer: Layer, mpp: float) -> None:
     """Record the µm/px the user entered for a slide layer whose file does not state it."""
-    meta = layer.metadata.get("napari_msunet")
-    if isinstance(meta, dict) and meta.get("mpp") is None:
-        meta["mpp_given"] = float(mpp)
+    info = layer_info(layer)
+    if info is not None and info.mpp is None:
+        set_layer_info(layer, dataclasses.replace(info, mpp_given=float(mpp)))
 
 
 def slide_path_of(layer: Layer | None) -> Path | None:
-    """The slide file a layer belongs to: its own path for a slide, else what it names."""
-    meta = plugin_meta(layer)
-    if meta.get("kind") == "slide":
-        value = meta.get("path")
-    else:
-        value = meta.get("slide") or meta.get("slide_path")
-    return Path(value) if value else None
+    """The slide file a layer lies on: its own path for a slide, else the slide it names."""
+    info = layer_info(layer)
+    return info.slide if info is not None else None
 
 
 class LayerCombo(QComboBox):

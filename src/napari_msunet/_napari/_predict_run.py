@@ -40,6 +40,14 @@ from typing import Any
 
 from napari.utils.notifications import show_info
 
+from napari_msunet._napari._layer_info import (
+    Kind,
+    LayerClass,
+    LayerInfo,
+    layer_info,
+    prediction_layers,
+    set_layer_info,
+)
 from napari_msunet._napari._live_layer import Poller, Redraw, Shown
 from napari_msunet._napari._tasks import Task, start_task
 from napari_msunet._napari._workspace import workspace_dir
@@ -59,15 +67,6 @@ RECORD_INTERVAL = 0.2
 #: Seconds the worker waits before its setup (loading the model, opening the outputs, mostly
 #: Python that holds the interpreter lock), so the GUI first draws the new layer undisturbed.
 START_DELAY = 0.15
-
-
-def _meta(layer: Any) -> dict[str, Any]:
-    return getattr(layer, "metadata", {}).get("napari_msunet", {}) or {}
-
-
-def prediction_layers(viewer: Any) -> list[Any]:
-    """The viewer's layers of kind "prediction", in layer order."""
-    return [ly for ly in viewer.layers if _meta(ly).get("kind") == "prediction"]
 
 
 def prediction_dir(
@@ -217,7 +216,7 @@ class _Plan:
 
 
 def _plan(
-    slide_meta: dict[str, Any],
+    slide_info: LayerInfo,
     model_path: Path,
     region: Any,
     config: Any,
@@ -229,27 +228,49 @@ def _plan(
     from napari_msunet.io.working_image import working_geometry
     from napari_msunet.models.checkpoint import read_header
 
+    slide_path = slide_info.path
+    assert slide_path is not None  # checked by start_prediction
     header = read_header(model_path)
     cfg = config if config is not None else InferenceConfig(target_mpp=header.input_um_per_px)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reader showed the slide's warnings already
-        slide = open_slide(slide_meta["path"])
+        slide = open_slide(slide_path)
     try:
         given = slide_mpp if slide.mpp is None else None  # the file's own value wins
         geometry = working_geometry(slide, cfg.target_mpp, given)
     finally:
         slide.close()
-    folder = prediction_dir(
-        slide_meta["path"], model_path, cfg.target_mpp, header.input_um_per_px, region
-    )
+    folder = prediction_dir(slide_path, model_path, cfg.target_mpp, header.input_um_per_px, region)
     return _Plan(
-        Path(slide_meta["path"]), geometry.slide_mpp, given, slide_meta.get("mpp"), model_path,
+        slide_path, geometry.slide_mpp, given, slide_info.mpp, model_path,
         header, cfg, folder, geometry.shape, geometry.downsample, region,
     )  # fmt: skip
 
 
+def _prediction_info(plan: _Plan) -> LayerInfo:
+    """The record of a prediction layer: its files, model, slide, µm/px and classes."""
+    dy = plan.downsample[0]
+    names = list(plan.header.class_names)
+    colours = plan.header.class_colours or [(128, 128, 128)] * len(names)
+    return LayerInfo(
+        kind=Kind.PREDICTION,
+        path=plan.labels,
+        probabilities=plan.folder / "probabilities.ome.zarr",
+        prediction_dir=plan.folder,
+        model=plan.model,
+        slide=plan.slide,
+        mpp=dy * plan.slide_mpp if plan.slide_mpp else None,
+        region=plan.region,
+        classes=tuple(
+            LayerClass(i, n, tuple(int(v) for v in c))  # type: ignore[arg-type]
+            for i, (n, c) in enumerate(zip(names, colours, strict=True))
+            if i > 0
+        ),
+    )
+
+
 def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
-    """Layer settings of a prediction: µm scale, class colours, metadata of kind "prediction".
+    """Layer settings of a prediction: µm scale, class colours, its record (kind "prediction").
 
     Output pixel ``i`` covers level-0 pixels ``[i d, (i + 1) d)``; napari puts a pixel's
     centre at ``i * scale + translate``, so the translate moves it onto the centre of that
@@ -257,17 +278,12 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
     the slide layer's: µm when the file states its µm/px, pixels when the user gave it.
     """
     s0 = float(plan.display_mpp or 1.0)
-    (dy, dx), header = plan.downsample, plan.header
-    names = list(header.class_names)
-    colours = header.class_colours or [(128, 128, 128)] * len(names)
-    classes = [
-        {"name": n, "label": i, "color": [int(v) for v in c]}
-        for i, (n, c) in enumerate(zip(names, colours, strict=True))
-        if i > 0
-    ]
+    dy, dx = plan.downsample
+    info = _prediction_info(plan)
     colormap: dict[int | None, tuple[float, ...]] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
-    for c in classes:
-        colormap[c["label"]] = (*(v / 255 for v in c["color"]), 1.0)
+    for c in info.classes:
+        assert c.color is not None
+        colormap[c.label] = (*(v / 255 for v in c.color), 1.0)
     return {
         "name": f"{plan.model.stem} prediction" + (" (view)" if plan.region else ""),
         "scale": (dy * s0, dx * s0),
@@ -275,19 +291,7 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
         **({"units": ("um", "um")} if plan.display_mpp else {}),
         "opacity": 0.6,  # 0.5 barely shows a red class on pink H&E
         "colormap": colormap,
-        "metadata": {
-            "napari_msunet": {
-                "kind": "prediction",
-                "path": str(plan.labels),
-                "probabilities": str(plan.folder / "probabilities.ome.zarr"),
-                "prediction_dir": str(plan.folder),
-                "model": str(plan.model),
-                "slide": str(plan.slide),
-                "mpp": dy * plan.slide_mpp if plan.slide_mpp else None,
-                "region": None if plan.region is None else list(plan.region),
-                "classes": classes,
-            }
-        },
+        "metadata": info.as_metadata(),
     }
 
 
@@ -340,7 +344,7 @@ def start_prediction(
     viewer
         The napari viewer that gets (or already has) the prediction layer.
     slide_layer
-        An image layer of kind "slide" (from the reader): its metadata names the file.
+        An image layer of kind "slide" (from the reader): its record names the file.
     model_path
         A model file (``.safetensors`` with our header).
     region
@@ -372,15 +376,15 @@ def start_prediction(
     ValueError
         When ``slide_layer`` is not a slide layer of this plugin.
     """
-    meta = dict(_meta(slide_layer))
-    if meta.get("kind") != "slide" or not meta.get("path"):
+    info = layer_info(slide_layer)
+    if info is None or info.kind is not Kind.SLIDE or info.path is None:
         raise ValueError(f"{getattr(slide_layer, 'name', slide_layer)!r} is not a slide layer")
     model_path = Path(model_path)
     region = None if region is None else tuple(int(v) for v in region)
     what = "the current view of " if region is not None else ""
-    description = f"Segmenting {what}{Path(meta['path']).name} with {model_path.name}"
+    description = f"Segmenting {what}{info.path.name} with {model_path.name}"
     try:
-        plan = _plan(meta, model_path, region, config, slide_mpp)
+        plan = _plan(info, model_path, region, config, slide_mpp)
         finished = (plan.labels / "zarr.json").is_file()
         if finished and not overwrite and (why := _reuse_refusal(plan)):
             raise MsunetError(f"{why}; tick 'Replace an existing prediction' to recompute it")
@@ -438,11 +442,12 @@ def _show_layer(viewer: Any, plan: _Plan) -> tuple[Any, bool]:
     multiscale = len(levels) > 1
     data = levels if multiscale else levels[0]
     for layer in prediction_layers(viewer):
-        if _meta(layer).get("prediction_dir") != str(plan.folder):
+        info = layer_info(layer)
+        if info is None or info.prediction_dir != plan.folder:
             continue
         if layer.multiscale == multiscale:
             layer.data = data
-            layer.metadata = kwargs["metadata"]
+            set_layer_info(layer, _prediction_info(plan))
             layer.refresh()
             return layer, False
         viewer.layers.remove(layer)  # napari cannot switch a layer's multiscale

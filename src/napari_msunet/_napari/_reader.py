@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_msunet._napari._annotation_layers import annotation_layers
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
 
@@ -74,16 +75,16 @@ def slide_layer(slide: Slide) -> LayerData:
         "rgb": True,
         "contrast_limits": [0, 255],
         "scale": scale,
-        "metadata": {
-            "napari_msunet": {
-                "kind": "slide",
-                "path": str(slide.path),
-                "mpp": slide.mpp,
+        "metadata": LayerInfo(
+            kind=Kind.SLIDE,
+            path=slide.path,
+            mpp=slide.mpp,
+            details={
                 "mpp_source": slide.mpp_source,
                 "magnification": slide.magnification,
                 "downsamples": slide.downsamples,
-            }
-        },
+            },
+        ).as_metadata(),
     }
     if units:
         kwargs["units"] = units
@@ -104,16 +105,12 @@ def mask_layer(path: Path) -> LayerData:
         "multiscale": len(mask.levels) > 1,
         "scale": (mask.mpp, mask.mpp) if mask.mpp else (1.0, 1.0),
         "opacity": 0.5,
-        "metadata": {
-            "napari_msunet": {
-                "kind": "labels",
-                "path": str(path),
-                "mpp": mask.mpp,
-                "classes": [
-                    {"name": c.name, "label": c.label, "color": list(c.color)} for c in mask.classes
-                ],
-            }
-        },
+        "metadata": LayerInfo(
+            kind=Kind.LABELS,
+            path=path,
+            mpp=mask.mpp,
+            classes=tuple(LayerClass(c.label, c.name, c.color) for c in mask.classes),
+        ).as_metadata(),
     }
     if len(mask.classes):
         kwargs["colormap"] = colors

@@ -38,13 +38,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msunet._napari._candidate_panel import CandidatePanel
-from napari_msunet._napari._layers import (
-    LayerCombo,
-    is_slide,
-    plugin_meta,
-    slide_mpp_of,
-    slide_path_of,
+from napari_msunet._napari._layer_info import (
+    Kind,
+    LayerInfo,
+    kind_of,
+    layer_info,
+    set_layer_info,
 )
+from napari_msunet._napari._layers import LayerCombo, is_slide, slide_mpp_of, slide_path_of
 from napari_msunet._napari._review_layers import (
     annotation_rank,
     candidate_shapes,
@@ -56,6 +57,7 @@ from napari_msunet._napari._review_layers import (
     level0_rect_of_shape,
     slide_scale,
     slide_units,
+    store_info,
     store_layer_kwargs,
 )
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
@@ -90,12 +92,12 @@ class ReviewWidget(QWidget):
             is_annotation_layer,
             annotation_rank,
             extra=[FILE_ENTRY, EMPTY_ENTRY],
-            auto=lambda ly: plugin_meta(ly).get("kind") == "annotation",
+            auto=lambda ly: kind_of(ly) is Kind.ANNOTATION,
         )
         self.annotation_combo.activated.connect(self._annotation_chosen)
         self.prediction_combo = LayerCombo(
             napari_viewer,
-            lambda ly: plugin_meta(ly).get("kind") == "prediction",
+            lambda ly: kind_of(ly) is Kind.PREDICTION,
             none_text="(none)",
         )
         self.restart_check = QCheckBox("Start over (discard earlier corrections)")
@@ -220,17 +222,18 @@ class ReviewWidget(QWidget):
             return None
         root = workspace_dir(slide_path) / "annotation"
         layer = self.annotation_combo.current_layer()
-        meta = plugin_meta(layer)
+        info = layer_info(layer)
+        existing = info.store if info is not None else None
         restart = self.restart_check.isChecked()
-        if meta.get("store") and restart:
+        if existing is not None and restart:
             self._fail(
                 "To start over, pick the original annotation (layer or file), not the store."
             )
             return None
-        if meta.get("store"):
-            source, root = None, Path(meta["store"])
+        if existing is not None:
+            source, root = None, existing
         elif layer is not None:
-            source = meta.get("path") or level0_of(layer)
+            source = (info.path if info is not None else None) or level0_of(layer)
         elif self.annotation_combo.current_extra() == FILE_ENTRY:
             if self.annotation_file is None:
                 self._fail("Choose the annotation file first.")
@@ -238,14 +241,14 @@ class ReviewWidget(QWidget):
             source = self.annotation_file
         else:
             source = None
-        pred = plugin_meta(self.prediction_combo.current_layer())
+        pred = layer_info(self.prediction_combo.current_layer())
         names = None
-        if pred.get("classes"):
-            top = max(int(c["label"]) for c in pred["classes"])
+        if pred is not None and pred.classes:
+            top = max(c.label for c in pred.classes)
             names = ["Background"] + [f"Class {i}" for i in range(1, top + 1)]
-            for c in pred["classes"]:
-                names[int(c["label"])] = c["name"]
-        pred_mpp = pred.get("mpp")
+            for c in pred.classes:
+                names[c.label] = c.name
+        pred_mpp = pred.mpp if pred is not None else None
         slide_mpp = slide_mpp_of(slide_layer)  # the file's, or the one entered in Segment
 
         def work():
@@ -305,7 +308,7 @@ class ReviewWidget(QWidget):
             and layer.multiscale == (len(levels) > 1)
         ):
             layer.data = data
-            layer.metadata = kwargs["metadata"]
+            set_layer_info(layer, store_info(self.store, slide_layer))
             layer.refresh()
         else:
             if layer is not None and layer in self.viewer.layers:
@@ -330,7 +333,7 @@ class ReviewWidget(QWidget):
                 face_color="transparent",
                 scale=(s0, s0),
                 translate=(-0.5 * s0, -0.5 * s0),
-                metadata={"napari_msunet": {"kind": "edit-rectangles"}},
+                metadata=LayerInfo(kind=Kind.EDIT_RECTANGLES).as_metadata(),
             )
             keep_edges_visible(self.viewer, self.rect_layer)
         self.viewer.layers.selection.active = self.rect_layer
@@ -389,7 +392,9 @@ class ReviewWidget(QWidget):
         if self.edit_layer is None:
             self._fail("No region is open.")
             return None
-        window = self.edit_layer.metadata["napari_msunet"]["window"]
+        info = layer_info(self.edit_layer)
+        window = info.window if info is not None else None
+        assert window is not None  # open_region made the layer with its window
         data = np.array(self.edit_layer.data, dtype=np.uint8)
         store = self.store
 
@@ -434,12 +439,12 @@ class ReviewWidget(QWidget):
 
     def find_missing(self) -> Task | None:
         """Search the selected prediction for confident regions the annotation lacks."""
-        pred = plugin_meta(self.prediction_combo.current_layer())
-        probs = pred.get("probabilities")
+        pred = layer_info(self.prediction_combo.current_layer())
+        probs = pred.probabilities if pred is not None else None
         if self.store is None:
             self._fail("Start the review first.")
             return None
-        if not probs or not Path(probs).exists():
+        if probs is None or not probs.exists():
             self._fail("Pick a finished prediction (its probabilities are needed).")
             return None
         store, threshold = self.store, float(self.threshold.value())
@@ -501,8 +506,9 @@ class ReviewWidget(QWidget):
         if cand is None:
             self._fail("Select a suspected missing annotation first.")
             return None
-        labels = plugin_meta(self.prediction_combo.current_layer()).get("path")
-        labels = labels if labels and Path(labels).exists() else None
+        pred = layer_info(self.prediction_combo.current_layer())
+        labels = pred.path if pred is not None else None
+        labels = labels if labels is not None and labels.exists() else None
         store = self.store
 
         def work():

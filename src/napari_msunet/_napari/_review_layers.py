@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_msunet._napari._layers import plugin_meta
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, kind_of, layer_info
 
 __all__ = [
     "annotation_rank",
@@ -30,6 +30,7 @@ __all__ = [
     "level0_rect_of_shape",
     "slide_scale",
     "slide_units",
+    "store_info",
     "store_layer_kwargs",
 ]
 
@@ -38,19 +39,15 @@ def is_annotation_layer(layer: Any) -> bool:
     """Labels an annotation can come from: ours (annotation or plain labels), or anyone's."""
     from napari.layers import Labels
 
-    return isinstance(layer, Labels) and plugin_meta(layer).get("kind") in (
-        "annotation",
-        "labels",
-        None,
-    )
+    return isinstance(layer, Labels) and kind_of(layer) in (Kind.ANNOTATION, Kind.LABELS, None)
 
 
 def annotation_rank(layer: Any) -> int:
     """Order of preference: a review store first (continue it), then annotations, then labels."""
-    meta = plugin_meta(layer)
-    if meta.get("regions"):
+    info = layer_info(layer)
+    if info is not None and info.regions is not None:
         return 0
-    return 1 if meta.get("kind") == "annotation" else 2
+    return 1 if info is not None and info.kind is Kind.ANNOTATION else 2
 
 
 def level0_of(layer: Any) -> Any:
@@ -60,7 +57,8 @@ def level0_of(layer: Any) -> Any:
 
 def slide_scale(slide_layer: Any) -> float:
     """µm per level-0 pixel of a slide layer (1 when unknown: the layer is in pixels)."""
-    return float(plugin_meta(slide_layer).get("mpp") or 1.0)
+    info = layer_info(slide_layer)
+    return float(info.mpp or 1.0) if info is not None else 1.0
 
 
 def _colormap(store: Any) -> dict[int | None, tuple[float, ...]]:
@@ -79,40 +77,60 @@ def _placement(store: Any, s0: float, origin: tuple[int, int] = (0, 0)) -> dict[
     }
 
 
+def store_info(store: Any, slide_layer: Any = None) -> LayerInfo:
+    """The record of a layer showing a store: an annotation of the slide, with the store's
+    corrected regions (what fine-tuning trusts) and its µm/px."""
+    slide_info = layer_info(slide_layer)
+    slide = slide_info.slide if slide_info is not None else None
+    colours = store.class_colors or []
+    return LayerInfo(
+        kind=Kind.ANNOTATION,
+        path=store.mask_path,
+        regions=store.regions_path,
+        store=store.root,
+        slide=slide if slide is not None else store.info.get("slide"),
+        mpp=store.mpp,
+        classes=tuple(
+            LayerClass(i, name, tuple(colours[i][:3]) if i < len(colours) else None)
+            for i, name in enumerate(store.class_names or [])
+            if i > 0
+        ),
+        details={"downsample": store.downsample},
+    )
+
+
 def store_layer_kwargs(store: Any, slide_layer: Any) -> dict[str, Any]:
     """Settings of the slide-level (multiscale, read-only) annotation layer of a store."""
-    meta = plugin_meta(slide_layer)
     kwargs: dict[str, Any] = {
         "name": f"{store.root.parent.name.removesuffix('.msunet')} annotation (corrected)",
         "opacity": 0.45,
         "colormap": _colormap(store),
-        "metadata": {"napari_msunet": store.layer_metadata(meta.get("path"))},
+        "metadata": store_info(store, slide_layer).as_metadata(),
         **_placement(store, slide_scale(slide_layer)),
     }
-    if meta.get("mpp"):
-        kwargs["units"] = ("um", "um")
+    units = slide_units(slide_layer)
+    if units:
+        kwargs["units"] = units
     return kwargs
 
 
 def edit_layer_kwargs(store: Any, slide_layer: Any, window: tuple[int, int, int, int]):
     """Settings of the editable (single-scale) Labels layer of one store window."""
-    meta = plugin_meta(slide_layer)
     kwargs: dict[str, Any] = {
         "name": "annotation region (edit, then Apply)",
         "opacity": 0.7,
         "colormap": _colormap(store),
-        "metadata": {
-            "napari_msunet": {
-                "kind": "annotation-edit",
-                "store": str(store.root),
-                "window": [int(v) for v in window],
-                "region": [int(v) for v in store.to_level0(*window)],
-            }
-        },
+        "metadata": LayerInfo(
+            kind=Kind.ANNOTATION_EDIT,
+            store=store.root,
+            window=window,
+            region=store.to_level0(*window),
+        ).as_metadata(),
         **_placement(store, slide_scale(slide_layer), (window[0], window[1])),
     }
-    if meta.get("mpp"):
-        kwargs["units"] = ("um", "um")
+    units = slide_units(slide_layer)
+    if units:
+        kwargs["units"] = units
     return kwargs
 
 
@@ -131,7 +149,8 @@ def level0_rect_of_shape(shape_layer: Any, index: int, slide_layer: Any):
 
 def slide_units(slide_layer: Any) -> tuple[str, str] | None:
     """``("um", "um")`` when the slide layer is in µm (so new layers match it), else ``None``."""
-    return ("um", "um") if plugin_meta(slide_layer).get("mpp") else None
+    info = layer_info(slide_layer)
+    return ("um", "um") if info is not None and info.mpp else None
 
 
 def candidate_shapes(
@@ -150,7 +169,7 @@ def candidate_shapes(
         "edge_width": 3 * s0,
         "scale": (s0, s0),
         "translate": (-0.5 * s0, -0.5 * s0),
-        "metadata": {"napari_msunet": {"kind": "candidates"}},
+        "metadata": LayerInfo(kind=Kind.CANDIDATES).as_metadata(),
     }
     if units:
         kwargs["units"] = units

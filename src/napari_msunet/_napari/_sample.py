@@ -16,6 +16,7 @@ from typing import Any
 
 from napari.utils.notifications import show_info
 
+from napari_msunet._napari._layer_info import LayerInfo
 from napari_msunet._napari._reader import geojson_layers, slide_layer
 from napari_msunet._napari._workspace import _cache_root
 
@@ -44,6 +45,8 @@ def sample_slide() -> list[tuple[Any, dict[str, Any], str]]:
     names = ["EBHI-Seg sample slide", "EBHI-Seg annotation"]
     for (_, kwargs, _), name in zip(layers, names, strict=False):
         kwargs["name"] = name
-        kwargs["metadata"]["napari_msunet"]["credit"] = CREDIT
+        info = LayerInfo.from_metadata(kwargs["metadata"])
+        assert info is not None  # the reader's layers always carry their record
+        kwargs["metadata"] = info.with_details(credit=CREDIT).as_metadata()
     show_info(f"Sample slide from {CREDIT}")
     return layers

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msunet._napari._layer_info import Kind, kind_of, layer_info
 from napari_msunet._napari._layers import remember_slide_mpp, slide_mpp_of
 from napari_msunet._napari._predict_run import (
     PredictionRun,
@@ -41,10 +42,6 @@ from napari_msunet._napari._tasks import Task, TaskBar
 from napari_msunet.errors import MsunetError
 
 __all__ = ["SegmentWidget", "prediction_layers", "start_prediction", "visible_region"]
-
-
-def _meta(layer: Any) -> dict[str, Any]:
-    return getattr(layer, "metadata", {}).get("napari_msunet", {}) or {}
 
 
 def _devices() -> list[str]:
@@ -184,7 +181,7 @@ class SegmentWidget(QWidget):
     def _refresh_slides(self, event: Any = None) -> None:
         """List the slide layers; keep the selection, else pick the newest slide."""
         current = self.slide_combo.currentData()
-        slides = [ly for ly in self.viewer.layers if _meta(ly).get("kind") == "slide"]
+        slides = [ly for ly in self.viewer.layers if kind_of(ly) is Kind.SLIDE]
         self.slide_combo.blockSignals(True)
         self.slide_combo.clear()
         for layer in slides:
@@ -207,8 +204,8 @@ class SegmentWidget(QWidget):
 
     def slide_needs_mpp(self) -> bool:
         """Whether the selected slide's file does not state its µm/px."""
-        layer = self.slide_layer()
-        return layer is not None and _meta(layer).get("mpp") is None
+        info = layer_info(self.slide_layer())
+        return info is not None and info.mpp is None
 
     def slide_layer(self) -> Any:
         """The selected slide layer, or ``None``."""

@@ -516,23 +516,6 @@ class AnnotationStore:
             if not self._journal.is_complete(index):
                 self._rollback(index, self._journal.entry(index))
 
-    def layer_metadata(self, slide_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """The ``napari_msunet`` metadata of a viewer layer showing this store."""
-        return {
-            "kind": "annotation",
-            "path": str(self.mask_path),
-            "regions": str(self.regions_path),
-            "store": str(self.root),
-            "slide": str(slide_path) if slide_path is not None else self.info.get("slide"),
-            "mpp": self.mpp,
-            "downsample": self.downsample,
-            "classes": [
-                {"name": n, "label": i, "color": list(self.class_colors[i][:3])}
-                for i, n in enumerate(self.class_names or [])
-                if i > 0
-            ],
-        }
-
     def __repr__(self) -> str:
         return (
             f"AnnotationStore({str(self.root)!r}, shape={self.shape}, "
