@@ -63,6 +63,7 @@ from napari_msunet._napari._review_layers import (
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
+from napari_msunet.progress import Progress
 
 __all__ = ["ReviewWidget"]
 
@@ -251,11 +252,12 @@ class ReviewWidget(QWidget):
         pred_mpp = pred.mpp if pred is not None else None
         slide_mpp = slide_mpp_of(slide_layer)  # the file's, or the one entered in Segment
 
-        def work():
+        def make(stop):
             from napari_msunet.io.annotation_store import AnnotationStore
             from napari_msunet.io.slide import open_slide
 
             if AnnotationStore.exists(root) and not restart:
+                yield Progress(0, 1, "build", "opening the corrected annotation")
                 return AnnotationStore.open(root), "reopened"
             mpp = pred_mpp
             if mpp is None:
@@ -267,7 +269,7 @@ class ReviewWidget(QWidget):
                 warnings.simplefilter("ignore")
                 slide = open_slide(slide_path)
             try:
-                store = AnnotationStore.create(
+                store = yield from AnnotationStore.iter_create(
                     root,
                     source,
                     slide,
@@ -275,12 +277,15 @@ class ReviewWidget(QWidget):
                     mpp=mpp,
                     classes=names,
                     overwrite=restart,
+                    stop=stop,
                 )
             finally:
                 slide.close()
-            return store, "created"
+            return None if store is None else (store, "created")  # None: cancelled
 
         def done(result) -> None:
+            if result is None:  # cancelled: the creation left nothing behind
+                return
             store, how = result
             if self.store is not None and self.store is not store:
                 self.store.close()  # its edit lock (this process's count of it)
@@ -293,7 +298,7 @@ class ReviewWidget(QWidget):
                 "regions). Draw a rectangle and press Edit region."
             )
 
-        return self._run(one_step(work, "preparing"), "Preparing the annotation", done)
+        return self._run(make, "Preparing the annotation", done)
 
     def _show_store(self, slide_layer: Any = None) -> None:
         """Show the store as the slide-level layer (new dask names: the edits appear)."""
