@@ -1,10 +1,15 @@
-"""The GUI never freezes while the engine runs: a 10 ms QTimer keeps ticking on time.
+"""The GUI never freezes while the engine runs: a 10 ms QTimer keeps ticking.
 
 A real prediction runs from the Segment widget's Run button (worker thread, reader and writer
 threads, the live pyramid, the growing Labels layer and its throttled redraws on the GUI
 thread) while a QTimer ticks every 10 ms on the GUI thread. The largest gap between two ticks
-while the worker runs is how long the GUI was unable to react; it must stay under 100 ms
-(less the time the OS kept the GUI thread waiting for a core: see ``event_loop_probe``).
+while the worker runs is how long the GUI was unable to react (less the time the OS kept the
+GUI thread waiting for a core: see ``event_loop_probe``).
+
+The bound asserted here is loose (``MAX_GAP_S``, 1 s): it catches a real regression (a model
+load or a full garbage collection on the GUI thread) and never the noise of a busy CI
+machine. The design target, 100 ms, is measured by ``benchmarks/bench_gui.py`` (figures in
+docs/benchmarks.md); the figures of this run are printed and recorded as properties.
 
 The click itself makes the prediction layer and napari draws it (layer list row, controls,
 canvas): a fraction of a second of napari's own work, as when any layer is opened. That is
@@ -18,7 +23,7 @@ import os
 import time
 
 import torch
-from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe
+from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe, StackSampler
 from qtpy.QtWidgets import QApplication
 from segment_case import make_case
 
@@ -39,6 +44,7 @@ def test_gui_stays_responsive_during_inference(
     widget.device_combo.setCurrentText("cpu")
     qtbot.waitUntil(warm_up().is_set, timeout=60_000)
     probe = EventLoopProbe()
+    sampler = StackSampler().start()  # says where the GUI thread was if the bound fails
     try:
         probe.run()
         qtbot.wait(200)  # the timer runs steadily before the work starts
@@ -53,6 +59,7 @@ def test_gui_stays_responsive_during_inference(
         qtbot.wait(50)
     finally:
         probe.stop()
+        sampler.stop()
     assert task.error is None
     # the task runner left a core to the GUI thread (torch would take them all)
     assert torch.get_num_threads() <= max(1, (os.cpu_count() or 1) - 1)
@@ -67,5 +74,6 @@ def test_gui_stays_responsive_during_inference(
         f"\nRun click (makes and draws the layer): {click * 1000:.0f} ms; then prediction "
         f"({run.result.tiles_computed} tiles): {gaps.describe()}"
     )
-    assert gaps.ours < MAX_GAP_S, f"the GUI stalled for {gaps.ours * 1000:.0f} ms"
+    where = sampler.describe(probe.worst_gap())
+    assert gaps.ours < MAX_GAP_S, f"the GUI stalled for {gaps.ours * 1000:.0f} ms\n{where}"
     assert gaps.raw < MAX_RAW_GAP_S, f"the GUI stalled for {gaps.raw * 1000:.0f} ms (raw)"

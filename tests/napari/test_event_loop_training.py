@@ -3,20 +3,25 @@
 A QTimer asks for a tick every 10 ms on the GUI thread while the Fine-tune widget runs a real
 fine-tune in its worker (reading patches and labels, class-weight sampling, forward/backward
 passes, the live loss plot painted on the GUI thread, the final model save), from the Run
-click to the end of the task. Any stretch over 100 ms without a tick would be a visible stall.
-(The inference counterpart lives in ``test_event_loop.py``.)
+click to the end of the task. The largest stretch without a tick is how long the window
+could not react. (The inference counterpart lives in ``test_event_loop.py``.)
 
 What the bound is about: stalls our process causes, i.e. the GUI thread busy, or blocked on
 the GIL or a lock held by the worker. On Linux each tick also reads the GUI thread's
 scheduler statistics (``/proc/thread-self/schedstat``), which say how long the thread waited
 in the run queue for a free core: time the operating system gave both cores to other
-processes (on the 2-core development machine a background training job is always running).
-That wait is subtracted from each gap; the raw gaps are printed as well.
+processes. That wait is subtracted from each gap; the raw gaps are printed as well.
+
+The bound asserted is loose (``MAX_GAP_S``, 1 s): a regression such as a full garbage
+collection, a model load or a file read on the GUI thread exceeds it; the noise of a busy CI
+machine does not. The design target, 100 ms, is measured by ``benchmarks/bench_gui.py``
+(figures in docs/benchmarks.md). When the bound fails, the message says where the GUI thread
+was during the longest gap (``StackSampler``).
 """
 
 from __future__ import annotations
 
-from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe
+from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe, StackSampler
 from finetune_case import make_case, open_in_viewer
 
 from napari_msunet._napari._finetune import FinetuneWidget
@@ -35,14 +40,18 @@ def test_gui_stays_responsive_during_training(make_napari_viewer, qtbot, tmp_pat
     widget.repredict.setChecked(False)  # training only; inference has its own test
 
     probe = EventLoopProbe()
-    probe.run()
-    qtbot.wait(1000)  # the window has painted and the timer runs before the work starts
-    probe.mark_start()
-    widget.taskbar.button.click()
-    qtbot.waitUntil(lambda: widget.task.done, timeout=300_000)
-    probe.mark_end()
-    qtbot.wait(50)
-    probe.stop()
+    sampler = StackSampler().start()  # says where the GUI thread was if the bound fails
+    try:
+        probe.run()
+        qtbot.wait(1000)  # the window has painted and the timer runs before the work starts
+        probe.mark_start()
+        widget.taskbar.button.click()
+        qtbot.waitUntil(lambda: widget.task.done, timeout=300_000)
+        probe.mark_end()
+        qtbot.wait(50)
+    finally:
+        probe.stop()
+        sampler.stop()
 
     assert widget.task.error is None, widget.task.error
     assert widget.result.steps == 20
@@ -52,5 +61,6 @@ def test_gui_stays_responsive_during_training(make_napari_viewer, qtbot, tmp_pat
     record_property("max_event_loop_gap_ms", round(gaps.raw * 1000, 1))
     record_property("max_event_loop_gap_less_run_queue_ms", round(gaps.ours * 1000, 1))
     print(f"\nfine-tune: {gaps.describe()}")
-    assert gaps.ours < MAX_GAP_S, f"the GUI stalled for {gaps.ours * 1000:.0f} ms in training"
+    where = sampler.describe(probe.worst_gap())
+    assert gaps.ours < MAX_GAP_S, f"the GUI stalled {gaps.ours * 1000:.0f} ms in training\n{where}"
     assert gaps.raw < MAX_RAW_GAP_S, f"the GUI stalled for {gaps.raw * 1000:.0f} ms (raw)"

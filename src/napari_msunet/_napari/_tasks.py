@@ -27,27 +27,17 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 
 from napari_msunet.progress import Progress
 
-__all__ = ["Task", "TaskBar", "one_step", "start_task"]
+__all__ = ["Task", "TaskBar", "import_quietly", "one_step", "start_task"]
 
 # How many tasks run now; while any does, the objects that existed at its start are frozen out
 # of garbage collection (see start_task).
 _gc_holds = 0
 
 
-# While any task runs, a thread that wants the GIL asks its holder to let go after this long
-# (CPython's default is 5 ms). See start_task.
-_SWITCH_INTERVAL_S = 0.001
-_saved_switch_interval = 0.005
-
-
 def _hold_gc() -> None:
-    global _gc_holds, _saved_switch_interval
+    global _gc_holds
     if _gc_holds == 0:
         gc.freeze()
-        _saved_switch_interval = sys.getswitchinterval()
-        import os
-        if os.environ.get("DIAG_SWITCH", "1") == "1":
-            sys.setswitchinterval(min(_saved_switch_interval, _SWITCH_INTERVAL_S))
     _gc_holds += 1
 
 
@@ -72,7 +62,38 @@ def _release_gc() -> None:
     _gc_holds = max(0, _gc_holds - 1)
     if _gc_holds == 0:
         gc.unfreeze()
-        sys.setswitchinterval(_saved_switch_interval)
+
+
+_import_lock = threading.Lock()
+
+
+def import_quietly(*names: str) -> None:
+    """Import modules from a task's worker without garbage collections meanwhile.
+
+    A large first import in the worker makes hundreds of thousands of objects; the
+    collector then runs full collections over them (everything made since the task froze
+    the heap), each holding the GIL for 40-130 ms, so the window stops. Fine-tuning meets
+    this at its first step: torch's optimisers import ``torch._dynamo`` (about 800 modules)
+    on first use. Importing with the collector off, then freezing what the import made (it
+    lives as long as the process; :func:`_release_gc` unfreezes it with the rest), takes
+    those collections away. Modules already imported cost nothing.
+    """
+    import importlib
+
+    missing = [name for name in names if name not in sys.modules]
+    if not missing:
+        return
+    with _import_lock:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for name in missing:
+                importlib.import_module(name)
+        finally:
+            if enabled:
+                gc.enable()
+            if _gc_holds:  # outside a task nothing was frozen, so nothing to add to
+                gc.freeze()
 
 
 @dataclass
@@ -211,9 +232,6 @@ def start_task(
     # fine-tune widget's event-loop test).
     _hold_gc()
     _leave_a_core_for_the_gui()
-    import os
-    if os.environ.get("DIAG_BAR", "1") == "1":
-        task.bar = progress(total=0, desc=description)
     worker.start()
     return task
 
