@@ -361,3 +361,64 @@ def test_header_length_that_looks_like_a_pickle_opcode_still_loads(tmp_path: Pat
         pytest.fail("no padding gave a header length ending in 0x80")
     _, header = load_model(path)
     assert header.training["note"] == "x" * pad
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_and_double_precision_weights_load_as_float32(
+    saved: Path, tmp_path: Path, dtype: torch.dtype
+) -> None:
+    """An export in fp16/fp64 (issue 12, item 11) used to fail later with a torch dtype error."""
+
+    def cast(t: dict) -> None:
+        for k, v in t.items():
+            if v.is_floating_point():
+                t[k] = v.to(dtype)
+
+    path = _retag(saved, tmp_path / f"{dtype}.safetensors", tensors_edit=cast)
+    model, header = load_model(path)
+    assert header.stored_dtype == str(dtype).removeprefix("torch.")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    reference, reference_header = load_model(saved)
+    assert reference_header.stored_dtype == "float32"
+    assert header == reference_header  # what the file held is said, not compared
+    assert "stored_dtype" not in header.to_dict()  # and never written back
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        out, ref = model(x), reference(x)
+    assert out.dtype == torch.float32
+    tol = 0.05 if dtype != torch.float64 else 1e-6
+    assert torch.allclose(out, ref, atol=tol)
+
+
+def test_double_weights_beyond_float32_are_refused(saved: Path, tmp_path: Path) -> None:
+    def huge(t: dict) -> None:
+        t["head.bias"] = t["head.bias"].to(torch.float64).fill_(1e300)
+
+    path = _retag(saved, tmp_path / "huge.safetensors", tensors_edit=huge)
+    with pytest.raises(ModelFileError, match="too large for float32"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "shown"),
+    [
+        (lambda d: d.update(class_names=[f"class {i}" for i in range(10**6)]), "1000000 in all"),
+        (lambda d: d.update(class_colours=[[1, 2, 3]] * 10**5), "100000 in all"),
+        (lambda d: d.update(norm_mean=["x" * 10**6]), "1000000 characters"),
+        (lambda d: d.update(architecture="u" * 10**6), "1000000 characters"),
+        (lambda d: d.update({f"key{i}": 0 for i in range(10**5)}), "100000 in all"),
+        (lambda d: d["config"].update(n_classes="9" * 10**6), "characters in all"),
+    ],
+    ids=["class-names", "colours", "norm", "architecture", "keys", "config"],
+)
+def test_errors_about_a_huge_header_stay_short(
+    saved: Path, tmp_path: Path, edit, shown: str
+) -> None:
+    """A hostile header of megabytes gives an error of a few lines (issue 12, item 14)."""
+    path = _retag(saved, tmp_path / "huge.safetensors", edit=edit)
+    with pytest.raises(ModelFileError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert len(message) < 600, message[:1000]
+    assert message.startswith(str(path))
+    assert shown in message

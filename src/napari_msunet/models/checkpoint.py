@@ -10,6 +10,7 @@ the file can run code: ``torch.load`` and pickle are never used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,13 +47,42 @@ DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (
 )
 
 
+_MAX_REASON = 400
+"""Longest reason a header error keeps: a header is untrusted input and may hold megabytes."""
+
+
+def brief(values: Any, limit: int = 5, *, _depth: int = 0) -> str:
+    """A short text for a value that may be huge, for error messages.
+
+    A list shows its first ``limit`` items and how many there are in all; a long string its
+    start and its length; anything else its ``repr`` cut to a line. A model header is
+    untrusted input: echoing a list of 10⁶ class names made a 10.9 MB error message.
+    """
+    if isinstance(values, str):
+        return (
+            repr(values) if len(values) <= 60 else f"{values[:40]!r}... ({len(values)} characters)"
+        )
+    if isinstance(values, Sequence | set | frozenset | Mapping):
+        items = list(values)
+        if _depth >= 3:  # nested lists of lists: the shape is enough
+            return f"[... ({len(items)} items)]"
+        shown = ", ".join(brief(v, limit, _depth=_depth + 1) for v in items[:limit])
+        if len(items) > limit:
+            return f"[{shown}, ... ({len(items)} in all)]"
+        return f"[{shown}]"
+    text = repr(values)
+    return text if len(text) <= 80 else f"{text[:60]}... ({type(values).__name__})"
+
+
 def _float_tuple(name: str, values: Any, n: int) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a list of numbers, got {values!r}") from None
+        raise ConfigError(f"{name} must be a list of numbers, got {brief(values)}") from None
     if len(out) != n or not all(math.isfinite(v) for v in out):
-        raise ConfigError(f"{name} must hold {n} finite numbers (one per input channel): {out}")
+        raise ConfigError(
+            f"{name} must hold {n} finite numbers (one per input channel): {brief(out)}"
+        )
     return out
 
 
@@ -83,6 +113,12 @@ class ModelHeader:
         metrics, parent model, ...
     package_version
         napari-msunet version that wrote the file.
+    stored_dtype
+        Set by :func:`load_model`, never written: the dtype the file stores its floating-point
+        weights in (``"float16"``, ``"float64"``, ...; ``None`` for a header not read from a
+        file). Weights are always loaded as float32, the dtype every inference and training
+        path feeds the network, so a half- or double-precision export works like any other;
+        this says what the file held.
     """
 
     architecture: str
@@ -95,20 +131,24 @@ class ModelHeader:
     tile_size: int | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     package_version: str = __version__
+    stored_dtype: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.architecture not in MODELS:
+        if not isinstance(self.architecture, str) or self.architecture not in MODELS:
             raise ConfigError(
-                f"unknown architecture {self.architecture!r}; known: {', '.join(MODELS)}"
+                f"unknown architecture {brief(self.architecture)}; known: {', '.join(MODELS)}"
             )
         if not isinstance(self.config, ModelConfig):
             raise ConfigError(f"config must be a ModelConfig, got {type(self.config).__name__}")
         n = self.config.n_classes
         if isinstance(self.class_names, str) or not isinstance(self.class_names, Sequence):
-            raise ConfigError(f"class_names must be a list of names, got {self.class_names!r}")
+            raise ConfigError(f"class_names must be a list of names, got {brief(self.class_names)}")
         names = tuple(self.class_names)
         if len(names) != n or not all(isinstance(s, str) and s for s in names):
-            raise ConfigError(f"class_names must be {n} non-empty strings, got {list(names)}")
+            raise ConfigError(
+                f"class_names must be {n} non-empty strings (one per class of the network), "
+                f"got {brief(names)}"
+            )
         object.__setattr__(self, "class_names", names)
         colours = self.class_colours
         if colours is None:
@@ -116,15 +156,15 @@ class ModelHeader:
         try:
             colours = tuple(tuple(int(v) for v in c) for c in colours)
         except (TypeError, ValueError):
-            raise ConfigError(f"class_colours must be RGB triples, got {colours!r}") from None
+            raise ConfigError(f"class_colours must be RGB triples, got {brief(colours)}") from None
         if len(colours) != n or not all(
             len(c) == 3 and all(0 <= v <= 255 for v in c) for c in colours
         ):
-            raise ConfigError(f"class_colours must be {n} RGB triples of 0..255: {colours}")
+            raise ConfigError(f"class_colours must be {n} RGB triples of 0..255: {brief(colours)}")
         object.__setattr__(self, "class_colours", colours)
         um = self.input_um_per_px
         if isinstance(um, bool) or not isinstance(um, int | float) or not 0 < um < math.inf:
-            raise ConfigError(f"input_um_per_px must be a positive number, got {um!r}")
+            raise ConfigError(f"input_um_per_px must be a positive number, got {brief(um)}")
         object.__setattr__(self, "input_um_per_px", float(um))
         c = self.config.in_channels
         object.__setattr__(self, "norm_mean", _float_tuple("norm_mean", self.norm_mean, c))
@@ -134,7 +174,7 @@ class ModelHeader:
         object.__setattr__(self, "norm_std", std)
         ts = self.tile_size
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 1):
-            raise ConfigError(f"tile_size must be a positive integer or None, got {ts!r}")
+            raise ConfigError(f"tile_size must be a positive integer or None, got {brief(ts)}")
         if not isinstance(self.training, Mapping):
             raise ConfigError(f"training must be a mapping, got {type(self.training).__name__}")
         try:
@@ -143,7 +183,7 @@ class ModelHeader:
             raise ConfigError(f"training provenance is not JSON-serialisable: {exc}") from None
         object.__setattr__(self, "training", training)
         if not isinstance(self.package_version, str):
-            raise ConfigError(f"package_version must be a string: {self.package_version!r}")
+            raise ConfigError(f"package_version must be a string: {brief(self.package_version)}")
 
     @classmethod
     def for_model(cls, model: SegmentationModel, **fields: Any) -> ModelHeader:
@@ -173,10 +213,10 @@ class ModelHeader:
         if not isinstance(data, Mapping):
             raise ConfigError(f"the header must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
-            raise ConfigError(f"header format is {data.get('format')!r}, not {FORMAT_NAME!r}")
+            raise ConfigError(f"header format is {brief(data.get('format'))}, not {FORMAT_NAME!r}")
         version = data.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ConfigError(f"invalid format_version {version!r}")
+            raise ConfigError(f"invalid format_version {brief(version)}")
         if version > FORMAT_VERSION:
             raise ConfigError(
                 f"format version {version} is newer than this napari-msunet reads "
@@ -192,7 +232,9 @@ class ModelHeader:
         allowed = required | {"class_colours", "tile_size", "training", "package_version"}
         unknown = sorted(set(fields_) - allowed)
         if unknown:
-            raise ConfigError(f"header has unknown keys {', '.join(unknown)}")
+            shown = ", ".join(k if len(k) <= 60 else f"{k[:40]}..." for k in unknown[:5])
+            more = f", ... ({len(unknown)} in all)" if len(unknown) > 5 else ""
+            raise ConfigError(f"header has unknown keys {shown}{more}")
         fields_["config"] = ModelConfig.from_dict(fields_["config"])
         fields_.setdefault("package_version", "unknown")
         return cls(**fields_)
@@ -288,9 +330,21 @@ def _parse_header(path: Path, handle: Any) -> ModelHeader:
     except json.JSONDecodeError as exc:
         raise ModelFileError(path, f"has a header that is not valid JSON ({exc})") from None
     except ConfigError as exc:
-        raise ModelFileError(path, f"has an invalid header: {exc}") from None
+        raise ModelFileError(path, f"has an invalid header: {_cut(str(exc))}") from None
     except (TypeError, ValueError) as exc:
-        raise ModelFileError(path, f"has an invalid header ({exc})") from None
+        raise ModelFileError(path, f"has an invalid header ({_cut(str(exc))})") from None
+
+
+def _cut(reason: str) -> str:
+    """``reason`` cut to :data:`_MAX_REASON` characters: the last guard on header errors.
+
+    The header's own checks already shorten what they echo (:func:`brief`); this keeps any
+    other message about a hostile header (the architecture's config, a TypeError naming an
+    argument) to a few lines too.
+    """
+    if len(reason) <= _MAX_REASON:
+        return reason
+    return f"{reason[: _MAX_REASON - 40]}... ({len(reason)} characters in all)"
 
 
 def read_header(path: str | os.PathLike[str]) -> ModelHeader:
@@ -319,15 +373,22 @@ def load_model(
                 model = build_from_config(header.architecture, header.config)
         except ConfigError as exc:
             raise ModelFileError(path, f"names a model that cannot be built: {exc}") from None
-        state = _read_state(path, handle, header, model.state_dict())
+        state, dtypes = _read_state(path, handle, header, model.state_dict())
     model.load_state_dict(state, strict=True, assign=True)
+    header = dataclasses.replace(header, stored_dtype=", ".join(sorted(dtypes)) or None)
     return model.to(device).eval(), header
 
 
 def _read_state(
     path: Path, handle: Any, header: ModelHeader, expected: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Tensors of the file, checked against the architecture's own ``expected`` state."""
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Tensors of the file, checked against the architecture's own ``expected`` state.
+
+    Tensors stored in another dtype of the same kind are cast to the expected one (float16,
+    bfloat16 or float64 weights to float32; an int32 counter to int64): a network with
+    float16 weights fails on the first float32 tile with a dtype error deep in torch.
+    Returns the state and the floating-point dtypes the file stored.
+    """
     present = set(handle.keys())
     missing = sorted(set(expected) - present)
     unexpected = sorted(present - set(expected))
@@ -341,6 +402,7 @@ def _read_state(
             path, f"weights do not match {header.architecture} ({'; '.join(parts)})"
         )
     state = {}
+    dtypes: set[str] = set()
     for name, ref in expected.items():
         try:
             shape = tuple(handle.get_slice(name).get_shape())
@@ -359,7 +421,17 @@ def _read_state(
             raise ModelFileError(
                 path, f"tensor {name!r} has dtype {tensor.dtype}, need {ref.dtype}"
             )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFileError(path, f"tensor {name!r} contains NaN or infinite values")
+        if tensor.is_floating_point():
+            dtypes.add(str(tensor.dtype).removeprefix("torch."))
+            if not bool(torch.isfinite(tensor).all()):
+                raise ModelFileError(path, f"tensor {name!r} contains NaN or infinite values")
+        if tensor.dtype != ref.dtype:
+            tensor = tensor.to(ref.dtype)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelFileError(
+                    path,
+                    f"tensor {name!r} holds values too large for "
+                    f"{str(ref.dtype).removeprefix('torch.')} (the dtype the network runs in)",
+                )
         state[name] = tensor
-    return state
+    return state, dtypes

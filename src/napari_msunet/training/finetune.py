@@ -20,6 +20,15 @@ Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
 - ``close()`` (Ctrl-C in the CLI): no version is written; the run folder keeps a checkpoint,
   and calling again with the same ``out`` resumes it at the same step. No model file is ever
   half written: every one is written to a temporary sibling and renamed when complete.
+
+What is read before the first step, so that a mistake is told before minutes of training:
+
+- every annotation, opened as training reads it: a mask must have exactly the size of one
+  of the slide's levels or of its working image (never stretched), and values the model has
+  classes for (a binary 0/255 mask marks the one foreground class of a two-class model);
+- an annotation that marks no gland anywhere is refused (a pathologist who forgot to
+  annotate, or gave the wrong file), unless corrected regions say where the slide was
+  checked: then "nothing here" is a correction, fine-tuned with a :class:`FinetuneWarning`.
 """
 
 from __future__ import annotations
@@ -27,22 +36,38 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
-from napari_msunet.errors import ConfigError
+from napari_msunet.errors import AnnotationError, ConfigError
 from napari_msunet.models.checkpoint import load_model, read_header, save_model
 from napari_msunet.progress import Stop, eager
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.losses import LossConfig
-from napari_msunet.training.slide_dataset import SlidePatchDataset, SlideSpec, patch_positions
+from napari_msunet.training.slide_dataset import (
+    SlidePatchDataset,
+    SlideSpec,
+    check_annotation,
+    patch_positions,
+)
 from napari_msunet.training.trainer import RUN_FILES, EpochEnd, TrainStep, iter_train
 
-__all__ = ["FinetuneResult", "finetune", "iter_finetune", "next_version_path"]
+__all__ = [
+    "FinetuneResult",
+    "FinetuneWarning",
+    "finetune",
+    "iter_finetune",
+    "next_version_path",
+]
+
+
+class FinetuneWarning(UserWarning):
+    """Fine-tuning goes ahead on inputs that are legitimate but often a mistake."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,8 @@ def iter_finetune(
     corrected = any(s.regions is not None for s in slides)
     cfg = _config(parent, steps, lr, batch_size, seed, device, corrected)
     size = context_size(cfg.patch)
+    for spec in slides:
+        _check_annotation(spec, cfg)
     parts = []
     for k, spec in enumerate(slides):
         pos = patch_positions(spec, cfg.mpp, cfg.patch, class_names=cfg.class_names, seed=seed + k)
@@ -210,6 +237,34 @@ def iter_finetune(
     trained, header = load_model(result.last)
     save_model(target, trained, header)  # atomic; refuses to overwrite
     return FinetuneResult(target, run_dir, result.global_step, result.stopped)
+
+
+def _check_annotation(spec: SlideSpec, cfg: TrainConfig) -> None:
+    """Open ``spec``'s annotation as training will; refuse or warn when it marks nothing.
+
+    Without corrected regions the whole annotation counts, so an empty one teaches "no gland
+    anywhere on this slide": far more often a forgotten annotation or the wrong file than a
+    slide without glands, and minutes of training would make the model worse without a word.
+    With regions, an empty annotation says "nothing in these regions" (the model's false
+    positives removed), which is a real correction: it goes ahead with a warning.
+    """
+    if check_annotation(spec, cfg.mpp, cfg.class_names):
+        return
+    classes = ", ".join(cfg.class_names[1:4]) + (", ..." if len(cfg.class_names) > 4 else "")
+    if spec.regions is None:
+        raise AnnotationError(
+            spec.annotation,
+            f"marks no {classes} anywhere on {spec.slide.name}: fine-tuning on it would teach "
+            "the model that the slide has none. Annotate the slide (or give the right file); "
+            "if the slide truly has none, draw the areas you checked as corrected regions "
+            "(--regions) and fine-tune again",
+        )
+    warnings.warn(
+        f"{spec.annotation}: marks no {classes} anywhere; fine-tuning teaches the model that "
+        f"the corrected regions of {spec.slide.name} ({spec.regions.name}) hold none",
+        FinetuneWarning,
+        stacklevel=3,
+    )
 
 
 def _remove_run(run_dir: Path) -> None:
