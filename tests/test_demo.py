@@ -9,7 +9,14 @@ import threading
 
 import pytest
 
-from napari_msunet.demo import build_sample_slide, default_model_path, iter_demo, sample_data_dir
+from napari_msunet.demo import (
+    SAMPLE_RECORD,
+    build_sample_slide,
+    default_model_path,
+    iter_demo,
+    sample_data_dir,
+)
+from napari_msunet.errors import WriterError
 from napari_msunet.io.mosaic import EBHI_UM_PER_PX
 from napari_msunet.io.slide import open_slide
 from napari_msunet.models.checkpoint import read_header
@@ -97,3 +104,32 @@ def test_iter_demo_yields_progress_records_and_stops_cleanly(tmp_path):
     assert results["files"].slide.is_file()
     assert not (tmp_path / "prediction" / "labels.ome.zarr").exists()
     assert not (tmp_path / "evaluation").exists()
+
+
+@pytest.mark.parametrize("name", ["sample.svs", "sample.geojson"])
+def test_the_demo_never_replaces_a_users_file(tmp_path, name):
+    """Issue 12 item 3: only files the demo wrote itself (named, at their size, in its
+    ``sample.msunet-demo.json``) are reused or rebuilt; a user's file is refused, untouched."""
+    theirs = tmp_path / name
+    theirs.write_bytes(b"a user's file")
+    with pytest.raises(WriterError, match=f"{name}.*not written by the demo"):
+        build_sample_slide(tmp_path)
+    assert theirs.read_bytes() == b"a user's file"
+    gen = iter_demo(tmp_path, device="cpu")  # msunet demo --out: refused before predicting
+    assert next(gen).stage == "build"
+    with pytest.raises(WriterError, match=name):
+        next(gen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_the_demos_own_sample_is_recognised_with_or_without_its_record(tmp_path):
+    files = build_sample_slide(tmp_path)
+    record = json.loads((tmp_path / SAMPLE_RECORD).read_text())
+    assert record["files"]["sample.svs"] == files.slide.stat().st_size
+    stamp = files.slide.stat().st_mtime_ns
+    files.annotation.write_text("{}")  # the demo's file edited: no longer its own
+    with pytest.raises(WriterError, match=r"sample\.geojson"):
+        build_sample_slide(tmp_path)
+    assert files.annotation.read_text() == "{}"
+    (tmp_path / SAMPLE_RECORD).unlink()  # a sample of a version before the record:
+    assert build_sample_slide(tmp_path).slide.stat().st_mtime_ns == stamp  # ours by its slide

@@ -11,12 +11,14 @@ EBHI-Seg: Shi et al., Frontiers in Medicine 10:1114673 (2023), CC BY 4.0.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Generator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from napari_msunet.errors import ModelFileError, MsunetError
+from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet.errors import ModelFileError, MsunetError, WriterError
 from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = [
@@ -30,6 +32,10 @@ __all__ = [
 
 #: Layout of the demo mosaic: 6 rows x 8 columns of 224-px patches = the 48 bundled pairs.
 _ROWS, _COLS = 6, 8
+
+#: The demo's record of the sample files it wrote (see :func:`build_sample_slide`).
+SAMPLE_RECORD = "sample.msunet-demo.json"
+_RECORD_FORMAT = "napari-msunet-demo-sample"
 
 
 def _data(name: str) -> Path:
@@ -61,6 +67,19 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
 
     Files already there are reused when they are at the current scale (the demo is
     deterministic); a sample written by an older version at another µm/px is rebuilt.
+
+    Only the demo's own files are ever replaced: after writing the three files it writes
+    ``sample.msunet-demo.json``, naming them with their sizes, and a file counts as its own
+    when that record names it at its present size. (Samples of versions before the record
+    count as the demo's when ``sample.svs`` is a slide of
+    :func:`~napari_msunet.io.synthetic.write_synthetic_slide`.) Anything else under these
+    names -- a user's ``sample.svs`` in the folder given to ``msunet demo --out`` -- is
+    refused unless ``overwrite``.
+
+    Raises
+    ------
+    WriterError
+        A file the sample would replace is not the demo's (the message names it).
     """
     from napari_msunet.io.mosaic import EBHI_UM_PER_PX, REGION, MosaicSpec
     from napari_msunet.io.ome_tiff import write_ome_tiff
@@ -70,10 +89,21 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files_ = DemoFiles(out / "sample.svs", out / "sample.geojson", out / "sample_mask.ome.tif")
-    if files_.slide.exists() and files_.annotation.exists() and not overwrite:
-        mpp = _slide_mpp(files_.slide)
-        if mpp is not None and abs(mpp - EBHI_UM_PER_PX) < 1e-6:
-            return files_
+    paths = (files_.slide, files_.annotation, files_.mask)
+    if not overwrite:
+        own = _own_files(out, paths)
+        foreign = [p for p in paths if p.exists() and p not in own]
+        if foreign:
+            raise WriterError(
+                foreign[0],
+                "exists and was not written by the demo; the demo would replace it. Move it "
+                "away or choose another folder (msunet demo --out)",
+            )
+        if files_.slide.exists() and files_.annotation.exists():
+            mpp = _slide_mpp(files_.slide)
+            if mpp is not None and abs(mpp - EBHI_UM_PER_PX) < 1e-6:
+                return files_
+    (out / SAMPLE_RECORD).unlink(missing_ok=True)  # the files change: no longer recorded
     data = sample_data_dir()
     with (data / "index.csv").open(newline="") as f:
         stems = [row["stem"] for row in csv.DictReader(f)]
@@ -90,7 +120,36 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
         class_colors=[[0, 0, 0, 0], [*REGION.color, 255]],
         overwrite=True,
     )
+    record = {
+        "format": _RECORD_FORMAT,
+        "mpp": EBHI_UM_PER_PX,
+        "files": {p.name: p.stat().st_size for p in paths},
+    }
+    atomic_write_bytes(out / SAMPLE_RECORD, json.dumps(record, indent=2).encode(), overwrite=True)
     return files_
+
+
+def _own_files(out: Path, paths: tuple[Path, ...]) -> set[Path]:
+    """The files among ``paths`` that the demo wrote (see :func:`build_sample_slide`)."""
+    try:
+        record = json.loads((out / SAMPLE_RECORD).read_text(encoding="utf-8"))
+        sizes = record["files"] if record.get("format") == _RECORD_FORMAT else {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        sizes = None
+    if isinstance(sizes, dict):
+        return {p for p in paths if p.is_file() and sizes.get(p.name) == p.stat().st_size}
+    return set(paths) if _is_synthetic(paths[0]) else set()
+
+
+def _is_synthetic(path: Path) -> bool:
+    """Whether ``path`` is an SVS written by the package's synthetic-slide writer."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return "ScanScope ID = SYNTH" in (tif.pages[0].description or "")
+    except Exception:  # not there, not a TIFF, damaged: not recognisably ours
+        return False
 
 
 def _slide_mpp(path: Path) -> float | None:

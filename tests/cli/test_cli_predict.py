@@ -137,3 +137,21 @@ def test_an_interrupted_run_by_another_model_is_refused_until_restart(case, tmp_
     proc = msunet("predict", slide, "--model", model, "--out", out, "--device", "cpu", "--restart")
     assert proc.returncode == 0, proc.stderr
     assert "0 resumed" in proc.stdout
+
+
+def test_a_users_tissue_png_is_refused_before_any_work(case, tmp_path, capsys):
+    """Issue 12 item 3: ``--out DIR`` holding the user's ``tissue.png`` is refused at start,
+    naming it, with nothing written (in-process: the subprocess start would dominate)."""
+    from napari_msunet.cli import main
+
+    _, slide, model = case
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "tissue.png").write_bytes(b"my tissue mask")
+    args = ["predict", str(slide), "--model", str(model), "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(out / "tissue.png") in err
+    assert "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["tissue.png"]
+    assert (out / "tissue.png").read_bytes() == b"my tissue mask"

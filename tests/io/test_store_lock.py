@@ -91,3 +91,25 @@ def test_a_lock_from_another_machine_names_the_file_to_delete(root):
     assert str(lock_path(root)) in message  # delete it once that program is closed
     lock_path(root).unlink()
     AnnotationStore.open(root).close()
+
+
+def test_an_output_lock_is_exclusive_even_within_one_process(tmp_path):
+    """The same lock, generalised: an output folder's (``OUTPUT``) is not shared by two
+    tasks of one process, is refused with a WriterError naming its file, and is released."""
+    from napari_msunet.errors import WriterError
+    from napari_msunet.io import _store_lock
+
+    folder, lock = tmp_path / "out", tmp_path / "out" / "prediction.lock"
+    _store_lock.acquire(folder, path=lock, kind=_store_lock.OUTPUT)
+    try:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(WriterError, match="another task of this program") as info:
+            _store_lock.acquire(folder, path=lock, kind=_store_lock.OUTPUT)
+        assert str(lock) in str(info.value)
+    finally:
+        _store_lock.release(folder, path=lock)
+    assert not lock.exists()
+    other = {"pid": 1, "host": "render-node-7", "program": "msunet", "since": "2026-11-27"}
+    lock.write_text(json.dumps(other))
+    with pytest.raises(WriterError, match="being written by another program: process 1"):
+        _store_lock.acquire(folder, path=lock, kind=_store_lock.OUTPUT)

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore an earlier run in the out folder instead of resuming it",
     )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace model files in the out folder that belong to no resumable run",
+    )
 
     s = sub.add_parser(
         "finetune", help="fine-tune a model file on corrected annotations (new model version)"

@@ -58,13 +58,14 @@ def _synthetic(args: argparse.Namespace) -> int:
     from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise MsunetError(f"{out}: already exists (use --overwrite to replace it)")
+    geojson = out.with_name(stem(out) + ".geojson")
+    for path in (out, geojson):  # both refused before anything is written
+        if path.exists() and not args.overwrite:
+            raise MsunetError(f"{path}: already exists (use --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = SyntheticSlideSpec(args.height or args.size, args.size, seed=args.seed, mpp=args.mpp)
     write_synthetic_slide(out, spec, args.format, tile=args.tile, workers=args.workers)
-    geojson = out.with_name(stem(out) + ".geojson")
-    spec.write_geojson(geojson)
+    spec.write_geojson(geojson, overwrite=args.overwrite)
     print(f"wrote {out} and its ground truth {geojson}")
     return 0
 

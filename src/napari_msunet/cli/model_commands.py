@@ -14,9 +14,7 @@ from napari_msunet.errors import MsunetError
 @command("predict")
 def _predict(args: argparse.Namespace) -> int:
     from napari_msunet.inference import InferenceConfig, iter_predict_slide
-    from napari_msunet.inference.preview import prediction_preview
     from napari_msunet.io.slide import open_slide
-    from napari_msunet.io.vectorise import export_mask
     from napari_msunet.models.checkpoint import load_model
 
     model, header = load_model(args.model)
@@ -36,31 +34,17 @@ def _predict(args: argparse.Namespace) -> int:
         out = out_root / stem(Path(path)) if len(args.slides) > 1 or args.per_slide else out_root
         try:
             with open_slide(path) as slide:
+                # exports: prediction.geojson and prediction.png are written by the engine
+                # before its manifest, so a killed run is finished by a plain rerun
                 gen = iter_predict_slide(
                     slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite,
-                    resume=not args.restart,
+                    resume=not args.restart, exports=True,
                 )  # fmt: skip
                 result = drive(gen, Path(path).name)
                 if not result.completed:
                     print(f"{path}: stopped; run again to resume")
                     failures += 1
                     continue
-                labels = result.outputs.labels
-                from napari_msunet.io.masks import open_mask
-
-                classes = _classes(header)
-                geojson = out / "prediction.geojson"
-                export_mask(
-                    open_mask(labels).levels[0],
-                    geojson,
-                    classes,
-                    downsample=result.downsample[0],
-                    overwrite=args.overwrite,
-                )
-                preview = prediction_preview(
-                    slide, labels, header.class_names, header.class_colours
-                )
-                preview.save(out / "prediction.png")
         except MsunetError as exc:
             if len(args.slides) == 1:
                 raise
@@ -74,16 +58,6 @@ def _predict(args: argparse.Namespace) -> int:
             f"{result.timings.get('total', 0):.1f} s on {result.device} -> {out}"
         )
     return 1 if failures else 0
-
-
-def _classes(header):
-    from napari_msunet.io.annotations import ClassInfo
-
-    return [
-        ClassInfo(name, i, tuple(header.class_colours[i]))
-        for i, name in enumerate(header.class_names)
-        if i > 0
-    ]
 
 
 @command("evaluate")
@@ -117,12 +91,39 @@ def _train(args: argparse.Namespace) -> int:
     from napari_msunet.training.run_config import load_run_config
 
     run = load_run_config(args.config)
+    _check_train_out(Path(run.out), args.overwrite)  # before the (slow) datasets
     train_set, val_set, desc = build_datasets(run)
     print(
         f"training {run.train.architecture} ({run.train.preset}) on {len(train_set)} "
         f"training and {len(val_set) if val_set is not None else 0} validation items -> {run.out}"
     )
     return _run_training(run.train, train_set, val_set, run.out, desc, args, init=None)
+
+
+def _check_train_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out:`` folder holding a run's files but no run state, unless ``overwrite``.
+
+    A folder with ``last.safetensors`` and ``last.state.safetensors`` holds a run of ours:
+    it is resumed (or, with ``--restart``, started again). Model files or a history without
+    that state are someone else's -- a model copied there, a run whose state was deleted --
+    and the trainer would replace them; with ``--overwrite`` they are removed first, so that
+    the new run's history and ``best`` are its own.
+    """
+    from napari_msunet.training.trainer import RUN_FILES
+
+    if (out / "last.safetensors").is_file() and (out / "last.state.safetensors").is_file():
+        return
+    there = [out / name for name in RUN_FILES if (out / name).exists()]
+    if not there:
+        return
+    if not overwrite:
+        raise MsunetError(
+            f"{there[0]}: exists, and {out} holds no training run to resume (no "
+            "last.state.safetensors); training would replace it. Choose another out: folder, "
+            f"or pass --overwrite to replace {', '.join(p.name for p in there)}"
+        )
+    for path in there:
+        path.unlink()
 
 
 @command("finetune")

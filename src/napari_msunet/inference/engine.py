@@ -43,9 +43,11 @@ from napari_msunet.inference.outputs import (
     check_run_record,
     check_target,
     class_info,
-    make_folder,
+    iter_write_exports,
+    lock_folder,
     model_fingerprint,
     remove_stale,
+    unlock_folder,
     write_json,
     write_manifest,
 )
@@ -79,6 +81,7 @@ def iter_predict_slide(
     resume: bool = True,
     stop: Stop = None,
     region: tuple[int, int, int, int] | None = None,
+    exports: bool = False,
 ) -> Generator[Progress, None, PredictionResult]:
     """Predict a whole slide into pyramidal OME-Zarr outputs, as a generator.
 
@@ -113,6 +116,9 @@ def iter_predict_slide(
         window (the GUI's "current view only"). The tiles stay on the whole-slide grid, so
         the labels there equal a whole-slide run's; the outputs keep the whole slide's
         shape and stay 0 (not computed) elsewhere. ``None``: the whole slide.
+    exports
+        Also write ``prediction.geojson`` and ``prediction.png`` (``msunet predict`` does),
+        before the manifest: see :func:`~napari_msunet.inference.outputs.iter_write_exports`.
 
     Yields
     ------
@@ -126,9 +132,13 @@ def iter_predict_slide(
             ``total`` count tiles with tissue; the speed fields are this run's.
         ``"pyramid"``
             Only when the tiles are all done: ``done=0, total=1`` before the coarse levels
-            are built and the stores, ``tissue.png`` and the manifest published (no record
-            is yielded in between, so a ``close()`` never interrupts publishing), then
-            ``done=1, total=1`` once the folder holds the finished prediction.
+            are built and the stores and ``tissue.png`` published, then (after the exports'
+            records, with ``exports``) ``done=1, total=1`` once the manifest is written, last:
+            the folder then holds the finished prediction.
+        ``"vectorise"``, ``"preview"``
+            With ``exports``, while ``prediction.geojson`` and ``prediction.png`` are written.
+            A ``close()`` here leaves the stores published and no manifest; a plain rerun
+            keeps them, computes no tile and writes what is missing.
 
     Returns
     -------
@@ -137,7 +147,8 @@ def iter_predict_slide(
         ``.partial`` stores (with the run record ``prediction.run.json``) for a rerun to
         resume, and nothing is written under a final name (a finished prediction that
         ``overwrite`` was to replace stays as it was). A ``close()`` leaves the same state
-        (and returns nothing).
+        (and returns nothing). While it runs the folder's lock ``prediction.lock`` is held;
+        it is released at the end, on an error and on ``close()``.
 
     Raises
     ------
@@ -147,8 +158,10 @@ def iter_predict_slide(
         Invalid settings: tile or margin not a multiple of the model's alignment, a model that
         does not take RGB, an unavailable device.
     WriterError, MsunetError
-        A finished prediction without ``overwrite``; an interrupted one made with another
-        model or settings; outputs that cannot be written; out of GPU memory.
+        A finished prediction without ``overwrite``, or a file the run would write that
+        is not its own (``tissue.png`` say); another run writing the folder (refused before
+        any tile, naming it); an interrupted one made with another model or settings;
+        outputs that cannot be written; out of GPU memory.
     """
     t0 = time.perf_counter()
     config = config or InferenceConfig()
@@ -156,7 +169,7 @@ def iter_predict_slide(
     n_classes = check_model(model)
     normalization = Normalization.of(norm)
     outputs = out if isinstance(out, SlideOutputs) else SlideOutputs.in_dir(out)
-    check_target(outputs, overwrite)
+    check_target(outputs, overwrite, config, exports)
     geometry = working_geometry(slide, config.target_mpp, mpp)
     names, colours = class_info(norm, n_classes)
     settings = resolve_device_settings(config)
@@ -164,8 +177,12 @@ def iter_predict_slide(
     was_training = model.training
     prepare_model(model, settings)
     writers: list[OmeZarrWriter] = []
+    locked = created = False
     try:
         tiling = resolve_tiling(config, model, settings, geometry.shape)
+        created = lock_folder(outputs)  # the last check before work: a second run is refused
+        locked = True
+        check_target(outputs, overwrite, config, exports)  # again: the holder may have finished
         tissue = None
         if config.tissue:
             tt = time.perf_counter()
@@ -202,25 +219,30 @@ def iter_predict_slide(
         if region is not None:  # only then, so records of whole-slide runs stay as they were
             record["region"] = [int(v) for v in region]
         check_run_record(outputs, record, resume)
-        make_folder(outputs)
+        # stores a killed run published are complete (checked by the run record just now):
+        # kept, not recomputed; other files of an interrupted run of ours may be replaced
+        published = outputs.published(config.save_probabilities) if resume else set()
+        ours = overwrite or outputs.interrupted()
         write_json(outputs.run_record, record, overwrite=True)  # a resumed run rewrites it
         common = {
             "chunk": config.chunk,
             "mpp": geometry.mpp,
-            "overwrite": overwrite,
+            "overwrite": ours,
             "resume": resume,
         }
-        labels_w = OmeZarrWriter(
-            outputs.labels,
-            geometry.shape,
-            kind="labels",
-            class_names=names,
-            class_colors=[[0, 0, 0, 0]] + [[*c, 255] for c in colours[1:]],
-            **common,
-        )
-        writers.append(labels_w)
+        labels_w = None
+        if outputs.labels not in published:
+            labels_w = OmeZarrWriter(
+                outputs.labels,
+                geometry.shape,
+                kind="labels",
+                class_names=names,
+                class_colors=[[0, 0, 0, 0]] + [[*c, 255] for c in colours[1:]],
+                **common,
+            )
+            writers.append(labels_w)
         probs_w = None
-        if config.save_probabilities:
+        if config.save_probabilities and outputs.probabilities not in published:
             probs_w = OmeZarrWriter(
                 outputs.probabilities,
                 geometry.shape,
@@ -233,7 +255,12 @@ def iter_predict_slide(
             writers.append(probs_w)
         workers = config.write_workers if plan.conflict_free(config.chunk) else 1
         tile_writer = TileWriter(labels_w, probs_w, workers)
-        todo = [t for t in plan.tiles if not tile_writer.is_done(t.y, t.x, t.h, t.w)]
+        # a store is published only once every tile is in both: none is left to compute
+        todo = (
+            []
+            if published
+            else [t for t in plan.tiles if not tile_writer.is_done(t.y, t.x, t.h, t.w)]
+        )
         resumed = len(plan.tiles) - len(todo)
         done, px = resumed, 0
         timings.setup = time.perf_counter() - t0 - timings.tissue
@@ -279,10 +306,13 @@ def iter_predict_slide(
             tile_writer.close()
         computed = done - resumed
         if not cancelled:
-            # the last record before publishing: from here to the end nothing is yielded, so a
-            # close() cannot leave a published store without its manifest
             yield Progress(0, 1, PYRAMID, "building the pyramid", time.perf_counter() - t0)
             tf = time.perf_counter()
+            # publishing: from here a kill leaves published stores and no manifest, which a
+            # plain rerun finishes (the run record stays until the manifest is written); an
+            # old manifest being replaced goes first, so it never describes the new stores
+            if overwrite:
+                outputs.manifest.unlink(missing_ok=True)
             for w in writers:
                 w.finalize()
             extra = {
@@ -291,12 +321,15 @@ def iter_predict_slide(
                 "slide": slide.path.name,
                 "manifest": outputs.manifest.name,
             }
-            for w in writers:
-                group = zarr.open_group(w.path, mode="r+", zarr_format=3)
+            stores = [outputs.labels, outputs.probabilities][: 1 + config.save_probabilities]
+            for store in stores:
+                group = zarr.open_group(store, mode="r+", zarr_format=3)
                 group.attrs["napari_msunet_prediction"] = extra
             if tissue is not None:  # written with the stores, not before: see the Returns
-                tissue.save_png(outputs.tissue, overwrite=True)  # recomputed by every run
+                tissue.save_png(outputs.tissue, overwrite=True)  # ours: see check_target
             timings.finalize = time.perf_counter() - tf
+            if exports:
+                yield from iter_write_exports(outputs, slide, names, colours, geometry.downsample)
         timings.total = time.perf_counter() - t0
         result = PredictionResult(
             completed=not cancelled,
@@ -320,9 +353,9 @@ def iter_predict_slide(
             region=None if region is None else tuple(record["region"]),
         )
         if not cancelled:
-            remove_stale(outputs, config, tissue, overwrite)
+            remove_stale(outputs, config, tissue, overwrite, exports)
             write_manifest(outputs, overwrite, slide, geometry, config, tiling, settings, record,
-                            tissue, norm, names, colours, result)  # fmt: skip
+                            tissue, norm, names, colours, result, exports)  # fmt: skip
             outputs.run_record.unlink(missing_ok=True)
             yield Progress(1, 1, PYRAMID, "finished", time.perf_counter() - t0)
         return result
@@ -330,6 +363,8 @@ def iter_predict_slide(
         for w in writers:
             w.close()
         model.train(was_training)
+        if locked:
+            unlock_folder(outputs, created)
 
 
 def _on_tissue(labels: np.ndarray, tissue, y: int, x: int, downsample) -> np.ndarray:

@@ -11,6 +11,12 @@ holds); it is released when the last holder closes it, or when the process exits
 by a process that no longer runs on this host (a crash, a kill) is taken over. A lock from
 another host (a shared network folder) cannot be checked: the message says which file to
 delete once that program is closed.
+
+The same lock guards a prediction's output folder (:data:`OUTPUT`): two ``msunet predict``
+runs into one folder would interleave their tiles and publish each other's half-built stores.
+That lock is exclusive even within one process (two GUI tasks into one folder are refused
+too), and its file is named by the caller (``prediction.lock`` inside the folder, see
+:class:`~napari_msunet.inference.outputs.SlideOutputs`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,47 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_msunet.errors import AnnotationError
+from napari_msunet.errors import AnnotationError, MsunetError, WriterError
 
-__all__ = ["acquire", "holder", "lock_path", "release"]
+__all__ = ["OUTPUT", "STORE", "LockKind", "acquire", "holder", "lock_path", "release"]
+
+
+@dataclass(frozen=True)
+class LockKind:
+    """What a lock guards, and how a refusal reads.
+
+    Attributes
+    ----------
+    error
+        The error raised, called as ``error(guarded_path, reason)``.
+    busy
+        What the guarded path is, while another program holds it ("is being edited ...").
+    advice
+        What the user should do about the other program ("Close it there first").
+    shared
+        Whether holders in one process share the lock (counted) rather than refuse each other.
+    """
+
+    error: Callable[[Path, str], MsunetError]
+    busy: str
+    advice: str
+    shared: bool
+
+
+STORE = LockKind(
+    AnnotationError, "is being edited by another program", "Close it there first", True
+)
+"""The annotation store's edit lock: shared within a process (the GUI reopens a store)."""
+
+OUTPUT = LockKind(
+    WriterError, "is being written by another program", "Wait for it to finish", False
+)
+"""An output folder's lock: one writer at a time, even within one process."""
 
 _held: dict[Path, int] = {}  # lock file -> how many holders in this process
 _guard = threading.Lock()
@@ -48,26 +89,44 @@ def holder(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def acquire(root: str | os.PathLike[str]) -> None:
-    """Take the edit lock of the store at ``root`` for this process (counted).
+def acquire(
+    root: str | os.PathLike[str],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    kind: LockKind = STORE,
+) -> None:
+    """Take the lock of ``root`` for this process (counted when ``kind.shared``).
+
+    Parameters
+    ----------
+    root
+        What is guarded (named in the refusal).
+    path
+        The lock file; ``None``: :func:`lock_path` ``(root)``.
+    kind
+        :data:`STORE` (the default) or :data:`OUTPUT`.
 
     Raises
     ------
-    AnnotationError
-        Another running program holds it; the message names it and the lock file.
+    AnnotationError, WriterError
+        (``kind.error``) Another running program holds it -- or, for a lock that is not
+        shared, another task of this one; the message names it and the lock file.
     """
-    path = lock_path(root)
+    lock = Path(path).absolute() if path is not None else lock_path(root)
     with _guard:
-        if path in _held:
-            _held[path] += 1
+        if lock in _held:
+            if not kind.shared:
+                other = holder(lock) or _me()
+                raise kind.error(Path(root), _refusal(other, lock, kind, same_process=True))
+            _held[lock] += 1
             return
-        _take(path, Path(root))
-        _held[path] = 1
+        _take(lock, Path(root), kind)
+        _held[lock] = 1
 
 
-def release(root: str | os.PathLike[str]) -> None:
+def release(root: str | os.PathLike[str], *, path: str | os.PathLike[str] | None = None) -> None:
     """Drop one hold; the last one removes the lock file (if it is still this process's)."""
-    path = lock_path(root)
+    path = Path(path).absolute() if path is not None else lock_path(root)
     with _guard:
         count = _held.get(path, 0)
         if count > 1:
@@ -87,35 +146,45 @@ def _me() -> dict[str, Any]:
     }
 
 
-def _take(path: Path, root: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _take(path: Path, root: Path, kind: LockKind) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise kind.error(root, f"cannot take the lock {path}: {exc.strerror or exc}") from exc
     for _ in range(3):  # a stale lock removed by two takers at once: O_EXCL decides
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             other = holder(path)
             if other is not None and not _is_stale(other):
-                raise AnnotationError(root, _refusal(other, path)) from None
+                raise kind.error(root, _refusal(other, path, kind)) from None
             if other is None and _age(path) < 5.0:
                 time.sleep(0.2)  # being written by its taker right now
                 continue
             path.unlink(missing_ok=True)
             continue
         except OSError as exc:
-            raise AnnotationError(root, f"cannot take the edit lock {path}: {exc}") from exc
+            raise kind.error(root, f"cannot take the lock {path}: {exc.strerror or exc}") from exc
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_me(), f)
             f.flush()
             os.fsync(f.fileno())
         return
-    raise AnnotationError(root, f"cannot take the edit lock {path}; try again")
+    raise kind.error(root, f"cannot take the lock {path}; try again")
 
 
-def _refusal(other: dict[str, Any], path: Path) -> str:
+def _refusal(
+    other: dict[str, Any], path: Path, kind: LockKind, *, same_process: bool = False
+) -> str:
     who = f"process {other.get('pid')} ({other.get('program', '?')}) on {other.get('host', '?')}"
+    if same_process:
+        return (
+            f"{kind.busy.replace('another program', 'another task of this program')}: {who} "
+            f"(lock {path}). {kind.advice}"
+        )
     return (
-        f"is being edited by another program: {who}, since {other.get('since', '?')}. Close "
-        f"it there first; if that program is no longer running, delete {path}"
+        f"{kind.busy}: {who}, since {other.get('since', '?')}. {kind.advice}; if that program "
+        f"is no longer running, delete {path}"
     )
 
 

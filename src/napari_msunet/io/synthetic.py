@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_msunet._atomic import atomic_path
+from napari_msunet._atomic import atomic_path, atomic_write_bytes
 
 __all__ = [
     "CLASS_COLORS",
@@ -237,10 +237,16 @@ class SyntheticSlideSpec:
             )
         return {"type": "FeatureCollection", "features": features}
 
-    def write_geojson(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.geojson()))
-        return path
+    def write_geojson(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write :meth:`geojson` to ``path`` atomically.
+
+        Raises
+        ------
+        WriterError
+            ``path`` exists and ``overwrite`` is false (a user's annotation is never replaced
+            by accident), or it cannot be written.
+        """
+        return atomic_write_bytes(path, json.dumps(self.geojson()).encode(), overwrite=overwrite)
 
 
 def _level_shapes(height: int, width: int, factor: int, tile: int) -> list[tuple[int, int, float]]:
