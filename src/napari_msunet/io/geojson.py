@@ -23,15 +23,24 @@ Geometries
     skipped with a warning too. Any other geometry type is an :class:`AnnotationError`.
 
 Repairs (each with one :class:`AnnotationWarning` that counts the features concerned)
-    Invalid polygons (self-intersections, holes outside their shell, ...) are repaired with
-    :func:`shapely.make_valid`, keeping the polygonal part. When the slide's level-0 shape is
-    given, geometries reaching outside the slide are clipped to it, and those wholly outside
-    are dropped. Polygons that have no area left are dropped.
+    Positions farther than :data:`FAR_LIMIT` (10^13 px) from the origin lie on no slide
+    (a broken export, a typo, a hostile file): each is pulled in along the line from the
+    origin to that distance. Computing with them as they are (up to 1.8e308) overflows, and
+    a polygon covering half the slide was then dropped as "wholly outside"; pulled in, the
+    part of the region over the slide survives, moved by less than ``2 * side**2 / 1e13`` px
+    (0.2 px for a slide of 10^6 px a side). Invalid polygons (self-intersections, holes
+    outside their shell, ...) are repaired with :func:`shapely.make_valid`, keeping the
+    polygonal part. When the slide's level-0 shape is given, geometries reaching outside the
+    slide are clipped to it, and those wholly outside are dropped. Polygons that have no area
+    left are dropped.
 
 Errors (:class:`~napari_msunet.errors.AnnotationError`, naming the file and the feature)
-    A missing, empty, non-UTF-8 or non-JSON file; a structure that is not GeoJSON; coordinates
-    that are wrongly nested, not numbers, NaN or infinite; rings with fewer than 3 positions;
-    unknown geometry types; malformed classifications or colours.
+    A missing, empty, non-UTF-8 or non-JSON file; JSON nested deeper than Python's decoder
+    allows; a structure that is not GeoJSON; GeometryCollections nested more than
+    :data:`MAX_COLLECTION_DEPTH` deep; coordinates that are wrongly nested, not numbers, NaN
+    or infinite; rings with fewer than 3 positions; unknown geometry types; malformed
+    classifications or colours. Values quoted in messages are abbreviated, so a hostile file
+    cannot produce a huge message.
 
 Writing
     QuPath 0.4+ style: a ``FeatureCollection`` of Features with a UUID ``id``, ``objectType``
@@ -42,6 +51,7 @@ Writing
 from __future__ import annotations
 
 import json
+import reprlib
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -64,7 +74,25 @@ from napari_msunet.io.annotations import (
     default_color,
 )
 
-__all__ = ["annotations_to_geojson", "parse_geojson", "read_geojson", "write_geojson"]
+__all__ = [
+    "FAR_LIMIT",
+    "MAX_COLLECTION_DEPTH",
+    "annotations_to_geojson",
+    "parse_geojson",
+    "read_geojson",
+    "write_geojson",
+]
+
+FAR_LIMIT = 1e13
+"""Positions farther than this (level-0 px, in x or y) from the origin are pulled in to it.
+
+No slide is wider than ~10^6 px, so such a position is on no slide; left as it is, a value
+near the float maximum overflows in the geometry operations. 10^13 keeps the error of the
+part over the slide below 0.2 px for slides up to 10^6 px a side, while float64 still
+resolves 0.002 px at that distance."""
+
+MAX_COLLECTION_DEPTH = 32
+"""GeometryCollections nested deeper than this are refused (QuPath never nests them)."""
 
 # QuPath 0.2 wrote the object type as the feature id.
 _LEGACY_OBJECT_IDS = {
@@ -76,6 +104,30 @@ _LEGACY_OBJECT_IDS = {
 }
 _NO_AREA_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString"}
 _MAX_LISTED = 5  # features named in one warning before "..."
+
+# Abbreviated reprs of values from the file, for messages: bounded in length and depth, so
+# neither a 10^6-element list nor a 10^5-deep one makes a huge message or a RecursionError.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 3
+_BRIEF.maxstring = _BRIEF.maxother = 80
+_BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxtuple = 6
+
+
+def _brief(value: Any) -> str:
+    """A short repr of a value read from the file, for error messages."""
+    try:
+        return _BRIEF.repr(value)
+    except ValueError:  # an integer of more than 4300 digits has no repr
+        return f"<a {type(value).__name__} too long to show>"
+
+
+def _text(value: Any) -> str:
+    """A string/number from the file as text; anything else as a short repr."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value) if abs(value) < 1e30 else _brief(value)
+    return _brief(value)
 
 
 # --------------------------------------------------------------------------- reading
@@ -136,6 +188,14 @@ def read_geojson(
             f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             "is the file truncated or not a GeoJSON export?",
         ) from exc
+    except RecursionError:
+        raise AnnotationError(
+            path,
+            "is JSON nested too deeply to be decoded (QuPath GeoJSON is nested a few levels); "
+            "is the file broken or not a GeoJSON export?",
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise AnnotationError(path, f"is not valid GeoJSON ({exc})") from None
     return parse_geojson(data, source=path, slide_shape=slide_shape, object_types=object_types)
 
 
@@ -155,15 +215,19 @@ def parse_geojson(
     types = None if object_types is None else set(object_types)
     skipped: dict[str, list[str]] = {}
     kept: list[tuple[str, BaseGeometry, dict[str, Any]]] = []
+    far: list[str] = []
     for i, feature in enumerate(features):
         label = _describe(i, feature)
+        flags: set[str] = set()
         try:
             attrs = _properties(feature)
             if types is not None and attrs["object_type"] not in types:
                 continue
-            geometry, dropped = _geometry(feature.get("geometry"), "geometry")
+            geometry, dropped = _geometry(feature.get("geometry"), "geometry", flags)
         except _BadFeature as exc:
             raise AnnotationError(where, f"{label}: {exc}") from None
+        if "far" in flags:
+            far.append(label)
         if dropped:
             kinds = "/".join(sorted(dropped))
             reason = f"skipped parts or features without area ({kinds})"
@@ -174,6 +238,13 @@ def parse_geojson(
             continue
         kept.append((label, geometry, attrs))
 
+    if far:
+        _warn(
+            where,
+            f"pulled in positions far outside any slide (beyond {FAR_LIMIT:.0e} px) to "
+            f"{FAR_LIMIT:.0e} px from the origin",
+            far,
+        )
     geometries = _repair([g for _, g, _ in kept], [lab for lab, _, _ in kept], where)
     if slide_shape is not None:
         geometries = _clip(geometries, [lab for lab, _, _ in kept], slide_shape, where)
@@ -212,8 +283,8 @@ def _features(data: Any, where: Path | None) -> list[dict[str, Any]]:
         else:
             raise AnnotationError(
                 where,
-                f"top-level object has type {kind!r}; expected a FeatureCollection, a Feature or "
-                "a list of Features (a QuPath GeoJSON export)",
+                f"top-level object has type {_brief(kind)}; expected a FeatureCollection, a "
+                "Feature or a list of Features (a QuPath GeoJSON export)",
             )
     else:
         raise AnnotationError(
@@ -228,7 +299,9 @@ def _features(data: Any, where: Path | None) -> list[dict[str, Any]]:
             )
         kind = feature.get("type", "Feature" if "geometry" in feature else None)
         if kind != "Feature":
-            raise AnnotationError(where, f"feature #{i} has type {kind!r}, expected 'Feature'")
+            raise AnnotationError(
+                where, f"feature #{i} has type {_brief(kind)}, expected 'Feature'"
+            )
         if "geometry" not in feature:
             raise AnnotationError(where, f"feature #{i} has no 'geometry' member")
     return features
@@ -238,8 +311,9 @@ def _describe(i: int, feature: dict[str, Any]) -> str:
     props = feature.get("properties")
     name = props.get("name") if isinstance(props, dict) else None
     fid = feature.get("id")
-    extra = f" {name!r}" if isinstance(name, str) else f" (id {fid})" if fid is not None else ""
-    return f"feature #{i}{extra}"
+    if isinstance(name, str):
+        return f"feature #{i} {_brief(name)}"
+    return f"feature #{i} (id {_text(fid)})" if fid is not None else f"feature #{i}"
 
 
 def _properties(feature: dict[str, Any]) -> dict[str, Any]:
@@ -255,17 +329,19 @@ def _properties(feature: dict[str, Any]) -> dict[str, Any]:
         object_type = _LEGACY_OBJECT_IDS.get(fid, "annotation") if isinstance(fid, str) else None
         object_type = object_type or "annotation"
     if not isinstance(object_type, str) or not object_type:
-        raise _BadFeature(f"objectType must be a string, got {object_type!r}")
+        raise _BadFeature(f"objectType must be a string, got {_brief(object_type)}")
     name = props.get("name")
     if name is not None and not isinstance(name, str):
-        name = str(name)
+        name = _text(name)
     class_name, color = _classification(props.get("classification"))
+    # GeoJSON ids are strings or numbers; any other value is not kept (a new one is written)
+    valid_id = isinstance(fid, str | int | float) and not isinstance(fid, bool)
     return {
         "class_name": class_name,
         "color": color,
         "object_type": object_type,
         "name": name,
-        "id": None if fid is None or fid in _LEGACY_OBJECT_IDS else str(fid),
+        "id": _text(fid) if valid_id and fid not in _LEGACY_OBJECT_IDS else None,
     }
 
 
@@ -278,11 +354,11 @@ def _classification(value: Any) -> tuple[str, Color | None]:
         raise _BadFeature(f"classification must be an object, got {type(value).__name__}")
     name = value.get("name")
     if name is None and isinstance(value.get("names"), list):
-        name = ": ".join(str(n) for n in value["names"])
+        name = ": ".join(_text(n) for n in value["names"])
     if name is None or name == "":
         name = UNCLASSIFIED
     if not isinstance(name, str):
-        raise _BadFeature(f"classification name must be a string, got {name!r}")
+        raise _BadFeature(f"classification name must be a string, got {_brief(name)}")
     if "color" in value and value["color"] is not None:
         color = value["color"]
         if (
@@ -291,23 +367,30 @@ def _classification(value: Any) -> tuple[str, Color | None]:
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in color)
             or not all(0 <= v <= 255 for v in color)
         ):
-            raise _BadFeature(f"classification color must be [r, g, b] with 0-255, got {color!r}")
+            raise _BadFeature(
+                f"classification color must be [r, g, b] with 0-255, got {_brief(color)}"
+            )
         return name, (color[0], color[1], color[2])
     if "colorRGB" in value and value["colorRGB"] is not None:
         packed = value["colorRGB"]
         if not isinstance(packed, int) or isinstance(packed, bool):
-            raise _BadFeature(f"classification colorRGB must be an integer, got {packed!r}")
+            raise _BadFeature(f"classification colorRGB must be an integer, got {_brief(packed)}")
         packed &= 0xFFFFFF  # QuPath writes a signed 32-bit ARGB integer
         return name, ((packed >> 16) & 255, (packed >> 8) & 255, packed & 255)
     return name, None
 
 
-def _ring(coords: Any, where: str) -> np.ndarray:
-    """Validate one ring's positions and return them as an (n, 2) float array."""
+def _ring(coords: Any, where: str, flags: set[str]) -> np.ndarray:
+    """Validate one ring's positions and return them as an (n, 2) float array.
+
+    Positions beyond :data:`FAR_LIMIT` are pulled in (``"far"`` is added to ``flags``).
+    """
     if not isinstance(coords, list):
         raise _BadFeature(f"{where} is a {type(coords).__name__}, expected a list of [x, y]")
     try:
         arr = np.asarray(coords, dtype=np.float64)
+    except OverflowError:  # an integer beyond the float range (> 1.8e308)
+        raise _BadFeature(f"{where} has NaN or infinite coordinates (too large)") from None
     except (TypeError, ValueError):
         raise _BadFeature(
             f"{where} has wrongly nested or non-numeric coordinates; expected [[x, y], ...]"
@@ -320,55 +403,76 @@ def _ring(coords: Any, where: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise _BadFeature(f"{where} has NaN or infinite coordinates")
     arr = arr[:, :2]
+    reach = np.abs(arr).max(axis=1)
+    far = reach > FAR_LIMIT
+    if far.any():
+        # along the ray from the origin, so that the part over the slide barely moves
+        arr = arr.copy()
+        arr[far] *= (FAR_LIMIT / reach[far])[:, None]
+        flags.add("far")
     closed = len(arr) > 1 and bool((arr[0] == arr[-1]).all())
     if len(arr) - closed < 3:
         raise _BadFeature(f"{where} has {len(arr)} positions; a polygon ring needs at least 3")
     return arr
 
 
-def _polygon(coords: Any, where: str) -> Polygon:
+def _polygon(coords: Any, where: str, flags: set[str]) -> Polygon:
     if not isinstance(coords, list):
         raise _BadFeature(f"{where} is a {type(coords).__name__}, expected a list of rings")
     if not coords:
         return Polygon()
-    rings = [_ring(r, f"{where} ring {k}") for k, r in enumerate(coords)]
+    rings = [_ring(r, f"{where} ring {k}", flags) for k, r in enumerate(coords)]
     return Polygon(rings[0], rings[1:])
 
 
-def _geometry(geom: Any, where: str) -> tuple[BaseGeometry | None, set[str]]:
-    """Parse a GeoJSON geometry; return its polygonal part and the skipped non-areal types."""
+def _geometry(
+    geom: Any, where: str, flags: set[str], depth: int = 0
+) -> tuple[BaseGeometry | None, set[str]]:
+    """Parse a GeoJSON geometry; return its polygonal part and the skipped non-areal types.
+
+    ``depth`` counts the GeometryCollections around ``geom``; the recursion stops at
+    :data:`MAX_COLLECTION_DEPTH`, far below Python's recursion limit.
+    """
     if geom is None:
         return None, set()
     if not isinstance(geom, dict):
         raise _BadFeature(f"{where} is a {type(geom).__name__}, not a GeoJSON geometry object")
     kind = geom.get("type")
     if kind == "GeometryCollection":
+        if depth >= MAX_COLLECTION_DEPTH:
+            raise _BadFeature(
+                f"geometry has GeometryCollections nested more than {MAX_COLLECTION_DEPTH} "
+                "deep; QuPath never nests them: flatten the collection"
+            )
         parts = geom.get("geometries")
         if not isinstance(parts, list):
             raise _BadFeature(f"{where}: GeometryCollection has no 'geometries' list")
         polygons, dropped = [], set()
         for k, part in enumerate(parts):
-            g, d = _geometry(part, f"{where} part {k}")
+            g, d = _geometry(part, f"{where} part {k}", flags, depth + 1)
             dropped |= d
             if g is not None and not g.is_empty:
                 polygons.append(g)
+        # union needs valid parts (GEOS raises a TopologyException on a bow-tie)
+        polygons = [p if p.is_valid else _polygonal(shapely.make_valid(p)) for p in polygons]
+        polygons = [p for p in polygons if p is not None]
         if not polygons:
             return None, dropped
         merged = polygons[0] if len(polygons) == 1 else _polygonal(shapely.union_all(polygons))
         return merged, dropped
-    if kind in _NO_AREA_TYPES:
+    if isinstance(kind, str) and kind in _NO_AREA_TYPES:  # (a list type is unhashable)
         return None, {kind}
     if kind not in ("Polygon", "MultiPolygon"):
         raise _BadFeature(
-            f"{where} has unsupported type {kind!r}; expected Polygon or MultiPolygon "
+            f"{where} has unsupported type {_brief(kind)}; expected Polygon or MultiPolygon "
             "(Points and LineStrings are skipped)"
         )
     coords = geom.get("coordinates")
     if kind == "Polygon":
-        return _polygon(coords, where), set()
+        return _polygon(coords, where, flags), set()
     if not isinstance(coords, list):
         raise _BadFeature(f"{where}: MultiPolygon coordinates must be a list of polygons")
-    parts = [_polygon(p, f"{where} polygon {k}") for k, p in enumerate(coords)]
+    parts = [_polygon(p, f"{where} polygon {k}", flags) for k, p in enumerate(coords)]
     parts = [p for p in parts if not p.is_empty]
     return MultiPolygon(parts) if parts else None, set()
 

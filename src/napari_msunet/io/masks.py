@@ -8,6 +8,7 @@ the file when it carries them (OME-NGFF ``image-label``, our OME-XML MapAnnotati
 from __future__ import annotations
 
 import json
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,43 @@ def _check_labels(path: Path, arr: Any) -> None:
         )
 
 
+class _GuardedReader:
+    """A zarr array whose read errors become an :class:`AnnotationError` naming the file.
+
+    Masks are read lazily, chunk by chunk, long after :func:`open_mask` returned: a truncated
+    or corrupt chunk would otherwise surface as a codec or tifffile error from deep inside
+    dask, which the CLI and the GUI do not recognise as a problem with the user's file.
+    """
+
+    def __init__(self, path: Path, array: Any) -> None:
+        self.path, self._array = path, array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self._array[key])
+        except MemoryError:  # not the file's fault
+            raise
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            raise AnnotationError(
+                self.path,
+                f"cannot be read: the file is corrupt or truncated ({detail[:200]})",
+            ) from exc
+
+
+def _lazy(path: Path, array: Any) -> da.Array:
+    """``array`` (zarr) as a dask array chunked like the file, read errors made ours."""
+    return da.from_array(
+        _GuardedReader(path, array),
+        chunks=array.chunks,
+        name=f"mask-{uuid.uuid4().hex}",
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
+
+
 def _classes(names: list[str | None], colors: list[Any]) -> tuple[ClassInfo, ...]:
     out = []
     for label, name in enumerate(names):
@@ -97,7 +135,7 @@ def _open_zarr(path: Path) -> LabelMask:
     if not multiscales:
         raise AnnotationError(path, "is a zarr store without OME-NGFF multiscales metadata")
     datasets = multiscales[0]["datasets"]
-    levels = tuple(da.from_zarr(group[d["path"]]) for d in datasets)
+    levels = tuple(_lazy(path, group[d["path"]]) for d in datasets)
     scale = datasets[0].get("coordinateTransformations", [{}])[0].get("scale")
     units = [a.get("unit") for a in multiscales[0].get("axes", [])]
     mpp = float(scale[-1]) if scale and "micrometer" in units else None
@@ -121,7 +159,7 @@ def _open_tiff(path: Path) -> LabelMask:
     levels = []
     for i in range(len(series.levels)):
         z = zarr.open_array(series.aszarr(level=i), mode="r")
-        arr = da.from_zarr(z)
+        arr = _lazy(path, z)
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         levels.append(arr)

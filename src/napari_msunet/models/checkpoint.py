@@ -333,6 +333,8 @@ def _parse_header(path: Path, handle: Any) -> ModelHeader:
         raise ModelFileError(path, f"has an invalid header: {_cut(str(exc))}") from None
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"has an invalid header ({_cut(str(exc))})") from None
+    except RecursionError:  # JSON nested ~1000 deep: Python's decoder gives up
+        raise ModelFileError(path, "has a header nested too deeply to be decoded") from None
 
 
 def _cut(reason: str) -> str:
