@@ -7,7 +7,36 @@ wrong and, where possible, what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def brief(values: Any, limit: int = 5, *, _depth: int = 0) -> str:
+    """A short text for a value read from a file, for error messages.
+
+    A list shows its first ``limit`` items and how many there are in all; a long string its
+    start and its length; anything else its ``repr`` cut to a line. Files are untrusted input:
+    echoing a list of 10⁶ class names made a 10.9 MB message, and a 10⁵-deep list a
+    RecursionError.
+    """
+    if isinstance(values, str):
+        return (
+            repr(values) if len(values) <= 60 else f"{values[:40]!r}... ({len(values)} characters)"
+        )
+    if isinstance(values, Sequence | set | frozenset | Mapping):
+        items = list(values)
+        if _depth >= 3:  # nested lists of lists: the shape is enough
+            return f"[... ({len(items)} items)]"
+        shown = ", ".join(brief(v, limit, _depth=_depth + 1) for v in items[:limit])
+        if len(items) > limit:
+            return f"[{shown}, ... ({len(items)} in all)]"
+        return f"[{shown}]"
+    try:
+        text = repr(values)
+    except ValueError:  # an integer of more than 4300 digits has no repr
+        return f"<a {type(values).__name__} too long to show>"
+    return text if len(text) <= 80 else f"{text[:60]}... ({type(values).__name__})"
 
 
 class MsunetError(Exception):

@@ -51,7 +51,6 @@ Writing
 from __future__ import annotations
 
 import json
-import reprlib
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -64,7 +63,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from napari_msunet._atomic import atomic_write_bytes
-from napari_msunet.errors import AnnotationError, WriterError
+from napari_msunet.errors import AnnotationError, WriterError, brief
 from napari_msunet.io.annotations import (
     UNCLASSIFIED,
     Annotation,
@@ -105,29 +104,14 @@ _LEGACY_OBJECT_IDS = {
 _NO_AREA_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString"}
 _MAX_LISTED = 5  # features named in one warning before "..."
 
-# Abbreviated reprs of values from the file, for messages: bounded in length and depth, so
-# neither a 10^6-element list nor a 10^5-deep one makes a huge message or a RecursionError.
-_BRIEF = reprlib.Repr()
-_BRIEF.maxlevel = 3
-_BRIEF.maxstring = _BRIEF.maxother = 80
-_BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxtuple = 6
-
-
-def _brief(value: Any) -> str:
-    """A short repr of a value read from the file, for error messages."""
-    try:
-        return _BRIEF.repr(value)
-    except ValueError:  # an integer of more than 4300 digits has no repr
-        return f"<a {type(value).__name__} too long to show>"
-
 
 def _text(value: Any) -> str:
     """A string/number from the file as text; anything else as a short repr."""
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value) if abs(value) < 1e30 else _brief(value)
-    return _brief(value)
+        return str(value) if abs(value) < 1e30 else brief(value)
+    return brief(value)
 
 
 # --------------------------------------------------------------------------- reading
@@ -283,7 +267,7 @@ def _features(data: Any, where: Path | None) -> list[dict[str, Any]]:
         else:
             raise AnnotationError(
                 where,
-                f"top-level object has type {_brief(kind)}; expected a FeatureCollection, a "
+                f"top-level object has type {brief(kind)}; expected a FeatureCollection, a "
                 "Feature or a list of Features (a QuPath GeoJSON export)",
             )
     else:
@@ -299,9 +283,7 @@ def _features(data: Any, where: Path | None) -> list[dict[str, Any]]:
             )
         kind = feature.get("type", "Feature" if "geometry" in feature else None)
         if kind != "Feature":
-            raise AnnotationError(
-                where, f"feature #{i} has type {_brief(kind)}, expected 'Feature'"
-            )
+            raise AnnotationError(where, f"feature #{i} has type {brief(kind)}, expected 'Feature'")
         if "geometry" not in feature:
             raise AnnotationError(where, f"feature #{i} has no 'geometry' member")
     return features
@@ -312,7 +294,7 @@ def _describe(i: int, feature: dict[str, Any]) -> str:
     name = props.get("name") if isinstance(props, dict) else None
     fid = feature.get("id")
     if isinstance(name, str):
-        return f"feature #{i} {_brief(name)}"
+        return f"feature #{i} {brief(name)}"
     return f"feature #{i} (id {_text(fid)})" if fid is not None else f"feature #{i}"
 
 
@@ -329,7 +311,7 @@ def _properties(feature: dict[str, Any]) -> dict[str, Any]:
         object_type = _LEGACY_OBJECT_IDS.get(fid, "annotation") if isinstance(fid, str) else None
         object_type = object_type or "annotation"
     if not isinstance(object_type, str) or not object_type:
-        raise _BadFeature(f"objectType must be a string, got {_brief(object_type)}")
+        raise _BadFeature(f"objectType must be a string, got {brief(object_type)}")
     name = props.get("name")
     if name is not None and not isinstance(name, str):
         name = _text(name)
@@ -358,7 +340,7 @@ def _classification(value: Any) -> tuple[str, Color | None]:
     if name is None or name == "":
         name = UNCLASSIFIED
     if not isinstance(name, str):
-        raise _BadFeature(f"classification name must be a string, got {_brief(name)}")
+        raise _BadFeature(f"classification name must be a string, got {brief(name)}")
     if "color" in value and value["color"] is not None:
         color = value["color"]
         if (
@@ -368,13 +350,13 @@ def _classification(value: Any) -> tuple[str, Color | None]:
             or not all(0 <= v <= 255 for v in color)
         ):
             raise _BadFeature(
-                f"classification color must be [r, g, b] with 0-255, got {_brief(color)}"
+                f"classification color must be [r, g, b] with 0-255, got {brief(color)}"
             )
         return name, (color[0], color[1], color[2])
     if "colorRGB" in value and value["colorRGB"] is not None:
         packed = value["colorRGB"]
         if not isinstance(packed, int) or isinstance(packed, bool):
-            raise _BadFeature(f"classification colorRGB must be an integer, got {_brief(packed)}")
+            raise _BadFeature(f"classification colorRGB must be an integer, got {brief(packed)}")
         packed &= 0xFFFFFF  # QuPath writes a signed 32-bit ARGB integer
         return name, ((packed >> 16) & 255, (packed >> 8) & 255, packed & 255)
     return name, None
@@ -464,7 +446,7 @@ def _geometry(
         return None, {kind}
     if kind not in ("Polygon", "MultiPolygon"):
         raise _BadFeature(
-            f"{where} has unsupported type {_brief(kind)}; expected Polygon or MultiPolygon "
+            f"{where} has unsupported type {brief(kind)}; expected Polygon or MultiPolygon "
             "(Points and LineStrings are skipped)"
         )
     coords = geom.get("coordinates")

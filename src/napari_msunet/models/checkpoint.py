@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_save
 
 from napari_msunet import __version__
 from napari_msunet._atomic import atomic_write_bytes
-from napari_msunet.errors import ConfigError, ModelFileError
+from napari_msunet.errors import ConfigError, ModelFileError, brief
 from napari_msunet.models.base import SegmentationModel
 from napari_msunet.models.config import ModelConfig
 from napari_msunet.models.registry import MODELS, build_from_config
@@ -49,29 +49,6 @@ DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (
 
 _MAX_REASON = 400
 """Longest reason a header error keeps: a header is untrusted input and may hold megabytes."""
-
-
-def brief(values: Any, limit: int = 5, *, _depth: int = 0) -> str:
-    """A short text for a value that may be huge, for error messages.
-
-    A list shows its first ``limit`` items and how many there are in all; a long string its
-    start and its length; anything else its ``repr`` cut to a line. A model header is
-    untrusted input: echoing a list of 10⁶ class names made a 10.9 MB error message.
-    """
-    if isinstance(values, str):
-        return (
-            repr(values) if len(values) <= 60 else f"{values[:40]!r}... ({len(values)} characters)"
-        )
-    if isinstance(values, Sequence | set | frozenset | Mapping):
-        items = list(values)
-        if _depth >= 3:  # nested lists of lists: the shape is enough
-            return f"[... ({len(items)} items)]"
-        shown = ", ".join(brief(v, limit, _depth=_depth + 1) for v in items[:limit])
-        if len(items) > limit:
-            return f"[{shown}, ... ({len(items)} in all)]"
-        return f"[{shown}]"
-    text = repr(values)
-    return text if len(text) <= 80 else f"{text[:60]}... ({type(values).__name__})"
 
 
 def _float_tuple(name: str, values: Any, n: int) -> tuple[float, ...]:

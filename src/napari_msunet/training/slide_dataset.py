@@ -33,14 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from napari_msunet.errors import AnnotationError, ConfigError
+from napari_msunet.errors import AnnotationError, ConfigError, brief
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.masks import LabelMask, open_mask
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.slide import Slide, open_slide
 from napari_msunet.io.tissue import detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry
-from napari_msunet.models.checkpoint import brief
 from napari_msunet.training.losses import IGNORE_INDEX
 
 __all__ = [
