@@ -155,3 +155,22 @@ def test_a_users_tissue_png_is_refused_before_any_work(case, tmp_path, capsys):
     assert "--overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["tissue.png"]
     assert (out / "tissue.png").read_bytes() == b"my tissue mask"
+
+
+def test_two_slides_with_one_name_are_refused_before_any_work(case, tmp_path, capsys):
+    """Issue 12 item 15: ``predict a/x.svs b/x.svs --out d`` would write both into ``d/x``;
+    the second failed with a misleading "holds a finished prediction"."""
+    from napari_msunet.cli import main
+
+    _, slide, model = case
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "x.svs", tmp_path / "b" / "x.svs"
+    first.symlink_to(slide)
+    second.symlink_to(slide)
+    out = tmp_path / "d"
+    args = ["predict", str(first), str(second), "--model", str(model), "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{first} and {second} would both write their prediction to {out / 'x'}" in err
+    assert not out.exists()

@@ -160,3 +160,26 @@ def test_eager_evaluate_takes_the_same_stop(tmp_path):
         "report.json",
     ]
     assert result.metrics["GC"].tp > 0
+
+
+def test_a_second_evaluation_into_a_folder_in_use_is_refused(tmp_path):
+    """Two evaluations writing one report folder would mix their files: the second is refused
+    at start, naming the holder (issue 12: every command that writes holds its folder)."""
+    from napari_msunet.errors import WriterError
+
+    pred, truth = _evaluation_inputs(tmp_path)
+    first = iter_evaluate(pred, truth, out_dir=tmp_path / "report")
+    next(first)  # counting: the folder is held
+    assert (tmp_path / "report" / "evaluation.lock").is_file()
+    with pytest.raises(WriterError, match="another task of this program") as refused:
+        evaluate(pred, truth, out_dir=tmp_path / "report")
+    assert "evaluation.lock" in str(refused.value)
+    first.close()
+    assert not (tmp_path / "report").exists()  # made by the closed run, left empty: removed
+    result = evaluate(pred, truth, out_dir=tmp_path / "report")
+    assert result is not None
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "overlay.png",
+        "report.csv",
+        "report.json",
+    ]

@@ -196,3 +196,38 @@ def test_close_writes_no_version_and_a_rerun_resumes(case, tmp_path):
     assert result.steps == 3
     assert not result.stopped
     assert load_model(out)[1].training["steps"] == 3
+
+
+def test_a_plain_rerun_finishes_an_interrupted_version(case, tmp_path):
+    """Issue 12 item 15: an interrupted fine-tune left ``-ft1.run`` behind and the rerun
+    started over as ``-ft2``; now the same command finishes ``-ft1`` at its step, and other
+    settings start a new version, leaving the interrupted one alone."""
+    import shutil
+
+    root, slide, parent_file, _ = case
+    parent = shutil.copy(parent_file, tmp_path / "model.safetensors")
+    settings = dict(steps=3, batch_size=2, device="cpu")
+    gen = iter_finetune(parent, _specs(root, slide), **settings)
+    next(gen)
+    gen.close()  # Ctrl-C after one step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-ft1.run", "model.safetensors"]
+
+    other = iter_finetune(parent, _specs(root, slide), **{**settings, "steps": 2})
+    assert run(other).model == tmp_path / "model-ft2.safetensors"  # other settings: new
+    gen = iter_finetune(parent, _specs(root, slide), **settings)
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen).done)
+    except StopIteration as done:
+        result = done.value
+    assert steps[0] == 2  # resumed at its step
+    assert result.model == tmp_path / "model-ft1.safetensors"
+    assert result.steps == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model-ft1.run",
+        "model-ft1.safetensors",
+        "model-ft2.run",
+        "model-ft2.safetensors",
+        "model.safetensors",
+    ]

@@ -213,3 +213,52 @@ def test_cuda_training_with_amp_learns_and_saves_a_cpu_loadable_model(tmp_path):
         gpu = model.to("cuda")(x.to("cuda")).cpu()
     # cuDNN may use TF32 for convolutions (10-bit mantissa): close, not equal
     assert torch.allclose(cpu, gpu, atol=2e-2, rtol=2e-2)
+
+
+def test_a_restarted_run_does_not_return_the_old_runs_best(tmp_path):
+    """``resume=False`` (``--restart``): the earlier run's best and history are not this run's."""
+    pairs = make_blobs(tmp_path / "data")
+    cfg = config(epochs=1, steps_per_epoch=2)
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    val = FolderDataset(pairs, None, seed=0)
+    _, first = run(iter_train(cfg, ds, val, tmp_path / "run"))
+    assert first.best is not None and first.best.exists()
+    _, again = run(iter_train(cfg, ds, None, tmp_path / "run", resume=False))
+    assert again.best is None and again.best_score is None and again.history == []
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in lines] == [1, 2]
+
+
+class _FailsAfter(torch.utils.data.Dataset):
+    """A dataset whose reads fail after ``n`` items: a tile that cannot be read mid-epoch."""
+
+    def __init__(self, inner, n):
+        self.inner, self.left = inner, n
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if self.left <= 0:
+            raise OSError("the slide's disk went away")
+        self.left -= 1
+        return self.inner[i]
+
+
+def test_an_error_mid_epoch_keeps_the_steps_done_for_the_rerun(tmp_path):
+    pairs = make_blobs(tmp_path / "data")
+    cfg = config(epochs=1, steps_per_epoch=8)
+    failing = _FailsAfter(FolderDataset(pairs, context_size(cfg.patch), seed=0), 20)
+    gen = iter_train(cfg, failing, None, tmp_path / "run")
+    done = []
+    with pytest.raises(OSError, match="went away"):
+        for rec in gen:
+            done.append(rec.done)
+    assert 0 < len(done) < 8
+    _, header = load_model(tmp_path / "run" / "last.safetensors")
+    assert header.training["steps"] == len(done)  # every full step before the error
+    data = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    records, result = run(iter_train(cfg, data, None, tmp_path / "run"))
+    assert [r.done for r in records if isinstance(r, TrainStep)][0] == len(done) + 1
+    assert result.global_step == 8

@@ -52,7 +52,11 @@ from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
-from napari_msunet.training.finetune import FinetuneResult, iter_finetune
+from napari_msunet.training.finetune import (
+    FinetuneResult,
+    interrupted_version,
+    iter_finetune,
+)
 from napari_msunet.training.slide_dataset import SlideSpec
 from napari_msunet.training.trainer import TrainStep
 
@@ -355,6 +359,9 @@ class FinetuneWidget(QWidget):
             "seed": self.seed.value(),
             "device": self.device.currentText(),
         }
+        # a fine-tune of these settings that was interrupted (napari closed, a crash) is
+        # finished rather than started again as the next version
+        target = interrupted_version(target.parent, parent, [spec], **settings) or target
 
         def make(stop):
             # torch's optimiser imports torch._dynamo on first use: see import_quietly

@@ -2,13 +2,23 @@
 
 Every core generator yields :class:`~napari_msunet.progress.Progress` records (see
 :mod:`napari_msunet.progress`); this driver reads their ``done``/``total``/``stage``/``message``
-fields and starts a new bar when the stage changes. Ctrl-C closes the generator (which cleans up
-what it had half written) and re-raises.
+fields and starts a new bar when the stage changes.
+
+Ctrl-C is deferred to the generator's next record: a ``KeyboardInterrupt`` raised in the middle
+of a generator's work (a training step, a tile write) would end it there, past its ``finally``
+but without the checkpoint it writes when closed at a yield. So the first Ctrl-C only asks to
+stop; at the next record the driver closes the generator (which writes its resumable state and
+cleans up what it had half written) and raises ``KeyboardInterrupt``. A second Ctrl-C interrupts
+at once, for work that does not come back to a yield.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 from napari_msunet.progress import Progress
@@ -41,25 +51,28 @@ def drive(
     bar = None
     stage = None
     try:
-        while True:
-            rec = next(gen)
-            if bar is None or rec.stage != stage:
-                if bar is not None:
-                    bar.close()
-                stage = rec.stage
-                bar = tqdm(
-                    total=rec.total or None,
-                    initial=rec.done,  # a resumed run starts part-way; its rate counts from here
-                    desc=f"{desc}: {stage}" if stage else desc,
-                )
-            if rec.total and bar.total != rec.total:
-                bar.total = rec.total
-            bar.n = rec.done
-            bar.set_postfix_str(rec.message, refresh=True)
-            if on_record is not None:
-                line = on_record(rec)
-                if line:
-                    bar.write(line)
+        with _deferred_interrupt() as interrupted:
+            while True:
+                rec = next(gen)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                if bar is None or rec.stage != stage:
+                    if bar is not None:
+                        bar.close()
+                    stage = rec.stage
+                    bar = tqdm(
+                        total=rec.total or None,
+                        initial=rec.done,  # a resumed run starts part-way; rate counts from here
+                        desc=f"{desc}: {stage}" if stage else desc,
+                    )
+                if rec.total and bar.total != rec.total:
+                    bar.total = rec.total
+                bar.n = rec.done
+                bar.set_postfix_str(rec.message, refresh=True)
+                if on_record is not None:
+                    line = on_record(rec)
+                    if line:
+                        bar.write(line)
     except StopIteration as finished:
         return finished.value
     except KeyboardInterrupt:
@@ -68,3 +81,32 @@ def drive(
     finally:
         if bar is not None:
             bar.close()
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[threading.Event]:
+    """While inside, the first Ctrl-C sets the event; the second raises ``KeyboardInterrupt``.
+
+    Only the main thread can handle signals; elsewhere (a test driving the CLI in a thread)
+    the event is never set and Ctrl-C behaves as usual.
+    """
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def on_sigint(signum, frame):
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+        print(
+            "\nstopping at the next step, keeping what is done (Ctrl-C again to stop at once)...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)

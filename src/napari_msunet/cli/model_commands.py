@@ -28,10 +28,9 @@ def _predict(args: argparse.Namespace) -> int:
         if value is not None:
             settings[name] = value
     config = InferenceConfig(**settings)
-    out_root = Path(args.out)
+    folders = _prediction_folders(args.slides, Path(args.out), args.per_slide)
     failures = 0
-    for path in args.slides:
-        out = out_root / stem(Path(path)) if len(args.slides) > 1 or args.per_slide else out_root
+    for path, out in zip(args.slides, folders, strict=True):
         try:
             with open_slide(path) as slide:
                 # exports: prediction.geojson and prediction.png are written by the engine
@@ -58,6 +57,27 @@ def _predict(args: argparse.Namespace) -> int:
             f"{result.timings.get('total', 0):.1f} s on {result.device} -> {out}"
         )
     return 1 if failures else 0
+
+
+def _prediction_folders(slides: list[str], out: Path, per_slide: bool) -> list[Path]:
+    """The output folder of each slide: ``out`` itself, or ``out/<stem>`` for several.
+
+    Two slides with one name (``a/x.svs`` and ``b/x.svs``) would share ``out/x``: the second
+    would find the first's finished prediction there. Refused before any work, naming both.
+    """
+    if len(slides) == 1 and not per_slide:
+        return [out]
+    folders = [out / stem(Path(path)) for path in slides]
+    first: dict[Path, str] = {}
+    for path, folder in zip(slides, folders, strict=True):
+        if folder in first:
+            raise MsunetError(
+                f"{first[folder]} and {path} would both write their prediction to {folder}: "
+                "slides predicted together need different names; predict them in separate "
+                "runs with different --out folders"
+            )
+        first[folder] = path
+    return folders
 
 
 @command("evaluate")

@@ -50,6 +50,7 @@ from napari_msunet.evaluation.matching import ClassMatch
 from napari_msunet.evaluation.metrics import SegmentationMetrics
 from napari_msunet.evaluation.overlay import render_overlay, tpfpfn_codes, write_overlay_png
 from napari_msunet.evaluation.report import build_report, write_csv_report, write_json_report
+from napari_msunet.io._store_lock import folder_lock
 from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = ["OUTPUT_NAMES", "EvaluationResult", "evaluate", "iter_evaluate"]
@@ -200,7 +201,8 @@ def iter_evaluate(
     SlideError
         The slide cannot be opened.
     WriterError
-        An output exists (without ``overwrite``) or cannot be written.
+        An output exists (without ``overwrite``) or cannot be written; or another
+        evaluation writes ``out_dir`` (it holds ``out_dir/evaluation.lock``).
     MsunetError
         Other bad input (labels beyond 1023, a negative ignore label).
 
@@ -211,53 +213,54 @@ def iter_evaluate(
     """
     out = Path(out_dir)
     outputs = _check_outputs(out, overwrite)
-    check_ignore_label(ignore_label)
-    prediction = load_prediction(pred, class_names)
-    with _open_slide(slide) as the_slide:
-        # a prediction that does not fit its slide is refused whatever the truth is
-        d_slide = None if the_slide is None else slide_downsample(prediction, the_slide)
-        truth_ = load_truth(truth, prediction, slide=the_slide, ignore_label=ignore_label)
-        region_src = load_region(region, prediction.shape)
-        preview = _Preview(
-            prediction.shape,
-            _preview_step(prediction.shape, overlay_max_side),
-            prediction.source.dtype,
-            truth_.levels[0].dtype,
-            with_region=region_src is not None,
-        )
-        confusion = yield from iter_count(
-            prediction.source,
-            truth_.source,
-            relabel=truth_.relabel,
-            region=region_src,
+    with folder_lock(out, "evaluation.lock"):  # one evaluation writes a folder at a time
+        check_ignore_label(ignore_label)
+        prediction = load_prediction(pred, class_names)
+        with _open_slide(slide) as the_slide:
+            # a prediction that does not fit its slide is refused whatever the truth is
+            d_slide = None if the_slide is None else slide_downsample(prediction, the_slide)
+            truth_ = load_truth(truth, prediction, slide=the_slide, ignore_label=ignore_label)
+            region_src = load_region(region, prediction.shape)
+            preview = _Preview(
+                prediction.shape,
+                _preview_step(prediction.shape, overlay_max_side),
+                prediction.source.dtype,
+                truth_.levels[0].dtype,
+                with_region=region_src is not None,
+            )
+            confusion = yield from iter_count(
+                prediction.source,
+                truth_.source,
+                relabel=truth_.relabel,
+                region=region_src,
+                ignore_label=ignore_label,
+                files=(prediction.path, truth_.path),
+                stage="count",
+                what="counting pixels",
+                stop=stop,
+                workers=workers,
+                sampler=preview,
+            )
+            if confusion is None:
+                return None
+            thumb = the_slide.thumbnail(2 * overlay_max_side) if the_slide is not None else None
+            level_mpp = None
+            if the_slide is not None and the_slide.mpp is not None and d_slide is not None:
+                level_mpp = the_slide.mpp * d_slide
+        return _finish(
+            prediction,
+            truth_,
+            confusion,
+            (preview.pred, preview.truth, preview.valid, thumb),
+            step=preview.step,
+            slide=Path(slide) if slide is not None else None,
+            slide_mpp=level_mpp,
+            slide_downsample=d_slide,
             ignore_label=ignore_label,
-            files=(prediction.path, truth_.path),
-            stage="count",
-            what="counting pixels",
-            stop=stop,
-            workers=workers,
-            sampler=preview,
+            region=region_src,
+            outputs=outputs,
+            overwrite=overwrite,
         )
-        if confusion is None:
-            return None
-        thumb = the_slide.thumbnail(2 * overlay_max_side) if the_slide is not None else None
-        level_mpp = None
-        if the_slide is not None and the_slide.mpp is not None and d_slide is not None:
-            level_mpp = the_slide.mpp * d_slide
-    return _finish(
-        prediction,
-        truth_,
-        confusion,
-        (preview.pred, preview.truth, preview.valid, thumb),
-        step=preview.step,
-        slide=Path(slide) if slide is not None else None,
-        slide_mpp=level_mpp,
-        slide_downsample=d_slide,
-        ignore_label=ignore_label,
-        region=region_src,
-        outputs=outputs,
-        overwrite=overwrite,
-    )
 
 
 class _Preview:

@@ -16,26 +16,39 @@ The same lock guards a prediction's output folder (:data:`OUTPUT`): two ``msunet
 runs into one folder would interleave their tiles and publish each other's half-built stores.
 That lock is exclusive even within one process (two GUI tasks into one folder are refused
 too), and its file is named by the caller (``prediction.lock`` inside the folder, see
-:class:`~napari_msunet.inference.outputs.SlideOutputs`).
+:class:`~napari_msunet.inference.outputs.SlideOutputs`). Every other command that writes a
+folder holds the same kind of lock while it works, through :func:`folder_lock`: a training
+run its ``out`` folder (``train.lock``, fine-tuning included), an evaluation its report
+folder (``evaluation.lock``).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from napari_msunet.errors import AnnotationError, MsunetError, WriterError
 
-__all__ = ["OUTPUT", "STORE", "LockKind", "acquire", "holder", "lock_path", "release"]
+__all__ = [
+    "OUTPUT",
+    "STORE",
+    "LockKind",
+    "acquire",
+    "folder_lock",
+    "holder",
+    "lock_path",
+    "release",
+]
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,38 @@ def release(root: str | os.PathLike[str], *, path: str | os.PathLike[str] | None
         _held.pop(path, None)
         if count:
             _remove_if_mine(path)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], name: str) -> Iterator[Path]:
+    """Hold the :data:`OUTPUT` lock ``folder/name`` while a command writes ``folder``.
+
+    The folder is created if needed (the lock lives in it); if it was created here and holds
+    nothing when the work ends (a run refused after the lock, say), it is removed again, so a
+    refused command leaves no trace.
+
+    Raises
+    ------
+    WriterError
+        Another program, or another task of this one, writes the folder (the message names
+        it and the lock file); or the folder cannot be created.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        acquire(folder, path=folder / name, kind=OUTPUT)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
+        yield folder
+    finally:
+        release(folder, path=folder / name)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: it holds the command's work
+                folder.rmdir()
 
 
 def _me() -> dict[str, Any]:

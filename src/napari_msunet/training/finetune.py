@@ -17,9 +17,13 @@ Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
 - ``stop`` before the first step: nothing was learnt, so no version is written and the empty
   run folder is removed; the result has ``model=None`` and ``steps=0``. A model version
   always differs from its parent.
-- ``close()`` (Ctrl-C in the CLI): no version is written; the run folder keeps a checkpoint,
-  and calling again with the same ``out`` resumes it at the same step. No model file is ever
-  half written: every one is written to a temporary sibling and renamed when complete.
+- ``close()`` (Ctrl-C in the CLI), an error, or a kill: no version is written; the run folder
+  keeps its last checkpoint (written on the interrupt or the error, and every few minutes, so
+  that a kill loses little). Calling again with the same ``out`` resumes it at that step, and
+  so does calling again *without* ``out`` with the same parent, slides and settings
+  (:func:`interrupted_version` finds the run): a rerun finishes the interrupted version rather
+  than starting ``-ft(N+1)`` and leaving ``-ftN.run`` behind. No model file is ever half
+  written: every one is written to a temporary sibling and renamed when complete.
 
 What is read before the first step, so that a mistake is told before minutes of training:
 
@@ -43,7 +47,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
-from napari_msunet.errors import AnnotationError, ConfigError
+from napari_msunet.errors import AnnotationError, ConfigError, MsunetError
 from napari_msunet.models.checkpoint import load_model, read_header, save_model
 from napari_msunet.progress import Stop, eager
 from napari_msunet.training.augment import context_size
@@ -61,6 +65,7 @@ __all__ = [
     "FinetuneResult",
     "FinetuneWarning",
     "finetune",
+    "interrupted_version",
     "iter_finetune",
     "next_version_path",
 ]
@@ -106,6 +111,70 @@ def next_version_path(parent: Path) -> Path:
     ).exists():
         n += 1
     return parent.with_name(f"{base}-ft{n}.safetensors")
+
+
+def interrupted_version(
+    folder: Path,
+    parent: Path,
+    slides: Sequence[SlideSpec],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    **_: object,
+) -> Path | None:
+    """The version an interrupted fine-tune of ``parent`` in ``folder`` was writing, if any.
+
+    A run folder ``<stem>-ftN.run`` with a checkpoint but no ``<stem>-ftN.safetensors`` is a
+    fine-tune that was closed, failed or killed. When it was made from the same parent (same
+    checksum) on the same slides and annotations with the same settings, running again
+    should finish it: its target is returned, and :func:`iter_finetune` with that ``out``
+    resumes at the checkpoint's step. Anything else (other settings, another parent) is
+    left alone and ``None`` returned: a new version is started.
+
+    Extra keyword arguments (``device``) are accepted and ignored: the device does not change
+    what is learnt, only how fast.
+    """
+    wanted = None
+    for run_dir in sorted(folder.glob("*-ft*.run")):
+        target = run_dir.with_name(run_dir.name.removesuffix(".run") + ".safetensors")
+        state = run_dir / "last.state.safetensors"
+        if target.exists() or not state.is_file():
+            continue
+        try:
+            training = read_header(run_dir / "last.safetensors").training
+        except MsunetError:
+            continue
+        if not isinstance(training, dict) or training.get("kind") != "fine-tune":
+            continue
+        config = training.get("config") if isinstance(training.get("config"), dict) else {}
+        if wanted is None:
+            wanted = {
+                "parent_sha256": _sha256(parent),
+                "slides": _slides_record(slides),
+                "settings": [steps, lr, batch_size, seed],
+            }
+        found = {
+            "parent_sha256": training.get("parent_sha256"),
+            "slides": training.get("slides"),
+            "settings": [config.get(k) for k in ("steps_per_epoch", "lr", "batch_size", "seed")],
+        }
+        if found == wanted:
+            return target
+    return None
+
+
+def _slides_record(slides: Sequence[SlideSpec]) -> list[dict[str, str | None]]:
+    """How a version's header records its slides (and :func:`interrupted_version` compares)."""
+    return [
+        {
+            "slide": str(s.slide),
+            "annotation": str(s.annotation),
+            "regions": str(s.regions) if s.regions else None,
+        }
+        for s in slides
+    ]
 
 
 def _sha256(path: Path) -> str:
@@ -196,6 +265,9 @@ def iter_finetune(
     """
     parent = Path(model)
     load_model(parent)  # validates the file before any work
+    if out is None:  # finish an interrupted run of these settings, else the next version
+        settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed}
+        out = interrupted_version(parent.parent, parent, slides, **settings)
     target = Path(out) if out is not None else next_version_path(parent)
     if target.exists():
         raise ConfigError(f"{target}: already exists; model versions are never overwritten")
@@ -219,14 +291,7 @@ def iter_finetune(
     provenance = {
         "kind": "fine-tune",
         "parent_sha256": _sha256(parent),
-        "slides": [
-            {
-                "slide": str(s.slide),
-                "annotation": str(s.annotation),
-                "regions": str(s.regions) if s.regions else None,
-            }
-            for s in slides
-        ],
+        "slides": _slides_record(slides),
     }
     result = yield from iter_train(
         cfg, data, None, run_dir, init_model=parent, provenance=provenance, stop=stop

@@ -20,6 +20,7 @@ validation foreground Dice) and ``history.jsonl`` (one line per step and per val
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -33,7 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from napari_msunet import __version__
+from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import ConfigError
+from napari_msunet.io._store_lock import folder_lock
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
 from napari_msunet.models.device import select_device
@@ -50,6 +53,9 @@ from napari_msunet.training.state import load_state, save_state
 from napari_msunet.training.validation import ValScores, validate
 
 __all__ = ["RUN_FILES", "EpochEnd", "TrainResult", "TrainStep", "iter_train", "train"]
+
+CHECKPOINT_EVERY_S = 300.0
+"""Seconds of training after which a checkpoint is written mid-epoch (besides each epoch end)."""
 
 RUN_FILES = ("last.safetensors", "last.state.safetensors", "best.safetensors", "history.jsonl")
 """The files a run writes in its ``out_dir`` (see the module docstring)."""
@@ -208,7 +214,9 @@ def iter_train(
     val_set
         Whole images ``{"image", "mask"}`` for slide/dataset-level IoU and Dice, or ``None``.
     out_dir
-        Where checkpoints go; an existing run there is resumed (``resume=True``).
+        Where checkpoints go; an existing run there is resumed (``resume=True``). The run
+        holds ``out_dir/train.lock`` while it works: a second run into the same folder (from
+        another program, or another task of this one) is refused at start, naming it.
     init_model
         Model file to start from (fine-tuning); its architecture and classes are kept.
     provenance
@@ -225,7 +233,41 @@ def iter_train(
     -------
     TrainResult
         The model files and scores; ``stopped`` says whether ``stop`` ended it early.
+
+    Raises
+    ------
+    WriterError
+        Another run writes ``out_dir``.
+    ConfigError
+        Settings that do not fit the model (classes, patch size).
     """
+    with folder_lock(out_dir, "train.lock"):
+        return (
+            yield from _iter_train_unlocked(
+                config,
+                train_set,
+                val_set,
+                out_dir,
+                init_model=init_model,
+                provenance=provenance,
+                resume=resume,
+                stop=stop,
+            )
+        )
+
+
+def _iter_train_unlocked(
+    config: TrainConfig,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    out_dir: str | Path,
+    *,
+    init_model: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    resume: bool = True,
+    stop: Stop = None,
+) -> Generator[TrainStep | EpochEnd, None, TrainResult]:
+    """:func:`iter_train` without the folder lock (its caller holds it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(config.device)
@@ -262,14 +304,19 @@ def iter_train(
     progress: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best": None}
     history: list[dict[str, Any]] = []
     last, state_path, best = out / "last.safetensors", out / "last.state.safetensors", None
-    if resume and last.exists() and state_path.exists():
+    resuming = resume and last.exists() and state_path.exists()
+    if resuming:
         saved, _ = load_model(last, device="cpu")
         model.load_state_dict(saved.state_dict())
         model.to(device)
         progress = load_state(state_path, optimizer)
-        history = _read_history(out / "history.jsonl")
-    if (out / "best.safetensors").exists():
-        best = out / "best.safetensors"
+        if (out / "best.safetensors").exists() and progress["best"] is not None:
+            best = out / "best.safetensors"
+    else:
+        # a new run (or --restart): the files of an earlier run here are not this run's; a
+        # stale best.safetensors would be returned as this run's best without validation
+        (out / "best.safetensors").unlink(missing_ok=True)
+    history = _start_history(out / "history.jsonl", progress)
 
     def provenance_dict() -> dict[str, Any]:
         return {
@@ -283,14 +330,20 @@ def iter_train(
             **dict(provenance or {}),
         }
 
+    saved = {"step": progress["global_step"], "at": time.monotonic()}
+
     def checkpoint() -> Path:
+        training = model.training
         save_model(last, model.eval(), _header(config, model, provenance_dict()), overwrite=True)
         save_state(state_path, optimizer, progress)
+        model.train(training)
+        saved.update(step=progress["global_step"], at=time.monotonic())
         return last
 
-    log = (out / "history.jsonl").open("a")
+    log = (out / "history.jsonl").open("a", buffering=1)  # line by line: a kill loses none
     started = time.perf_counter()
     halted = False
+    updating = False  # True while the weights and progress are between two consistent states
     try:
         while progress["epoch"] < config.epochs:
             epoch = progress["epoch"]
@@ -341,12 +394,14 @@ def iter_train(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
+                updating = True
                 optimizer.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t2 = time.perf_counter()
                 progress["step"] += 1
                 progress["global_step"] += 1
+                updating = False
                 loss = float(terms.total.detach())
                 rec = TrainStep(
                     done=progress["global_step"],
@@ -363,6 +418,8 @@ def iter_train(
                     step_s=t2 - t0,
                 )
                 log.write(json.dumps(_history_line(rec)) + "\n")
+                if time.monotonic() - saved["at"] > CHECKPOINT_EVERY_S:
+                    checkpoint()  # a kill mid-epoch (a long fine-tune is one epoch) loses little
                 yield rec
             if halted:
                 break
@@ -398,9 +455,18 @@ def iter_train(
                 is_best=is_best,
                 checkpoint=path,
             )
-    except GeneratorExit:
-        checkpoint()
+    except BaseException as exc:
+        # close() at a yield, Ctrl-C inside a step (a caller driving this generator without
+        # the CLI's deferred interrupt), or an error (an unreadable tile, a full GPU): the
+        # weights and the progress agree unless it fell inside optimizer.step(), where the
+        # last checkpoint stands. A failing checkpoint must not hide the first error.
         log.close()
+        if not updating and progress["global_step"] > saved["step"]:
+            if isinstance(exc, GeneratorExit):
+                checkpoint()
+            else:
+                with contextlib.suppress(Exception):
+                    checkpoint()
         raise
     finally:
         if not log.closed:
@@ -433,18 +499,35 @@ def _history_line(rec: TrainStep) -> dict[str, Any]:
     }
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if rec.get("type") == "val":
-            out.append({k: v for k, v in rec.items() if k != "type"})
-    return out
+def _start_history(path: Path, progress: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Make ``history.jsonl`` the history of the state being resumed; return its validations.
+
+    A run killed after its last checkpoint logged steps that the resumed run trains again:
+    those lines (and any cut short by the kill) are dropped, so every step appears once. A
+    new run (``progress`` at step 0) starts an empty history. The file is rewritten
+    atomically: a kill now leaves the old history or the new one.
+    """
+    kept: list[str] = []
+    validations: list[dict[str, Any]] = []
+    if progress["global_step"] > 0 and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("type") == "step" and rec.get("global_step", 0) > progress["global_step"]:
+                continue
+            if rec.get("type") == "val":
+                if rec.get("epoch", 0) > progress["epoch"]:
+                    continue
+                validations.append({k: v for k, v in rec.items() if k != "type"})
+            kept.append(line)
+    if kept or path.exists():
+        text = "".join(line + "\n" for line in kept)
+        atomic_write_bytes(path, text.encode("utf-8"), overwrite=True)
+    return validations
 
 
 train = eager(iter_train)
