@@ -5,6 +5,11 @@ validation split the default model never trained on), predicts it with the bundl
 model, evaluates the prediction against the slide's annotation (slide-level IoU/Dice, TP/FP/FN
 overlay) and, where there is a display, opens everything in napari.
 
+Nothing a user made in the demo's folder is replaced without ``overwrite``: the sample files
+and the ``prediction/`` and ``evaluation/`` folders count as the demo's when its record
+``sample.msunet-demo.json`` names them (see :func:`build_sample_slide` and
+:func:`claim_outputs`), so a rerun into its own folder simply redoes its work.
+
 EBHI-Seg: Shi et al., Frontiers in Medicine 10:1114673 (2023), CC BY 4.0.
 """
 
@@ -12,18 +17,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet._atomic import atomic_write_bytes, check_writable, write_error
 from napari_msunet.errors import ModelFileError, MsunetError, WriterError
 from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = [
     "DemoFiles",
     "build_sample_slide",
+    "claim_outputs",
     "default_model_path",
     "demo",
     "iter_demo",
@@ -33,9 +40,13 @@ __all__ = [
 #: Layout of the demo mosaic: 6 rows x 8 columns of 224-px patches = the 48 bundled pairs.
 _ROWS, _COLS = 6, 8
 
-#: The demo's record of the sample files it wrote (see :func:`build_sample_slide`).
+#: The demo's record of the sample files it wrote (see :func:`build_sample_slide`) and of the
+#: output folders it writes (see :func:`claim_outputs`).
 SAMPLE_RECORD = "sample.msunet-demo.json"
 _RECORD_FORMAT = "napari-msunet-demo-sample"
+
+#: The folders the demo writes in its ``out`` folder: the prediction and its evaluation.
+OUTPUT_FOLDERS = ("prediction", "evaluation")
 
 
 def _data(name: str) -> Path:
@@ -87,7 +98,11 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
     from napari_msunet.io.vectorise import export_mask
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, folder=True)  # a read-only or foreign folder: said before any work
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, "cannot create the demo folder") from exc
     files_ = DemoFiles(out / "sample.svs", out / "sample.geojson", out / "sample_mask.ome.tif")
     paths = (files_.slide, files_.annotation, files_.mask)
     if not overwrite:
@@ -103,7 +118,11 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
             mpp = _slide_mpp(files_.slide)
             if mpp is not None and abs(mpp - EBHI_UM_PER_PX) < 1e-6:
                 return files_
-    (out / SAMPLE_RECORD).unlink(missing_ok=True)  # the files change: no longer recorded
+    claimed = _record(out).get("outputs")
+    if claimed:  # the files change and are no longer recorded; the output folders still are
+        _write_record(out, {"format": _RECORD_FORMAT, "outputs": claimed})
+    else:
+        (out / SAMPLE_RECORD).unlink(missing_ok=True)
     data = sample_data_dir()
     with (data / "index.csv").open(newline="") as f:
         stems = [row["stem"] for row in csv.DictReader(f)]
@@ -125,8 +144,89 @@ def build_sample_slide(out_dir: str | Path, *, overwrite: bool = False) -> DemoF
         "mpp": EBHI_UM_PER_PX,
         "files": {p.name: p.stat().st_size for p in paths},
     }
-    atomic_write_bytes(out / SAMPLE_RECORD, json.dumps(record, indent=2).encode(), overwrite=True)
+    if claimed:
+        record["outputs"] = claimed
+    _write_record(out, record)
     return files_
+
+
+def _record(out: Path) -> dict:
+    """The demo's record in ``out`` (``{}``: none, or not the demo's, or unreadable)."""
+    try:
+        record = json.loads((out / SAMPLE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("format") == _RECORD_FORMAT else {}
+
+
+def _write_record(out: Path, record: dict) -> None:
+    atomic_write_bytes(out / SAMPLE_RECORD, json.dumps(record, indent=2).encode(), overwrite=True)
+
+
+def claim_outputs(out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse a ``prediction/`` or ``evaluation/`` folder the demo did not make; record both
+    as the demo's before it writes them.
+
+    The demo replaces its own prediction and evaluation on every run; a user's folder of
+    that name (a prediction of their own slide, say) is refused unless ``overwrite``. A
+    folder counts as the demo's when the record (``sample.msunet-demo.json``) lists it
+    under ``outputs`` -- written here, before the first byte of it, so a demo killed while
+    predicting still owns what it left -- or, for a folder of a version before that list,
+    when the prediction's manifest names the demo's ``sample.svs`` (the evaluation's report,
+    the demo's prediction). An absent or empty folder loses nothing and is always taken.
+
+    Raises
+    ------
+    WriterError
+        A folder the demo would replace is not its own (the message names it and says what
+        to do).
+    """
+    out = Path(out_dir)
+    record = _record(out)
+    claimed = record.get("outputs")
+    if not overwrite:
+        for name in OUTPUT_FOLDERS:
+            folder = out / name
+            if isinstance(claimed, list) and name in claimed:
+                continue
+            if _is_empty(folder) or (claimed is None and _made_by_old_demo(out, name)):
+                continue
+            raise WriterError(
+                folder,
+                "exists and was not made by the demo, which would replace it. Pass --overwrite "
+                "(msunet demo --overwrite) to replace it, or choose another folder (msunet demo "
+                "--out)",
+            )
+    if claimed != list(OUTPUT_FOLDERS):
+        _write_record(out, {**(record or {"format": _RECORD_FORMAT}), "outputs": [*OUTPUT_FOLDERS]})
+
+
+def _is_empty(folder: Path) -> bool:
+    """Whether nothing is there to lose: no such entry, or an empty folder."""
+    if not os.path.lexists(folder):
+        return True
+    try:
+        return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _made_by_old_demo(out: Path, name: str) -> bool:
+    """Whether ``out/name`` is a prediction or evaluation a demo wrote before the record
+    listed its outputs: the manifest names the demo's slide, the report the demo's
+    prediction."""
+    try:
+        if name == "prediction":
+            made = json.loads((out / name / "prediction.json").read_text(encoding="utf-8"))
+            used = made["slide"]["path"]
+            ours = out / "sample.svs"
+        else:
+            made = json.loads((out / name / "report.json").read_text(encoding="utf-8"))
+            used = made["prediction"]
+            ours = out / "prediction" / "labels.ome.zarr"
+        return Path(used).resolve() == ours.resolve()
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def _own_files(out: Path, paths: tuple[Path, ...]) -> set[Path]:
@@ -135,7 +235,7 @@ def _own_files(out: Path, paths: tuple[Path, ...]) -> set[Path]:
         record = json.loads((out / SAMPLE_RECORD).read_text(encoding="utf-8"))
         sizes = record["files"] if record.get("format") == _RECORD_FORMAT else {}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        sizes = None
+        sizes = None  # none, unreadable, or only the output folders recorded (a rebuild)
     if isinstance(sizes, dict):
         return {p for p in paths if p.is_file() and sizes.get(p.name) == p.stat().st_size}
     return set(paths) if _is_synthetic(paths[0]) else set()
@@ -168,6 +268,7 @@ def iter_demo(
     *,
     model: str | Path | None = None,
     device: str = "auto",
+    overwrite: bool = False,
     stop: Stop = None,
 ) -> Generator[Progress, None, dict]:
     """Build, predict, evaluate, as a generator of :class:`~napari_msunet.progress.Progress`.
@@ -180,6 +281,9 @@ def iter_demo(
         A model file; ``None``: the bundled default model.
     device
         Inference device (``"auto"``, ``"cpu"``, ``"cuda"`` ...).
+    overwrite
+        Replace sample files and ``prediction/`` / ``evaluation/`` folders the demo did not
+        make (``msunet demo --overwrite``); without it they are refused before any work.
     stop
         Checked by the prediction and the evaluation (see
         :func:`napari_msunet.progress.stopped`).
@@ -208,7 +312,8 @@ def iter_demo(
 
     out = Path(out_dir)
     yield Progress(0, 1, "build", "building the sample slide from the bundled EBHI-Seg tiles")
-    demo = build_sample_slide(out)
+    demo = build_sample_slide(out, overwrite=overwrite)
+    claim_outputs(out, overwrite=overwrite)
     model_path = Path(model) if model is not None else default_model_path()
     net, header = load_model(model_path)
     yield Progress(1, 1, "build", f"sample slide {demo.slide.name} and model ready")

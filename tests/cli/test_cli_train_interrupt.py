@@ -112,7 +112,8 @@ def test_ctrl_c_keeps_the_step_and_the_rerun_continues_there(folder):
     assert "stopping at the next step" in err
     progress = _state_progress(folder)
     reached = progress["global_step"]
-    assert progress["epoch"] == 0 and 5 <= reached < 40  # mid-epoch, not its start
+    assert progress["epoch"] == 0
+    assert 5 <= reached < 40  # mid-epoch, not its start
     assert progress["step"] == reached
     assert _history_steps(folder) == list(range(1, reached + 1))
 

@@ -222,9 +222,12 @@ def test_a_restarted_run_does_not_return_the_old_runs_best(tmp_path):
     ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
     val = FolderDataset(pairs, None, seed=0)
     _, first = run(iter_train(cfg, ds, val, tmp_path / "run"))
-    assert first.best is not None and first.best.exists()
+    assert first.best is not None
+    assert first.best.exists()
     _, again = run(iter_train(cfg, ds, None, tmp_path / "run", resume=False))
-    assert again.best is None and again.best_score is None and again.history == []
+    assert again.best is None
+    assert again.best_score is None
+    assert again.history == []
     assert not (tmp_path / "run" / "best.safetensors").exists()
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["global_step"] for line in lines] == [1, 2]
@@ -252,13 +255,17 @@ def test_an_error_mid_epoch_keeps_the_steps_done_for_the_rerun(tmp_path):
     failing = _FailsAfter(FolderDataset(pairs, context_size(cfg.patch), seed=0), 20)
     gen = iter_train(cfg, failing, None, tmp_path / "run")
     done = []
-    with pytest.raises(OSError, match="went away"):
+
+    def drain():
         for rec in gen:
             done.append(rec.done)
+
+    with pytest.raises(OSError, match="went away"):
+        drain()
     assert 0 < len(done) < 8
     _, header = load_model(tmp_path / "run" / "last.safetensors")
     assert header.training["steps"] == len(done)  # every full step before the error
     data = FolderDataset(pairs, context_size(cfg.patch), seed=0)
     records, result = run(iter_train(cfg, data, None, tmp_path / "run"))
-    assert [r.done for r in records if isinstance(r, TrainStep)][0] == len(done) + 1
+    assert next(r.done for r in records if isinstance(r, TrainStep)) == len(done) + 1
     assert result.global_step == 8

@@ -1,7 +1,10 @@
 """The ``msunet`` command line: the headless face of the same engine the napari plugin drives.
 
 Every command turns :class:`~napari_msunet.errors.MsunetError` into a one-line message on
-stderr and exit status 2, so scripts can tell bad input from a crash.
+stderr and exit status 2, so scripts can tell bad input from a crash. So does an ``OSError``
+that names a file or comes from the disk (read-only, permission denied, full): the package's
+writers raise :class:`~napari_msunet.errors.WriterError` for those themselves, and this is the
+last resort for one that escapes from a library (zarr, Pillow, tifffile) or the interpreter.
 """
 
 from __future__ import annotations
@@ -117,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not open napari; write the overlay PNG and the IoU report only",
     )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace sample files and prediction/ or evaluation/ folders the demo did not make",
+    )
 
     s = sub.add_parser(
         "evaluate",
@@ -162,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one per slide: the corrected regions; outside them only the bootstrap term "
         "learns (default: the whole annotation counts)",
     )
+    s.add_argument(
+        "--classes",
+        choices=("keep", "add", "replace"),
+        default="keep",
+        help="keep: the model's classes (default); add: learn the annotations' new classes "
+        "too; replace: background and the annotations' classes only",
+    )
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=1e-4)
     s.add_argument("--batch-size", type=int, default=8)
@@ -184,6 +199,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"msunet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = _os_error_message(exc, args)
+        if message is None:
+            raise  # no file and not the disk: a bug, whose traceback is wanted
+        print(f"msunet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _os_error_message(exc: OSError, args: argparse.Namespace) -> str | None:
+    """One line for an ``OSError`` about a file or the disk, ``None`` for any other.
+
+    Without a file name (a write of an open file descriptor hitting a full disk), the cause
+    is said about the command's output (``--out``, else ``OUT``) when it has one.
+    """
+    from napari_msunet._atomic import DISK_ERRNOS, os_error_reason
+
+    path = exc.filename or getattr(args, "out", None)
+    if exc.filename is None and (exc.errno not in DISK_ERRNOS or path is None):
+        return None
+    reason = os_error_reason(exc, path)
+    return f"{path}: {reason}" if exc.filename is not None else f"writing {path}: {reason}"
 
 
 if __name__ == "__main__":

@@ -2,15 +2,20 @@
 
 The writes (a label mask, a GeoJSON export) are the core's writer generators under the CLI's
 one progress driver (:func:`~napari_msunet.cli._drive.drive`); Ctrl-C closes them, which deletes
-what they had half written.
+what they had half written. An export holds the output lock of its target (``<target>.lock``
+beside it, see :mod:`napari_msunet.io._store_lock`) while it works, so a second export to the
+same target is refused at its start, naming the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from napari_msunet._atomic import check_writable, write_error
 from napari_msunet.cli._drive import drive
 from napari_msunet.cli._registry import command, stem
 from napari_msunet.errors import MsunetError
@@ -62,12 +67,44 @@ def _synthetic(args: argparse.Namespace) -> int:
     for path in (out, geojson):  # both refused before anything is written
         if path.exists() and not args.overwrite:
             raise MsunetError(f"{path}: already exists (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, "cannot create its folder") from exc
     spec = SyntheticSlideSpec(args.height or args.size, args.size, seed=args.seed, mpp=args.mpp)
+    existed = out.exists()
     write_synthetic_slide(out, spec, args.format, tile=args.tile, workers=args.workers)
-    spec.write_geojson(geojson, overwrite=args.overwrite)
+    try:
+        spec.write_geojson(geojson, overwrite=args.overwrite)
+    except BaseException:
+        if not existed:  # a slide without its ground truth would block a plain rerun
+            out.unlink(missing_ok=True)
+        raise
     print(f"wrote {out} and its ground truth {geojson}")
     return 0
+
+
+@contextlib.contextmanager
+def _export_lock(target: Path) -> Iterator[None]:
+    """Hold the output lock of ``target`` (``<target>.lock`` beside it) while exporting to it.
+
+    Refused at once, naming the holder, while another program (or task) exports there; a
+    folder that cannot be written is refused first, with its cause.
+    """
+    from napari_msunet.io import _store_lock
+
+    check_writable(target)
+    lock = _store_lock.lock_path(target)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        _store_lock.acquire(target, path=lock, kind=_store_lock.OUTPUT)
+    except OSError as exc:  # the lock's own write on a full disk
+        raise write_error(target, exc, f"cannot take the lock {lock}", where=lock) from exc
+    try:
+        yield
+    finally:
+        _store_lock.release(target, path=lock)
 
 
 @command("rasterize")
@@ -108,7 +145,8 @@ def _write_mask(out: Path, mask, mpp, names, colors, overwrite: bool) -> None:
         gen = iter_write_ome_tiff(out, mask, overwrite=overwrite, **kw)
     else:
         raise MsunetError(f"{out}: output must end in .ome.zarr or .ome.tif")
-    drive(gen, out.name)
+    with contextlib.closing(gen), _export_lock(out):
+        drive(gen, out.name)
 
 
 @command("export-geojson")
@@ -132,6 +170,7 @@ def _export_geojson(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         simplify=args.simplify,
     )
-    out = drive(gen, Path(args.out).name)
+    with contextlib.closing(gen), _export_lock(Path(args.out)):
+        out = drive(gen, Path(args.out).name)
     print(f"wrote {out}")
     return 0

@@ -178,6 +178,7 @@ def _finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out=args.out,
+        classes=args.classes,
     )
     result = drive(gen, "fine-tune")  # Ctrl-C: the run folder keeps a checkpoint
     if result.model is None:  # only a stop before the first step; the CLI passes none
@@ -232,7 +233,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from napari_msunet.demo import iter_demo
 
-    results = drive(iter_demo(args.out, model=args.model, device=args.device), "demo")
+    results = drive(
+        iter_demo(args.out, model=args.model, device=args.device, overwrite=args.overwrite),
+        "demo",
+    )
     files, evaluation = results["files"], results["evaluation"]
     fg = evaluation.metrics.foreground
     print(f"slide: {files.slide}  (EBHI-Seg tiles, Shi et al. 2023, CC BY 4.0)")

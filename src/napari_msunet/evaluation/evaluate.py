@@ -28,7 +28,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from napari_msunet._atomic import check_new_file
+from napari_msunet._atomic import check_new_file, check_writable
 from napari_msunet.errors import WriterError
 from napari_msunet.evaluation._counting import (
     check_ignore_label,
@@ -121,9 +121,7 @@ def _check_outputs(out_dir: Path, overwrite: bool) -> dict[str, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise WriterError(out_dir, "is a file; give a folder for the report")
     outputs = {k: check_new_file(out_dir / name, overwrite) for k, name in OUTPUT_NAMES.items()}
-    existing = next((p for p in (out_dir, *out_dir.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise WriterError(out_dir, f"cannot be written: {existing} is not writable")
+    check_writable(out_dir, folder=True)
     return outputs
 
 

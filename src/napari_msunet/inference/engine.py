@@ -62,7 +62,7 @@ from napari_msunet.inference.progress import PYRAMID, PredictionResult, make_pro
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.slide import Slide
-from napari_msunet.io.tissue import detect_tissue
+from napari_msunet.io.tissue import iter_detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry, working_window
 from napari_msunet.progress import Progress, Stop, eager, stopped
 
@@ -125,6 +125,11 @@ def iter_predict_slide(
     Progress
         Drivers branch on ``record.stage``, never on the message:
 
+        ``"tissue"``
+            While tissue is detected, when that reads more than one window (see
+            :func:`~napari_msunet.io.tissue.iter_detect_tissue`: a large level, or a slide
+            without a pyramid, where it decodes all of level 0). ``stop`` is checked between
+            windows; a run stopped here returns ``completed=False`` with nothing written.
         ``"tiles"``
             :class:`~napari_msunet.inference.progress.TileProgress` records, once before the
             first batch (``done`` = tiles resumed from an earlier run; the ``.partial``
@@ -186,8 +191,12 @@ def iter_predict_slide(
         tissue = None
         if config.tissue:
             tt = time.perf_counter()
-            tissue = detect_tissue(slide, config.tissue_settings, mpp=geometry.slide_mpp)
+            tissue = yield from iter_detect_tissue(
+                slide, config.tissue_settings, mpp=geometry.slide_mpp, stop=stop
+            )
             timings.tissue = time.perf_counter() - tt
+            if tissue is None:  # stopped while detecting tissue: no tile computed, none kept
+                return _stopped_before_tiles(outputs, geometry, tiling, settings, timings, t0)
         keep = None
         if tissue is not None:
             dy, dx = geometry.downsample
@@ -365,6 +374,31 @@ def iter_predict_slide(
         model.train(was_training)
         if locked:
             unlock_folder(outputs, created)
+
+
+def _stopped_before_tiles(outputs, geometry, tiling, settings, timings, t0) -> PredictionResult:
+    """The result of a run stopped during tissue detection: nothing computed or written."""
+    timings.total = time.perf_counter() - t0
+    return PredictionResult(
+        completed=False,
+        outputs=outputs,
+        shape=geometry.shape,
+        mpp=geometry.mpp,
+        downsample=geometry.downsample,
+        level=geometry.level,
+        tiles_total=0,
+        tiles_computed=0,
+        tiles_resumed=0,
+        tiles_skipped=0,
+        tile=tiling.tile,
+        margin=tiling.margin,
+        batch_size=tiling.batch_size,
+        overhead=0.0,
+        nominal_overhead=0.0,
+        device=settings.describe(),
+        timings=timings.to_dict(),
+        tissue_fraction=None,
+    )
 
 
 def _on_tissue(labels: np.ndarray, tissue, y: int, x: int, downsample) -> np.ndarray:

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from napari_msunet import __version__
-from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet._atomic import atomic_write_bytes, check_writable, write_error
 from napari_msunet.errors import ConfigError, MsunetError, WriterError
 from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.io import _store_lock
@@ -230,12 +230,19 @@ def lock_folder(outputs: SlideOutputs) -> bool:
     ------
     WriterError
         Another run (another program, or another task of this one) writes the folder: the
-        message names it and the lock file; or the folder cannot be created.
+        message names it and the lock file; or the folder cannot be created or written (a
+        read-only disk, a folder of another user, a full disk: the message says which).
     """
     created = not outputs.root.exists()
     make_folder(outputs)
     try:
+        check_writable(outputs.root, folder=True)
         _store_lock.acquire(outputs.root, path=outputs.lock, kind=_store_lock.OUTPUT)
+    except OSError as exc:  # the lock's own write on a full disk
+        _remove_if_empty(outputs.root, created)
+        raise write_error(
+            outputs.root, exc, f"cannot take the lock {outputs.lock}", where=outputs.lock
+        ) from exc
     except BaseException:
         _remove_if_empty(outputs.root, created)
         raise
@@ -256,11 +263,13 @@ def _remove_if_empty(folder: Path, created: bool) -> None:
 
 
 def make_folder(outputs: SlideOutputs) -> None:
-    """Create the output folder (and its parents)."""
+    """Create the output folder (and its parents); a read-only or foreign parent is named."""
+    if not outputs.root.exists():
+        check_writable(outputs.root)
     try:
         outputs.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WriterError(outputs.root, f"cannot create the folder: {exc.strerror or exc}") from exc
+        raise write_error(outputs.root, exc, "cannot create the folder") from exc
 
 
 class TileWriter:

@@ -7,6 +7,7 @@ file and the reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -24,6 +25,12 @@ import tifffile
 import zarr
 
 from napari_msunet.errors import SlideError
+from napari_msunet.io._jpeg_tiles import DamageLog, install_strict_jpeg
+from napari_msunet.io._slide_sanity import (
+    check_declared_size,
+    check_plain_image,
+    consistent_levels,
+)
 
 
 class SlideWarning(UserWarning):
@@ -44,7 +51,7 @@ _UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm
 def sniff(path: Path) -> str:
     """Return ``"tiff"``, ``"png"`` or ``"jpeg"`` from the file's first bytes."""
     if not path.exists():
-        raise SlideError(path, "file not found")
+        raise SlideError(path, _why_missing(path))
     if path.is_dir():
         raise SlideError(path, "is a folder, not a slide file")
     try:
@@ -76,6 +83,25 @@ def sniff(path: Path) -> str:
             f"this usually means a mix-up of files: rename it if it really is the slide",
         )
     return kind
+
+
+def _why_missing(path: Path) -> str:
+    """Why ``path`` cannot be found: ``Path.exists`` is False for a loop of symbolic links and
+    for a link to nothing too, and "file not found" would send the user looking elsewhere."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            where = "is" if path.is_symlink() else "lies in a folder that is"
+            return (
+                f"{where} a loop of symbolic links (a link that leads, through other links, "
+                f"back to itself); point the link at the slide file"
+            )
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot be read: {exc.strerror} (check the folder's permissions)"
+    return "file not found"
 
 
 def file_token(path: Path) -> str:
@@ -125,6 +151,7 @@ class _TiffHandle:
         self._lock = threading.Lock()
         self._tif: tifffile.TiffFile | None = None
         self._pid = os.getpid()
+        self.damage = DamageLog(path)  # the slide's damaged JPEG tiles, reported once each
 
     def get(self) -> tifffile.TiffFile:
         with self._lock:
@@ -187,6 +214,7 @@ class TiffLevelSource:
         self.ndim = 3
         self.tile = tile
         self._convert = _RGBConverter(layout, int(samples), handle.path)
+        self.level0_shape = self.shape[:2]  # set by the caller for levels beyond 0
         self._zarr: Any = None
         self._zarr_owner: Any = None
 
@@ -198,6 +226,8 @@ class TiffLevelSource:
     def _array(self) -> Any:
         tif = self.handle.get()  # a new TiffFile after a fork: rebuild the store on it
         if self._zarr is None or self._zarr_owner is not tif:
+            keyframe = tif.series[self.series].levels[self.level].keyframe
+            install_strict_jpeg(keyframe, self.name, self.level0_shape, self.handle.damage)
             store = tif.series[self.series].aszarr(level=self.level)
             self._zarr = zarr.open_array(store, mode="r")
             self._zarr_owner = tif
@@ -259,6 +289,7 @@ def _check_page(path: Path, page: tifffile.TiffPage, size: int, what: str) -> tu
             f"{what} has {bits}-bit {page.dtype} pixels; napari-msunet reads 8-bit RGB "
             f"brightfield slides (convert to 8-bit first)",
         )
+    check_declared_size(path, page, what)
     offsets = np.asarray(page.dataoffsets, np.int64)
     counts = np.asarray(page.databytecounts, np.int64)
     if offsets.size:
@@ -276,11 +307,15 @@ def _check_page(path: Path, page: tifffile.TiffPage, size: int, what: str) -> tu
 
 
 def _series_sources(
-    path: Path, handle: _TiffHandle, tif: tifffile.TiffFile, index: int, size: int
+    path: Path, handle: _TiffHandle, tif: tifffile.TiffFile, index: int, size: int, main: int
 ) -> list[TiffLevelSource]:
     series = tif.series[index]
+    levels = series.levels
+    if index == main:  # associated images use their first level only
+        shapes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
+        levels = levels[: consistent_levels(path, shapes)]
     sources = []
-    for lv, level in enumerate(series.levels):
+    for lv, level in enumerate(levels):
         what = f"level {lv}" if len(series.levels) > 1 else "the image"
         tile = _check_page(path, level.keyframe, size, what)
         for page in level.pages[1:2]:  # a second focal plane, when present, must be whole too
@@ -289,6 +324,7 @@ def _series_sources(
         sources.append(
             TiffLevelSource(handle, index, lv, level.shape, level.axes, tile, f"level {lv}")
         )
+        sources[-1].level0_shape = sources[0].shape[:2]
     return sources
 
 
@@ -322,13 +358,14 @@ def read_tiff_info(path: Path) -> TiffInfo:
         fmt = (
             "svs" if tif.is_svs else "ome-tiff" if tif.is_ome else "ndpi" if tif.is_ndpi else "tiff"
         )
-        levels = _series_sources(path, handle, tif, main, size)
+        levels = _series_sources(path, handle, tif, main, size, main)
         associated = {}
         for i, s in enumerate(all_series):
             name = _ASSOCIATED.get((s.name or "").strip().lower())
             if i != main and name and name not in associated:
                 try:
-                    associated[name] = _series_sources(path, handle, tif, i, size)[0]
+                    associated[name] = _series_sources(path, handle, tif, i, size, main)[0]
+                    associated[name].name = f"the {name} image"
                 except SlideError as exc:
                     # a broken label or macro image must not block the slide itself
                     warnings.warn(
@@ -450,6 +487,7 @@ class PlainImageSource:
         from PIL import Image
 
         self.path, self.kind = path, kind
+        check_plain_image(path, kind)
         try:
             with Image.open(path) as img:
                 if kind == "png":

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_msunet._atomic import os_error_reason
 from napari_msunet.errors import AnnotationError, MsunetError, WriterError
 
 __all__ = [
@@ -195,7 +196,9 @@ def _take(path: Path, root: Path, kind: LockKind) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise kind.error(root, f"cannot take the lock {path}: {exc.strerror or exc}") from exc
+        raise kind.error(
+            root, f"cannot take the lock {path}: {os_error_reason(exc, path)}"
+        ) from exc
     for _ in range(3):  # a stale lock removed by two takers at once: O_EXCL decides
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -209,11 +212,19 @@ def _take(path: Path, root: Path, kind: LockKind) -> None:
             path.unlink(missing_ok=True)
             continue
         except OSError as exc:
-            raise kind.error(root, f"cannot take the lock {path}: {exc.strerror or exc}") from exc
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_me(), f)
-            f.flush()
-            os.fsync(f.fileno())
+            raise kind.error(
+                root, f"cannot take the lock {path}: {os_error_reason(exc, path)}"
+            ) from exc
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_me(), f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk: an empty lock would block the next run for 5 s
+            path.unlink(missing_ok=True)
+            raise kind.error(
+                root, f"cannot take the lock {path}: {os_error_reason(exc, path)}"
+            ) from exc
         return
     raise kind.error(root, f"cannot take the lock {path}; try again")
 

@@ -199,6 +199,9 @@ def _ome_mask_metadata(xml: str) -> tuple[float | None, tuple[ClassInfo, ...]]:
 def _open_plain(path: Path) -> LabelMask:
     from PIL import Image
 
+    from napari_msunet.io._slide_sanity import check_plain_image
+
+    check_plain_image(path, path.suffix.lstrip(".").lower(), AnnotationError)
     with Image.open(path) as img:
         if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
             raise AnnotationError(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from napari_msunet._atomic import write_error
 from napari_msunet.errors import WriterError
 from napari_msunet.io._ome_metadata import ome_xml_metadata
 from napari_msunet.io.writers import (
@@ -159,7 +160,7 @@ def iter_write_ome_tiff(
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{p.name}.levels-", dir=p.parent))
     except OSError as exc:
-        raise WriterError(p, f"cannot create a temporary folder next to the output: {exc}") from exc
+        raise write_error(p, exc, "cannot create a temporary folder next to the output") from exc
 
     def write(report: Callable[..., None]) -> None:
         """Write the whole file under ``tmp`` (runs in a thread, see ``iter_in_thread``)."""
@@ -200,7 +201,9 @@ def iter_write_ome_tiff(
             finished, _ = yield from iter_in_thread(write, stop)
         except WriterError:
             raise
-        except (OSError, ValueError, tifffile.OmeXmlError) as exc:
+        except OSError as exc:  # a full disk, a read-only folder: said in words, nothing stays
+            raise write_error(p, exc, "cannot write the OME-TIFF") from exc
+        except (ValueError, tifffile.OmeXmlError) as exc:
             raise WriterError(p, f"cannot write the OME-TIFF: {exc}") from exc
         if not finished:
             return None

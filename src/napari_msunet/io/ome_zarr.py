@@ -32,6 +32,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from napari_msunet._atomic import os_error_reason, write_error
 from napari_msunet.errors import WriterError
 from napari_msunet.io._done_log import DoneLog
 from napari_msunet.io._ome_metadata import ngff_metadata
@@ -180,8 +181,8 @@ class OmeZarrWriter:
             else:
                 self._create()
         except OSError as exc:
-            raise WriterError(
-                p, f"cannot prepare the partial output {self.partial_path}: {exc}"
+            raise write_error(
+                p, exc, f"cannot prepare the partial output {self.partial_path}"
             ) from exc
         self._done = DoneLog(self.partial_path / _DONE_LOG, self.shape)
 
@@ -212,20 +213,27 @@ class OmeZarrWriter:
         """Build the empty partial store under a unique name, then rename it into place."""
         tmp = self.path.with_name(f".{self.path.name}.init-{os.getpid()}")
         remove_path(tmp)
-        group = zarr.open_group(LocalStore(tmp), mode="w", zarr_format=3)
-        dims = ["y", "x"] if self.kind == "labels" else ["c", "y", "x"]
-        chunks = (self.chunk, self.chunk) if self.kind == "labels" else (1, self.chunk, self.chunk)
-        for level in range(self.n_levels):
-            group.create_array(
-                str(level),
-                shape=self._array_shape(level),
-                chunks=chunks,
-                dtype=self.dtype,
-                fill_value=self.fill_value,
-                dimension_names=dims,
+        try:
+            group = zarr.open_group(LocalStore(tmp), mode="w", zarr_format=3)
+            dims = ["y", "x"] if self.kind == "labels" else ["c", "y", "x"]
+            chunks = (
+                (self.chunk, self.chunk) if self.kind == "labels" else (1, self.chunk, self.chunk)
             )
-        group.attrs[_PARAMS_KEY] = self._params
-        os.rename(tmp, self.partial_path)
+            for level in range(self.n_levels):
+                group.create_array(
+                    str(level),
+                    shape=self._array_shape(level),
+                    chunks=chunks,
+                    dtype=self.dtype,
+                    fill_value=self.fill_value,
+                    dimension_names=dims,
+                )
+            group.attrs[_PARAMS_KEY] = self._params
+            os.rename(tmp, self.partial_path)
+        except BaseException:  # a full disk half-way: no half-made store is left behind
+            with contextlib.suppress(OSError):
+                remove_path(tmp)
+            raise
         self._open_store()
 
     def _open_store(self) -> None:
@@ -299,7 +307,8 @@ class OmeZarrWriter:
         try:
             self._arrays[0][index if want == 2 else (slice(None), *index)] = data
         except Exception as exc:
-            raise WriterError(p, f"cannot write the block at (y={y}, x={x}): {exc}") from exc
+            why = os_error_reason(exc, p) if isinstance(exc, OSError) else exc
+            raise WriterError(p, f"cannot write the block at (y={y}, x={x}): {why}") from exc
         self._done.add(y, x, h, w)
 
     def is_done(self, y: int, x: int, h: int, w: int) -> bool:
@@ -363,7 +372,7 @@ class OmeZarrWriter:
             )
             self._group.attrs.update({"ome": ome, _PARAMS_KEY: self._params})
         except OSError as exc:
-            raise WriterError(self.path, f"cannot write the pyramid: {exc}") from exc
+            raise write_error(self.path, exc, "cannot write the pyramid") from exc
         self._done.close()
         publish(self.partial_path, self.path, self.overwrite)
         self._finalized = True

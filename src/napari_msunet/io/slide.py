@@ -135,6 +135,14 @@ class Slide:
         scale = 1.0 if abs(m / target_mpp - 1) <= 0.01 else m / target_mpp
         return LevelChoice(best, m, scale)
 
+    @property
+    def damaged_tiles(self) -> list[tuple[str, int, int]]:
+        """JPEG tiles that reads of this slide found damaged so far, as ``(level, row,
+        column)``: each was also reported once with a :class:`SlideWarning` (see
+        ``docs/formats.md``, "Corrupt tiles"). Empty for a slide read without damage."""
+        handle = getattr(self._sources[0], "handle", None) if self._sources else None
+        return sorted(handle.damage.tiles) if handle is not None else []
+
     # -- pixels ---------------------------------------------------------------------------
     def read_region(
         self, level: int, y: int, x: int, h: int, w: int, fill: int = 255
@@ -229,8 +237,7 @@ def _open_tiff(path: Path) -> Slide:
     levels = tuple(_as_dask(src, path, i) for i, src in enumerate(sources))
     pyramidal = len(levels) > 1
     if not pyramidal:
-        levels = _computed_pyramid(levels[0])
-        sources = sources + (None,) * (len(levels) - 1)
+        levels, sources = _computed_pyramid(path, sources[0], levels[0])
     associated = {
         name: _as_dask(src, path, f"assoc-{name}") for name, src in info.associated.items()
     }
@@ -256,7 +263,7 @@ def _open_plain_image(path: Path, kind: str) -> Slide:
     if mpp is None:
         warnings.warn(f"{path}: {source}", SlideWarning, stacklevel=3)
     level0 = _as_dask(src, path, 0, chunk=1024)
-    levels = _computed_pyramid(level0)
+    levels, sources = _computed_pyramid(path, src, level0)
     return Slide(
         path=path,
         format="image",
@@ -264,7 +271,7 @@ def _open_plain_image(path: Path, kind: str) -> Slide:
         mpp=mpp,
         mpp_source=source,
         pyramidal=False,
-        _sources=(src,) + (None,) * (len(levels) - 1),
+        _sources=sources,
     )
 
 
@@ -291,20 +298,55 @@ def _downsample2(block: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _computed_pyramid(level0: da.Array) -> tuple[da.Array, ...]:
-    """Levels /2, /4, ... of a non-pyramidal image, each a lazy 2x2 mean of the one above."""
-    levels = [level0]
-    while max(levels[-1].shape[:2]) > _MIN_COMPUTED_LEVEL_SIDE:
-        prev = levels[-1]
-        h, w = prev.shape[0] // 2 * 2, prev.shape[1] // 2 * 2
-        # even-sized chunks so every 2x2 block lies within one chunk
-        even = tuple(max(2, c // 2 * 2) for c in prev.chunksize[:2])
-        src = prev[:h, :w].rechunk((even[0], even[1], 3))
-        nxt = src.map_blocks(
-            _downsample2,
-            chunks=(*(tuple(c // 2 for c in cs) for cs in src.chunks[:2]), (3,)),
-            dtype=np.uint8,
-        )
-        target = max(256, min(1024, even[0]))
-        levels.append(nxt.rechunk((target, target, 3)))
-    return tuple(levels)
+class HalvedLevel:
+    """Level ``n + 1`` of a computed pyramid: the 2 x 2 means of level ``n``, made on demand.
+
+    An array-like (``shape``, ``dtype``, ``__getitem__``) over its parent level's source, like
+    the file's levels, so that opening a slide costs the same whatever its size: a dask
+    ``rechunk`` of level 0 (as this once was) builds a graph of every tile, which for a
+    500k x 500k px flat TIFF took seconds and gigabytes before anything was shown. A read is
+    computed in blocks of :attr:`BLOCK` x :attr:`BLOCK` pixels, so that memory stays bounded
+    however large the region; every value equals the 2 x 2 mean (rounded) of the level above.
+    """
+
+    #: Side of the blocks a read is computed in (pixels of this level).
+    BLOCK = 2048
+
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+        ph, pw = parent.shape[:2]
+        self.shape = (ph // 2, pw // 2, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+        self.tile = (1024, 1024)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        y0, y1, _ = key[0].indices(self.shape[0])
+        x0, x1, _ = key[1].indices(self.shape[1])
+        out = np.empty((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        b = self.BLOCK
+        for by in range(y0, y1, b):
+            ey = min(by + b, y1)
+            for bx in range(x0, x1, b):
+                ex = min(bx + b, x1)
+                block = self.parent[2 * by : 2 * ey, 2 * bx : 2 * ex]
+                out[by - y0 : ey - y0, bx - x0 : ex - x0] = _downsample2(np.asarray(block))
+        return out if len(key) < 3 else out[:, :, key[2]]
+
+
+def _computed_sources(level0: Any) -> tuple[Any, ...]:
+    """Levels /2, /4, ... of a non-pyramidal image, down to about 512 px, as lazy sources."""
+    sources = [level0]
+    while max(sources[-1].shape[:2]) > _MIN_COMPUTED_LEVEL_SIDE:
+        sources.append(HalvedLevel(sources[-1]))
+    return tuple(sources)
+
+
+def _computed_pyramid(
+    path: Path, level0_source: Any, level0: da.Array
+) -> tuple[tuple[da.Array, ...], tuple[Any, ...]]:
+    """The dask levels of a non-pyramidal image and their sources: level 0 as given, the
+    coarser ones computed from it (:class:`HalvedLevel`)."""
+    sources = _computed_sources(level0_source)
+    computed = [_as_dask(src, path, f"computed-{i}") for i, src in enumerate(sources[1:], 1)]
+    return (level0, *computed), sources

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import io
 import math
+import time
+import warnings
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +27,28 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from napari_msunet._atomic import atomic_write_bytes
-from napari_msunet.io.slide import Slide
+from napari_msunet.io.slide import Slide, SlideWarning
+from napari_msunet.progress import Progress, Stop, eager, stopped
 
-__all__ = ["TissueMask", "TissueSettings", "detect_tissue", "saturation", "tissue_from_rgb"]
+__all__ = [
+    "TISSUE",
+    "TissueMask",
+    "TissueSettings",
+    "detect_tissue",
+    "iter_detect_tissue",
+    "saturation",
+    "tissue_from_rgb",
+]
 
-#: Rows of the tissue level read at a time, so reading a large level keeps memory bounded.
-_STRIP = 4096
+#: Stage of the progress records of tissue detection.
+TISSUE = "tissue"
+#: Pixels of the file decoded per window of tissue detection (about a second's work at most).
+WINDOW_PX = 1 << 24
+#: A slide without a pyramid whose level 0 has more pixels than this gets a warning before
+#: tissue detection decodes all of it.
+FLAT_WARN_PX = 1 << 30
+#: Largest window side, in pixels of the level read.
+_MAX_WINDOW = 4096
 
 
 @dataclass(frozen=True)
@@ -195,10 +214,21 @@ def _tissue_level(level_mpp: list[float], tissue_mpp: float) -> int:
     return max(ok, key=lambda i: level_mpp[i])
 
 
-def detect_tissue(
-    slide: Slide, settings: TissueSettings | None = None, mpp: float | None = None
-) -> TissueMask:
-    """Detect tissue on a low-resolution level of ``slide``.
+def iter_detect_tissue(
+    slide: Slide,
+    settings: TissueSettings | None = None,
+    mpp: float | None = None,
+    *,
+    stop: Stop = None,
+) -> Generator[Progress, None, TissueMask | None]:
+    """Detect tissue on a low-resolution level of ``slide``, as a generator.
+
+    The level is read in windows that each decode about :data:`WINDOW_PX` pixels of the file,
+    so memory stays bounded and a long detection reports progress. On a pyramidal slide it is
+    one window, or a few; a slide without a pyramid has only level 0 to read, all of it
+    (a 10⁶ x 10⁶ px flat slide: 10¹² px), which takes as long as the tiles do: a
+    :class:`~napari_msunet.io.slide.SlideWarning` then says so when that is more than
+    :data:`FLAT_WARN_PX` pixels, and the records show how far it is.
 
     Parameters
     ----------
@@ -209,11 +239,20 @@ def detect_tissue(
         ``None`` for the defaults.
     mpp
         µm per level-0 pixel, overriding the file's (required when the file has none).
+    stop
+        Checked between windows (see :func:`napari_msunet.progress.stopped`).
+
+    Yields
+    ------
+    Progress
+        Stage ``"tissue"`` (:data:`TISSUE`), ``done`` / ``total`` windows: one record before
+        the first window and one after each, only when there is more than one window.
 
     Returns
     -------
-    TissueMask
-        At about ``settings.mpp`` µm/px (the level is shrunk by an integer factor).
+    TissueMask or None
+        At about ``settings.mpp`` µm/px (the level is shrunk by an integer factor); ``None``
+        when ``stop`` ended it early.
     """
     settings = settings or TissueSettings()
     base_mpp = mpp if mpp is not None else slide.mpp
@@ -224,14 +263,37 @@ def detect_tissue(
     f = max(1, math.floor(settings.mpp / level_mpp[level] + 1e-6))
     lh, lw = slide.level_shapes[level]
     h0, w0 = slide.shape
-    strip = max(f, _STRIP // f * f)
-    parts = []
-    for ly in range(0, lh, strip):
-        rows = min(strip, lh - ly)
+    # file pixels decoded per pixel of the level read: 1, or 4^n for a computed level n
+    per_px = 1.0 if slide.pyramidal else (h0 / lh) * (w0 / lw)
+    if per_px > 1 and h0 * w0 > FLAT_WARN_PX:
+        warnings.warn(
+            f"{slide.path}: has no pyramid, so tissue detection must decode all {w0:,} x "
+            f"{h0:,} px of level 0 ({h0 * w0 * 3 / 1e9:,.1f} GB of pixels), which can take "
+            f"very long; convert it to a pyramidal TIFF (e.g. `vips tiffsave IN OUT.tif "
+            f"--tile --pyramid --compression jpeg --bigtiff`) or predict without tissue "
+            f"detection (--no-tissue)",
+            SlideWarning,
+            stacklevel=2,
+        )
+    side = max(f, min(_MAX_WINDOW, math.isqrt(int(WINDOW_PX / per_px))) // f * f)
+    windows = [(ly, lx) for ly in range(0, lh, side) for lx in range(0, lw, side)]
+    report = len(windows) > 1
+    t0 = time.perf_counter()
+    if report:
+        yield Progress(0, len(windows), TISSUE, "detecting tissue", 0.0)
+    rgb = np.empty((-(-lh // f), -(-lw // f), 3), np.uint8)
+    for i, (ly, lx) in enumerate(windows):
+        if i and stopped(stop):  # between windows: a one-window detection never asks
+            return None
+        rows, cols = min(side, lh - ly), min(side, lw - lx)
         y0 = -((-ly * h0) // lh)  # level-0 row that read_region floors to ly
-        block = slide.read_region(level, y0, 0, rows, lw)
-        parts.append(np.asarray(Image.fromarray(block).reduce(f)) if f > 1 else block)
-    rgb = np.concatenate(parts, axis=0)
+        x0 = -((-lx * w0) // lw)
+        block = slide.read_region(level, y0, x0, rows, cols)
+        small = np.asarray(Image.fromarray(block).reduce(f)) if f > 1 else block
+        rgb[ly // f : ly // f + small.shape[0], lx // f : lx // f + small.shape[1]] = small
+        if report:
+            msg = f"tissue: window {i + 1}/{len(windows)}"
+            yield Progress(i + 1, len(windows), TISSUE, msg, time.perf_counter() - t0)
     mask_mpp = level_mpp[level] * f
     mask, threshold = tissue_from_rgb(
         rgb,
@@ -242,3 +304,6 @@ def detect_tissue(
         hole_area_um2=settings.hole_area_um2,
     )
     return TissueMask(mask, (h0 / lh * f, w0 / lw * f), mask_mpp, threshold)
+
+
+detect_tissue = eager(iter_detect_tissue)

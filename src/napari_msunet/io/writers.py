@@ -54,6 +54,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from napari_msunet._atomic import check_writable, write_error
 from napari_msunet.errors import WriterError
 from napari_msunet.progress import Progress, Stop, stopped
 
@@ -324,17 +325,17 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
 
 
 def check_target(path: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; make sure the parent folder exists."""
+    """Refuse an existing output unless ``overwrite``, or a folder that cannot be written (see
+    :func:`~napari_msunet._atomic.check_writable`); make sure the parent folder exists."""
     if path.name in ("", ".", ".."):
         raise WriterError(path, "the output needs a file or folder name")
     if os.path.lexists(path) and not overwrite:
         raise WriterError(path, "the output exists; pass overwrite=True to replace it")
+    check_writable(path)  # a read-only or foreign folder: refused before any work
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WriterError(path, f"cannot create the output folder: {exc.strerror or exc}") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise WriterError(path, f"the folder {path.parent} is not writable")
+        raise write_error(path, exc, "cannot create the output folder") from exc
 
 
 def remove_path(path: Path) -> None:
@@ -371,7 +372,7 @@ def publish(tmp: Path, final: Path, overwrite: bool) -> None:
             raise
         remove_path(old)
     except OSError as exc:
-        raise WriterError(final, f"cannot move the finished output into place: {exc}") from exc
+        raise write_error(final, exc, "cannot move the finished output into place") from exc
 
 
 # --------------------------------------------------------------------------------------------

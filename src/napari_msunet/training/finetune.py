@@ -10,6 +10,15 @@ The result is a *new* file next to the parent (``<stem>-ft1.safetensors``, ``-ft
 never an overwrite, with the parent's path and checksum in its header. The trainer's
 checkpoints go to ``<stem>-ftN.run/`` beside it.
 
+Classes the parent does not have (a pathologist's germinal centre and sinus, from a model
+that knows gland) are learnt with ``classes="add"`` (the parent's classes plus the new ones)
+or ``classes="replace"`` (background plus the annotation's classes): the encoder and decoder
+are transferred and the class head rebuilt (:mod:`napari_msunet.models.transfer`); names
+and colours come from the annotation's classification, and the version's header records the
+class mapping. The rebuilt start model is ``init.safetensors`` in the run folder. With the
+default ``classes="keep"`` an annotation class the parent lacks is refused, naming both
+ways.
+
 Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
 
 - ``stop`` after at least one step: the steps done so far become the new version (its header
@@ -45,10 +54,14 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import ConcatDataset
 
-from napari_msunet.errors import AnnotationError, ConfigError, MsunetError
-from napari_msunet.models.checkpoint import load_model, read_header, save_model
+from napari_msunet.errors import AnnotationError, ConfigError, MsunetError, brief
+from napari_msunet.io.annotations import default_color
+from napari_msunet.models.base import SegmentationModel
+from napari_msunet.models.checkpoint import ModelHeader, load_model, read_header, save_model
+from napari_msunet.models.transfer import class_scheme, with_classes
 from napari_msunet.progress import Stop, eager
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
@@ -56,6 +69,7 @@ from napari_msunet.training.losses import LossConfig
 from napari_msunet.training.slide_dataset import (
     SlidePatchDataset,
     SlideSpec,
+    annotation_classes,
     check_annotation,
     patch_positions,
 )
@@ -69,6 +83,10 @@ __all__ = [
     "iter_finetune",
     "next_version_path",
 ]
+
+
+INIT_NAME = "init.safetensors"
+"""The start model of a fine-tune to other classes, in its run folder."""
 
 
 class FinetuneWarning(UserWarning):
@@ -122,6 +140,7 @@ def interrupted_version(
     lr: float,
     batch_size: int,
     seed: int,
+    classes: str = "keep",
     **_: object,
 ) -> Path | None:
     """The version an interrupted fine-tune of ``parent`` in ``folder`` was writing, if any.
@@ -154,11 +173,13 @@ def interrupted_version(
                 "parent_sha256": _sha256(parent),
                 "slides": _slides_record(slides),
                 "settings": [steps, lr, batch_size, seed],
+                "classes": classes,
             }
         found = {
             "parent_sha256": training.get("parent_sha256"),
             "slides": training.get("slides"),
             "settings": [config.get(k) for k in ("steps_per_epoch", "lr", "batch_size", "seed")],
+            "classes": training.get("classes", "keep"),
         }
         if found == wanted:
             return target
@@ -186,9 +207,17 @@ def _sha256(path: Path) -> str:
 
 
 def _config(
-    parent: Path, steps: int, lr: float, batch_size: int, seed: int, device: str, corrected: bool
+    parent: Path,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    corrected: bool,
+    classes: tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None = None,
 ) -> TrainConfig:
     header = read_header(parent)
+    names, colours = classes if classes is not None else (header.class_names, header.class_colours)
     base = header.training.get("config") if isinstance(header.training, dict) else None
     cfg = (
         TrainConfig.from_dict(base)
@@ -211,8 +240,8 @@ def _config(
     )
     return dataclasses.replace(
         cfg,
-        class_names=header.class_names,
-        class_colours=header.class_colours,
+        class_names=names,
+        class_colours=colours,
         mpp=header.input_um_per_px,
         norm_mean=header.norm_mean,
         norm_std=header.norm_std,
@@ -237,6 +266,7 @@ def iter_finetune(
     seed: int = 0,
     device: str = "auto",
     out: str | Path | None = None,
+    classes: str = "keep",
     stop: Stop = None,
 ) -> Generator[TrainStep | EpochEnd, None, FinetuneResult]:
     """Fine-tune ``model`` on ``slides`` for ``steps`` steps; yields the trainer's records.
@@ -254,6 +284,10 @@ def iter_finetune(
         header, with the fine-tune losses switched on.
     out
         The new model file; defaults to :func:`next_version_path`. Never overwritten.
+    classes
+        ``"keep"`` (the parent's classes; the annotations must use them), ``"add"`` (the
+        parent's and the annotations' new ones) or ``"replace"`` (background and the
+        annotations' classes); see the module docstring.
     stop
         A :data:`~napari_msunet.progress.Stop`, checked before each step (see the module
         docstring for what a stop or ``close()`` leaves).
@@ -264,17 +298,18 @@ def iter_finetune(
         The new version (``model=None`` when stopped before the first step).
     """
     parent = Path(model)
-    load_model(parent)  # validates the file before any work
+    parent_model, parent_header = load_model(parent)  # validates the file before any work
     if out is None:  # finish an interrupted run of these settings, else the next version
         settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed}
-        out = interrupted_version(parent.parent, parent, slides, **settings)
+        out = interrupted_version(parent.parent, parent, slides, **settings, classes=classes)
     target = Path(out) if out is not None else next_version_path(parent)
     if target.exists():
         raise ConfigError(f"{target}: already exists; model versions are never overwritten")
     if steps < 1:
         raise ConfigError(f"steps must be positive, got {steps}")
+    scheme = _class_scheme(parent, parent_header, slides, classes)
     corrected = any(s.regions is not None for s in slides)
-    cfg = _config(parent, steps, lr, batch_size, seed, device, corrected)
+    cfg = _config(parent, steps, lr, batch_size, seed, device, corrected, scheme)
     size = context_size(cfg.patch)
     for spec in slides:
         _check_annotation(spec, cfg)
@@ -292,9 +327,16 @@ def iter_finetune(
         "kind": "fine-tune",
         "parent_sha256": _sha256(parent),
         "slides": _slides_record(slides),
+        "classes": classes,
     }
+    init = parent
+    if cfg.class_names != parent_header.class_names:
+        init, mapping = _transferred_start(parent_model, parent_header, cfg, run_dir)
+        provenance["class_mapping"] = mapping
+        # the version's parent is the model file the user chose, not the rebuilt start
+        provenance["parent"] = {"path": str(parent), "training": parent_header.training}
     result = yield from iter_train(
-        cfg, data, None, run_dir, init_model=parent, provenance=provenance, stop=stop
+        cfg, data, None, run_dir, init_model=init, provenance=provenance, stop=stop
     )
     if result.global_step == 0:  # stopped before the first step: nothing to save
         _remove_run(run_dir)
@@ -302,6 +344,60 @@ def iter_finetune(
     trained, header = load_model(result.last)
     save_model(target, trained, header)  # atomic; refuses to overwrite
     return FinetuneResult(target, run_dir, result.global_step, result.stopped)
+
+
+def _class_scheme(
+    parent: Path, header: ModelHeader, slides: Sequence[SlideSpec], mode: str
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The new version's class names and colours (see the module docstring).
+
+    Raises
+    ------
+    AnnotationError
+        With ``mode="keep"``, an annotation class the parent lacks: the message names the
+        file, the classes and the two ways to learn them.
+    """
+    found: dict[str, tuple[int, int, int]] = {}
+    old = header.class_names
+    for spec in slides:
+        classes = annotation_classes(spec.annotation)
+        for c in classes:
+            found.setdefault(c.name, c.color)
+        unknown = [c.name for c in classes if c.name not in old and c.name != old[0]]
+        if mode == "keep" and unknown:
+            raise AnnotationError(
+                spec.annotation,
+                f"its classes {brief(unknown)} are not among the model's {brief(list(old))} "
+                f"({parent.name}). To learn them from this model, add them to its classes "
+                "(msunet finetune --classes add; Fine-tune: 'Add classes') or replace its "
+                "classes with the annotations' (--classes replace)",
+            )
+    names = class_scheme(old, list(found), mode)
+    theirs = dict(zip(old, header.class_colours or (), strict=False))
+    colours = tuple(theirs.get(n) or found.get(n) or default_color(i) for i, n in enumerate(names))
+    return names, colours
+
+
+def _transferred_start(
+    parent: SegmentationModel, header: ModelHeader, cfg: TrainConfig, run_dir: Path
+) -> tuple[Path, dict[str, str | None]]:
+    """Write ``run_dir/init.safetensors``: the parent with a head for ``cfg``'s classes.
+
+    Its new head rows are drawn from ``cfg.seed``, so a rerun after an interrupt (which
+    resumes from the checkpoint anyway) and a rerun from scratch start alike.
+    """
+    torch.manual_seed(cfg.seed)
+    child, mapping = with_classes(parent, header.class_names, cfg.class_names)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = dataclasses.replace(
+        header,
+        config=child.config,
+        class_names=cfg.class_names,
+        class_colours=cfg.class_colours,
+        training={**header.training, "class_mapping": mapping},
+    )
+    path = save_model(run_dir / INIT_NAME, child, start, overwrite=True)
+    return path, mapping
 
 
 def _check_annotation(spec: SlideSpec, cfg: TrainConfig) -> None:
@@ -334,7 +430,7 @@ def _check_annotation(spec: SlideSpec, cfg: TrainConfig) -> None:
 
 def _remove_run(run_dir: Path) -> None:
     """Delete the trainer's files in ``run_dir``, then the folder if nothing else is there."""
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, INIT_NAME):
         (run_dir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # something else lives there: leave it
         run_dir.rmdir()

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_msunet.errors import AnnotationError, ConfigError, brief
+from napari_msunet.io.annotations import ClassInfo
 from napari_msunet.io.geojson import read_geojson
 from napari_msunet.io.masks import LabelMask, open_mask
 from napari_msunet.io.rasterise import Rasteriser
@@ -45,6 +46,7 @@ from napari_msunet.training.losses import IGNORE_INDEX
 __all__ = [
     "SlidePatchDataset",
     "SlideSpec",
+    "annotation_classes",
     "check_annotation",
     "patch_positions",
     "slide_datasets",
@@ -167,6 +169,16 @@ class _Labels:
             sub = block[np.ix_(rows[inside_r] - r0, cols[inside_c] - c0)]
             out[np.ix_(inside_r, inside_c)] = self._lut[sub.astype(np.intp, copy=False)]
         return out
+
+
+def annotation_classes(path: Path) -> tuple[ClassInfo, ...]:
+    """The classes an annotation file names (QuPath classifications, or a mask's class table).
+
+    A mask without a class table names none: its labels are the model's class numbers.
+    """
+    if _is_geojson(path):
+        return read_geojson(path).classes
+    return open_mask(path).classes
 
 
 def _is_geojson(path: Path) -> bool:
@@ -429,6 +441,8 @@ class SlidePatchDataset(Dataset):
         o = (self.size - self.patch) // 2
         rgb = reader.read(y - o, x - o, self.size, self.size)
         lab = labels.window(y - o, x - o, self.size, self.size)
+        if not rgb.flags.writeable:  # a decoded tile shared read-only (torch warns on those)
+            rgb = rgb.copy()
         return {
             "image": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1),
             "mask": torch.from_numpy(lab),
