@@ -1,4 +1,4 @@
-"""Suspected missing annotations: where the model is confident and the annotation is empty.
+"""Suspected missing and wrong annotations: where a confident model disagrees with them.
 
 The paper's missing-annotation problem (section III.C, Fig. 2) as a review queue. Its
 bootstrap weight (eq. 2) measures how sure the model is of a pixel,
@@ -9,15 +9,22 @@ generalised to ``C`` classes as the normalised confidence of the predicted class
 ``(max_c p_c - 1/C) / (1 - 1/C)`` (exactly eq. 2 for two classes; the same formula as
 :func:`napari_msunet.training.losses.bootstrap_weight`). Where that weight is high for a
 foreground class and the annotation says background, either the annotator missed a region
-or the model is confidently wrong; both deserve a look. Connected regions of such pixels
-(4-connected, per class) are the candidates, ranked by area x mean confidence so that large,
-sure regions come first.
+or the model is confidently wrong; both deserve a look. The other direction is the same
+label noise seen from the annotation: where the annotation says class k > 0 and the model is
+as confident of another class (background or another foreground class), the annotation is
+*suspected wrong* (drawn too large, on the wrong tissue, or with the wrong class). Connected
+regions of such pixels (4-connected, per pair of annotated and predicted class) are the
+candidates, each saying its kind (:data:`MISSING` or :data:`WRONG`), ranked by area x mean
+confidence so that large, sure regions come first. :func:`iter_find_missing` looks for the
+missing ones unless asked for both (``kinds=KINDS``), as the cohort review queue
+(:mod:`napari_msunet.evaluation.review_queue`) does.
 
 The search runs on a coarse level of the prediction's probability pyramid (default about
 8 µm/px; the pyramid's levels are 2 x 2 means of the probabilities, so a coarse pixel is
 confident only where most of its area is) one chunk-aligned window at a time. Regions that
 cross window borders are joined with a union-find over the border pixels, so memory depends
-on the window size and the number of candidates, never on the slide's area.
+on the window size and the number of candidates, never on the slide's area (the machinery
+lives in :mod:`napari_msunet.evaluation._candidate_regions`).
 
 The probabilities are what :func:`~napari_msunet.inference.engine.iter_predict_slide` writes:
 ``probabilities.ome.zarr``, uint8 ``p * 255``, ``(C, Y, X)``, channel 0 background. Pixels the
@@ -36,20 +43,24 @@ from typing import Any
 import numpy as np
 import shapely
 import zarr
-from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_msunet.errors import AnnotationError, MsunetError
+from napari_msunet.evaluation._candidate_regions import (
+    AnnotationGrid,
+    Regions,
+    annotated,
+    window_regions,
+)
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
-from napari_msunet.io.geojson import read_geojson
-from napari_msunet.io.masks import open_mask
 from napari_msunet.io.prediction_record import PredictionRecord, read_prediction_record
 from napari_msunet.io.rasterise import Rasteriser
-from napari_msunet.io.vectorise import vectorise
-from napari_msunet.io.writers import read_block
 from napari_msunet.progress import Progress, Stop, eager, stopped
 
 __all__ = [
+    "KINDS",
+    "MISSING",
+    "WRONG",
     "Candidate",
     "accept_candidate",
     "bootstrap_confidence",
@@ -60,15 +71,21 @@ __all__ = [
 
 _WINDOW = 1024  # coarse pixels per window edge (rounded to the store's chunks)
 
+MISSING = "missing"
+"""A candidate where the annotation is background and the model confident of a class."""
+WRONG = "wrong"
+"""A candidate where the annotation says class k > 0 and the model is confident of another."""
+KINDS = (MISSING, WRONG)
+
 
 @dataclass(frozen=True, eq=False)
 class Candidate:
-    """One suspected missing annotation.
+    """One suspected missing or wrong annotation.
 
     Attributes
     ----------
     label, class_name
-        The predicted class.
+        The predicted class (0, background, for a wrong annotation where the model sees none).
     bbox
         Level-0 ``(y, x, h, w)`` of the region.
     area_px
@@ -82,6 +99,12 @@ class Candidate:
         following the edges of the coarse pixels.
     level, downsample
         The probability level searched and its level-0 pixels per pixel.
+    kind
+        :data:`MISSING` (the annotation is background there) or :data:`WRONG`.
+    annotated, annotated_name
+        The annotated class (0, "Background", for a missing one).
+    slide
+        The slide's name, in a queue over several slides (``None`` for one slide).
     """
 
     label: int
@@ -93,6 +116,10 @@ class Candidate:
     polygon: Polygon | MultiPolygon
     level: int = 0
     downsample: float = 1.0
+    kind: str = MISSING
+    annotated: int = 0
+    annotated_name: str = "Background"
+    slide: str | None = None
 
     @property
     def score(self) -> float:
@@ -121,14 +148,19 @@ def bootstrap_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def is_rejected(candidate: Candidate, rejected: Sequence[dict[str, Any]], iou: float = 0.5) -> bool:
-    """Whether a candidate matches a rejected one (same class, bbox IoU >= ``iou``).
+    """Whether a candidate matches a rejected one (same classes, bbox IoU >= ``iou``).
 
     Candidates are recomputed after every prediction, so a rejection is remembered by where
-    it was rather than by an identity.
+    it was rather than by an identity. ``rejected`` items are ``{"bbox": [y, x, h, w],
+    "label": predicted class}`` with ``"annotated"`` (default 0: a missing one), as
+    :meth:`AnnotationStore.rejected <napari_msunet.io.annotation_store.AnnotationStore.rejected>`
+    gives them.
     """
     y, x, h, w = candidate.bbox
     for item in rejected:
         if int(item.get("label", -1)) != candidate.label:
+            continue
+        if int(item.get("annotated", 0)) != candidate.annotated:
             continue
         ry, rx, rh, rw = item["bbox"]
         ih = max(0, min(y + h, ry + rh) - max(y, ry))
@@ -171,159 +203,6 @@ def _record(path: Path) -> PredictionRecord | None:
         return None
 
 
-class _Annotation:
-    """The annotation read on the coarse grid: label 0 = background (nearest neighbour)."""
-
-    def __init__(self, source: Any, slide_shape: tuple[int, int], d: tuple[float, float], shape):
-        self.slide_shape, self.d = slide_shape, d
-        self.raster = None
-        if isinstance(source, AnnotationStore):
-            source = source.mask_path
-        if isinstance(source, str | Path) and Path(source).suffix.lower() in (".geojson", ".json"):
-            anns = read_geojson(source, slide_shape=slide_shape)
-            labels = {c.name: 1 for c in anns.classes}
-            dd = (d[0] + d[1]) / 2
-            self.raster = Rasteriser(anns, slide_shape, dd, labels=labels, level_shape=shape)
-            return
-        levels = list(open_mask(source).levels) if isinstance(source, str | Path) else [source]
-        H = slide_shape[0]
-        self.level = levels[0]
-        for lv in levels:  # the coarsest level still at least as fine as the grid
-            if H / int(lv.shape[0]) <= d[0] * 1.001:
-                self.level = lv
-
-    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        if self.raster is not None:
-            return self.raster.region(y, x, h, w)
-        (H, W), (dy, dx) = self.slide_shape, self.d
-        mh, mw = (int(s) for s in self.level.shape)
-        rows = np.minimum(((np.arange(y, y + h) + 0.5) * dy * mh / H).astype(np.int64), mh - 1)
-        cols = np.minimum(((np.arange(x, x + w) + 0.5) * dx * mw / W).astype(np.int64), mw - 1)
-        r0, c0 = int(rows[0]), int(cols[0])
-        block = read_block(self.level, (slice(r0, int(rows[-1]) + 1), slice(c0, int(cols[-1]) + 1)))
-        return block[np.ix_(rows - r0, cols - c0)]
-
-
-def _annotated(ann: _Annotation, shape, y: int, x: int, h: int, w: int, k: int):
-    """Annotated pixels of a window, and the other pixels within ``k`` steps of them.
-
-    The annotation is read with a ``k``-pixel margin so that nearness across window edges
-    counts too.
-    """
-    y0, x0 = max(0, y - k), max(0, x - k)
-    y1, x1 = min(shape[0], y + h + k), min(shape[1], x + w + k)
-    a = np.zeros((h + 2 * k, w + 2 * k), bool)
-    a[y0 - y + k : y1 - y + k, x0 - x + k : x1 - x + k] = ann.read(y0, x0, y1 - y0, x1 - x0) > 0
-    inner = a[k : k + h, k : k + w]
-    if k == 0:
-        return inner, np.zeros_like(inner)
-    near = ndimage.binary_dilation(a, iterations=k)[k : k + h, k : k + w]
-    return inner, near & ~inner
-
-
-# ------------------------------------------------------------------------------------------
-# the search
-
-
-class _Regions:
-    """Union-find over window-local components, with their statistics and outlines."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = [0]
-        self.cls: list[int] = [0]
-        self.area: list[int] = [0]
-        self.conf: list[float] = [0.0]
-        self.edge: list[int] = [0]
-        self.box: list[list[int]] = [[0, 0, 0, 0]]
-        self.polys: list[list[Any]] = [[]]
-
-    def add(self, cls: int, area: int, conf: float, edge: int, box: list[int], poly: Any) -> int:
-        self.parent.append(len(self.parent))
-        self.cls.append(cls)
-        self.area.append(area)
-        self.conf.append(conf)
-        self.edge.append(edge)
-        self.box.append(box)
-        self.polys.append([poly])
-        return len(self.parent) - 1
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb or self.cls[ra] != self.cls[rb]:
-            return
-        self.parent[rb] = ra
-        self.area[ra] += self.area[rb]
-        self.conf[ra] += self.conf[rb]
-        self.edge[ra] += self.edge[rb]
-        ba, bb = self.box[ra], self.box[rb]
-        self.box[ra] = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
-        self.polys[ra].extend(self.polys[rb])
-        self.polys[rb] = []
-
-    def join_edge(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Join the regions of two facing rows/columns of global ids (0 = none)."""
-        both = (a > 0) & (b > 0)
-        for i, j in set(zip(a[both].tolist(), b[both].tolist(), strict=True)):
-            self.union(i, j)
-
-    def roots(self) -> list[int]:
-        return [i for i in range(1, len(self.parent)) if self.find(i) == i]
-
-
-def _window_regions(
-    regions: _Regions,
-    cls: np.ndarray,
-    conf: np.ndarray,
-    cand: np.ndarray,
-    touch: np.ndarray,
-    origin: tuple[int, int],
-    d: tuple[float, float],
-    min_pixels: int,
-) -> np.ndarray:
-    """Label the candidate pixels of one window, register them; return global ids per pixel.
-
-    ``touch`` marks pixels near an annotated pixel (counted per region).
-    """
-    gid = np.zeros(cand.shape, np.int64)
-    h, w = cand.shape
-    y0, x0 = origin
-    offset, scale = np.array([x0, y0], float), np.array([d[1], d[0]])  # window px -> level 0
-    for c in np.unique(cls[cand]):
-        comp, n = ndimage.label(cand & (cls == c))
-        if n == 0:
-            continue
-        area = np.bincount(comp.ravel(), minlength=n + 1)
-        sums = np.bincount(comp.ravel(), weights=conf.ravel(), minlength=n + 1)
-        edge = np.bincount(comp.ravel(), weights=touch.ravel(), minlength=n + 1)
-        slices = ndimage.find_objects(comp)
-        keep = []
-        for k, sl in enumerate(slices, 1):
-            touches = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or sl[1].stop == w
-            if area[k] >= min_pixels or touches:
-                keep.append(k)
-        if not keep:
-            continue
-        lut = np.zeros(n + 1, np.int64)
-        lut[keep] = -1
-        kept = np.where(lut[comp] != 0, comp, 0).astype(np.int32)
-        outlines = vectorise(kept, {str(k): k for k in keep}, block=max(h, w))
-        for ann in outlines:
-            k = int(ann.class_name)
-            sl = slices[k - 1]
-            geom = shapely.transform(ann.geometry, lambda xy: (xy + offset) * scale)
-            box = [sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0]
-            lut[k] = regions.add(int(c), int(area[k]), float(sums[k]), int(edge[k]), box, geom)
-        sel = kept > 0
-        gid[sel] = lut[kept[sel]]
-    return gid
-
-
 def iter_find_missing(
     probabilities: str | Path,
     annotation: Any,
@@ -340,9 +219,11 @@ def iter_find_missing(
     rejected: Sequence[dict[str, Any]] = (),
     limit: int | None = None,
     window: int = _WINDOW,
+    kinds: Sequence[str] = (MISSING,),
     stop: Stop = None,
 ) -> Generator[Progress, None, list[Candidate]]:
-    """Find suspected missing annotations, as a generator; returns them ranked.
+    """Find suspected missing (and, when asked, wrong) annotations, as a generator; returns
+    them ranked.
 
     :func:`find_missing` is its eager twin. It reads the probabilities and the annotation and
     writes nothing.
@@ -354,7 +235,9 @@ def iter_find_missing(
     annotation
         An :class:`~napari_msunet.io.annotation_store.AnnotationStore`, a label-mask path
         (any resolution of the slide), a QuPath GeoJSON path, or a 2-D label array on the
-        slide's grid at any scale. Any label > 0 counts as annotated.
+        slide's grid at any scale. Any label > 0 counts as annotated; for suspected wrong
+        annotations a label is the prediction channel of that number (a GeoJSON class: the
+        channel of that name; see :class:`~._candidate_regions.AnnotationGrid`).
     slide_shape, slide_mpp
         Level-0 shape and µm/px of the slide; default: from the store, else from the
         prediction's ``prediction.json``.
@@ -367,10 +250,11 @@ def iter_find_missing(
         Smallest candidate kept: in µm² and in pixels of the searched level.
     max_edge_fraction, edge_width
         Drop regions more than ``max_edge_fraction`` of whose pixels lie within
-        ``edge_width`` pixels (of the searched level) of the annotation: slivers along an
-        annotated region's outline are a boundary disagreement (what the fuzzy-boundary loss
-        is for), not a missing region; a missed region that merely touches an annotated one
-        keeps most of its pixels away from it.
+        ``edge_width`` pixels (of the searched level) of another annotated label: slivers
+        along an annotated region's outline, outside it or inside it, are a boundary
+        disagreement (what the fuzzy-boundary loss is for), not a missing or wrong region; a
+        missed region that merely touches an annotated one keeps most of its pixels away
+        from it.
     rejected
         Candidates rejected earlier (``AnnotationStore.rejected()``); see :func:`is_rejected`.
     limit
@@ -378,6 +262,8 @@ def iter_find_missing(
     window
         Edge of the windows read at a time, in pixels of the searched level (rounded to
         its chunks): what bounds the memory.
+    kinds
+        Which candidates: :data:`MISSING`, :data:`WRONG` or both (:data:`KINDS`).
     stop
         Checked before every window (see :mod:`napari_msunet.progress`); when it asks to
         stop, the search returns the candidates of the windows searched so far (a region
@@ -416,7 +302,11 @@ def iter_find_missing(
     arr = arrays[level]
     d = (float(d0[0]) * 2**level, float(d0[1]) * 2**level)
     shape = (int(arr.shape[1]), int(arr.shape[2]))
-    ann = _Annotation(annotation, slide_shape, d, shape)
+    kinds = set(kinds)
+    if not kinds or kinds - set(KINDS):
+        raise ValueError(f"kinds must be some of {KINDS}, got {sorted(kinds)}")
+    ann = AnnotationGrid(annotation, slide_shape, d, shape, names)
+    n_cls = int(arr.shape[0])
     px_um2 = None
     if slide_mpp:
         px_um2 = d[0] * d[1] * slide_mpp**2
@@ -427,7 +317,7 @@ def iter_find_missing(
     cy, cx = (int(c) for c in arr.chunks[-2:])
     sy, sx = max(cy, window // cy * cy), max(cx, window // cx * cx)
     windows = [(y, x) for y in range(0, shape[0], sy) for x in range(0, shape[1], sx)]
-    regions = _Regions()
+    regions = Regions()
     bottom: dict[int, np.ndarray] = {}  # column origin -> last row of global ids above
     right: np.ndarray | None = None
     started = time.monotonic()
@@ -437,9 +327,16 @@ def iter_find_missing(
         h, w = min(sy, shape[0] - y), min(sx, shape[1] - x)
         probs = np.asarray(arr[:, y : y + h, x : x + w])
         cls, conf = bootstrap_confidence(probs)
-        annotated, touch = _annotated(ann, shape, y, x, h, w, edge_width)
-        cand = (cls > 0) & (conf >= threshold) & ~annotated
-        gid = _window_regions(regions, cls, conf, cand, touch, (y, x), d, min_px)
+        ann_cls, touch = annotated(ann, shape, y, x, h, w, edge_width)
+        ann_cls = ann_cls.astype(np.int64)
+        cand = np.zeros(cls.shape, bool)
+        if MISSING in kinds:
+            cand |= (ann_cls == 0) & (cls > 0)
+        if WRONG in kinds:  # a label the model lacks (a GeoJSON class it does not know) is
+            cand |= (ann_cls > 0) & (ann_cls < n_cls) & (cls != ann_cls)  # never "wrong"
+        cand &= conf >= threshold
+        key = ann_cls * n_cls + cls
+        gid = window_regions(regions, key, conf, cand, touch, (y, x), d, min_px)
         if y > 0 and x in bottom:
             regions.join_edge(bottom[x], gid[0])
         if x > 0 and right is not None:
@@ -449,7 +346,8 @@ def iter_find_missing(
             done,
             len(windows),
             "search",
-            f"looking for suspected missing annotations: window {done}/{len(windows)}",
+            f"looking for suspected {' and '.join(k for k in KINDS if k in kinds)} "
+            f"annotations: window {done}/{len(windows)}",
             time.monotonic() - started,
         )
 
@@ -461,11 +359,11 @@ def iter_find_missing(
         r0, c0, r1, c1 = regions.box[r]
         y0, x0 = math.floor(r0 * d[0]), math.floor(c0 * d[1])
         y1, x1 = min(H, math.ceil(r1 * d[0])), min(W, math.ceil(c1 * d[1]))
-        c = regions.cls[r]
+        k, c = divmod(regions.cls[r], n_cls)
         polys = regions.polys[r]
         cand = Candidate(
             label=c,
-            class_name=names[c] if c < len(names) else f"class {c}",
+            class_name=_name(names, c),
             bbox=(y0, x0, y1 - y0, x1 - x0),
             area_px=regions.area[r] * d[0] * d[1],
             area_um2=regions.area[r] * px_um2 if px_um2 else None,
@@ -473,6 +371,9 @@ def iter_find_missing(
             polygon=polys[0] if len(polys) == 1 else shapely.union_all(polys),
             level=level,
             downsample=(d[0] + d[1]) / 2,
+            kind=WRONG if k else MISSING,
+            annotated=k,
+            annotated_name=_name(names, k),
         )
         if not is_rejected(cand, rejected):
             out.append(cand)
@@ -481,6 +382,10 @@ def iter_find_missing(
 
 
 find_missing = eager(iter_find_missing)
+
+
+def _name(names: Sequence[str], c: int) -> str:
+    return names[c] if c < len(names) else f"class {c}"
 
 
 def accept_candidate(

@@ -46,36 +46,31 @@ What is read before the first step, so that a mistake is told before minutes of 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import warnings
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch.utils.data import ConcatDataset
-
-from napari_msunet.errors import AnnotationError, ConfigError, MsunetError, brief
-from napari_msunet.io.annotations import default_color
-from napari_msunet.models.base import SegmentationModel
-from napari_msunet.models.checkpoint import ModelHeader, load_model, read_header, save_model
-from napari_msunet.models.transfer import class_scheme, with_classes
-from napari_msunet.progress import Stop, eager
-from napari_msunet.training.augment import context_size
+from napari_msunet.errors import ConfigError, MsunetError
+from napari_msunet.models.checkpoint import load_model, read_header
+from napari_msunet.progress import Progress, Stop, eager
 from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.held_out import FRACTION
 from napari_msunet.training.losses import LossConfig
-from napari_msunet.training.slide_dataset import (
-    SlidePatchDataset,
-    SlideSpec,
-    annotation_classes,
-    check_annotation,
-    patch_positions,
+from napari_msunet.training.slide_dataset import SlideSpec
+from napari_msunet.training.slide_training import (
+    INIT_NAME,
+    FinetuneWarning,
+    VersionResult,
+    _class_scheme,
+    _transferred_start,
+    iter_train_version,
+    run_dir_of,
+    sha256_of,
+    slides_record,
 )
-from napari_msunet.training.trainer import RUN_FILES, EpochEnd, TrainStep, iter_train
 
 __all__ = [
+    "INIT_NAME",
     "FinetuneResult",
     "FinetuneWarning",
     "finetune",
@@ -84,37 +79,8 @@ __all__ = [
     "next_version_path",
 ]
 
-
-INIT_NAME = "init.safetensors"
-"""The start model of a fine-tune to other classes, in its run folder."""
-
-
-class FinetuneWarning(UserWarning):
-    """Fine-tuning goes ahead on inputs that are legitimate but often a mistake."""
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """What a fine-tune finished with.
-
-    Attributes
-    ----------
-    model
-        The new model version; ``None`` when the run was stopped before its first step
-        (then nothing was written: a version that trained zero steps would only copy its
-        parent).
-    run_dir
-        The trainer's checkpoint folder (``<version>.run``); ``None`` with ``model``.
-    steps
-        Steps trained (0 exactly when ``model`` is ``None``).
-    stopped
-        Whether ``stop`` ended the run before its planned steps.
-    """
-
-    model: Path | None
-    run_dir: Path | None
-    steps: int
-    stopped: bool
+FinetuneResult = VersionResult
+"""What a fine-tune finished with (:class:`~.slide_training.VersionResult`)."""
 
 
 def next_version_path(parent: Path) -> Path:
@@ -141,6 +107,7 @@ def interrupted_version(
     batch_size: int,
     seed: int,
     classes: str = "keep",
+    held_out_fraction: float = FRACTION,
     **_: object,
 ) -> Path | None:
     """The version an interrupted fine-tune of ``parent`` in ``folder`` was writing, if any.
@@ -170,40 +137,22 @@ def interrupted_version(
         config = training.get("config") if isinstance(training.get("config"), dict) else {}
         if wanted is None:
             wanted = {
-                "parent_sha256": _sha256(parent),
-                "slides": _slides_record(slides),
+                "parent_sha256": sha256_of(parent),
+                "slides": slides_record(slides),
                 "settings": [steps, lr, batch_size, seed],
                 "classes": classes,
+                "held_out_fraction": held_out_fraction,
             }
         found = {
             "parent_sha256": training.get("parent_sha256"),
             "slides": training.get("slides"),
             "settings": [config.get(k) for k in ("steps_per_epoch", "lr", "batch_size", "seed")],
             "classes": training.get("classes", "keep"),
+            "held_out_fraction": training.get("held_out_fraction", FRACTION),
         }
         if found == wanted:
             return target
     return None
-
-
-def _slides_record(slides: Sequence[SlideSpec]) -> list[dict[str, str | None]]:
-    """How a version's header records its slides (and :func:`interrupted_version` compares)."""
-    return [
-        {
-            "slide": str(s.slide),
-            "annotation": str(s.annotation),
-            "regions": str(s.regions) if s.regions else None,
-        }
-        for s in slides
-    ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _config(
@@ -267,8 +216,10 @@ def iter_finetune(
     device: str = "auto",
     out: str | Path | None = None,
     classes: str = "keep",
+    held_out_fraction: float = FRACTION,
+    held_out_slides: Sequence[SlideSpec] = (),
     stop: Stop = None,
-) -> Generator[TrainStep | EpochEnd, None, FinetuneResult]:
+) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune ``model`` on ``slides`` for ``steps`` steps; yields the trainer's records.
 
     Parameters
@@ -288,6 +239,10 @@ def iter_finetune(
         ``"keep"`` (the parent's classes; the annotations must use them), ``"add"`` (the
         parent's and the annotations' new ones) or ``"replace"`` (background and the
         annotations' classes); see the module docstring.
+    held_out_fraction, held_out_slides
+        What is kept out of training and scored, parent against version
+        (:func:`~napari_msunet.training.held_out.choose_held_out`); a slide's own choice is
+        its ``SlideSpec.held_out`` GeoJSON.
     stop
         A :data:`~napari_msunet.progress.Stop`, checked before each step (see the module
         docstring for what a stop or ``close()`` leaves).
@@ -301,163 +256,46 @@ def iter_finetune(
     parent_model, parent_header = load_model(parent)  # validates the file before any work
     if out is None:  # finish an interrupted run of these settings, else the next version
         settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed}
-        out = interrupted_version(parent.parent, parent, slides, **settings, classes=classes)
+        out = interrupted_version(
+            parent.parent,
+            parent,
+            slides,
+            **settings,
+            classes=classes,
+            held_out_fraction=held_out_fraction,
+        )
     target = Path(out) if out is not None else next_version_path(parent)
-    if target.exists():
-        raise ConfigError(f"{target}: already exists; model versions are never overwritten")
     if steps < 1:
         raise ConfigError(f"steps must be positive, got {steps}")
     scheme = _class_scheme(parent, parent_header, slides, classes)
     corrected = any(s.regions is not None for s in slides)
     cfg = _config(parent, steps, lr, batch_size, seed, device, corrected, scheme)
-    size = context_size(cfg.patch)
-    for spec in slides:
-        _check_annotation(spec, cfg)
-    parts = []
-    for k, spec in enumerate(slides):
-        pos = patch_positions(spec, cfg.mpp, cfg.patch, class_names=cfg.class_names, seed=seed + k)
-        if spec.regions is not None:
-            pos = _favour_regions(spec, cfg, pos)
-        if not pos:
-            raise ConfigError(f"{spec.slide}: no tissue found, nothing to fine-tune on")
-        parts.append(SlidePatchDataset(spec, cfg.mpp, pos, cfg.patch, size, cfg.class_names))
-    data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-    run_dir = target.with_name(target.name.removesuffix(".safetensors") + ".run")
     provenance = {
         "kind": "fine-tune",
-        "parent_sha256": _sha256(parent),
-        "slides": _slides_record(slides),
+        "parent_sha256": sha256_of(parent),
+        "slides": slides_record(slides),
         "classes": classes,
+        "held_out_fraction": held_out_fraction,
     }
     init = parent
     if cfg.class_names != parent_header.class_names:
-        init, mapping = _transferred_start(parent_model, parent_header, cfg, run_dir)
+        init, mapping = _transferred_start(parent_model, parent_header, cfg, run_dir_of(target))
         provenance["class_mapping"] = mapping
-        # the version's parent is the model file the user chose, not the rebuilt start
-        provenance["parent"] = {"path": str(parent), "training": parent_header.training}
-    result = yield from iter_train(
-        cfg, data, None, run_dir, init_model=init, provenance=provenance, stop=stop
-    )
-    if result.global_step == 0:  # stopped before the first step: nothing to save
-        _remove_run(run_dir)
-        return FinetuneResult(None, None, 0, result.stopped)
-    trained, header = load_model(result.last)
-    save_model(target, trained, header)  # atomic; refuses to overwrite
-    return FinetuneResult(target, run_dir, result.global_step, result.stopped)
-
-
-def _class_scheme(
-    parent: Path, header: ModelHeader, slides: Sequence[SlideSpec], mode: str
-) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """The new version's class names and colours (see the module docstring).
-
-    Raises
-    ------
-    AnnotationError
-        With ``mode="keep"``, an annotation class the parent lacks: the message names the
-        file, the classes and the two ways to learn them.
-    """
-    found: dict[str, tuple[int, int, int]] = {}
-    old = header.class_names
-    for spec in slides:
-        classes = annotation_classes(spec.annotation)
-        for c in classes:
-            found.setdefault(c.name, c.color)
-        unknown = [c.name for c in classes if c.name not in old and c.name != old[0]]
-        if mode == "keep" and unknown:
-            raise AnnotationError(
-                spec.annotation,
-                f"its classes {brief(unknown)} are not among the model's {brief(list(old))} "
-                f"({parent.name}). To learn them from this model, add them to its classes "
-                "(msunet finetune --classes add; Fine-tune: 'Add classes') or replace its "
-                "classes with the annotations' (--classes replace)",
-            )
-    names = class_scheme(old, list(found), mode)
-    theirs = dict(zip(old, header.class_colours or (), strict=False))
-    colours = tuple(theirs.get(n) or found.get(n) or default_color(i) for i, n in enumerate(names))
-    return names, colours
-
-
-def _transferred_start(
-    parent: SegmentationModel, header: ModelHeader, cfg: TrainConfig, run_dir: Path
-) -> tuple[Path, dict[str, str | None]]:
-    """Write ``run_dir/init.safetensors``: the parent with a head for ``cfg``'s classes.
-
-    Its new head rows are drawn from ``cfg.seed``, so a rerun after an interrupt (which
-    resumes from the checkpoint anyway) and a rerun from scratch start alike.
-    """
-    torch.manual_seed(cfg.seed)
-    child, mapping = with_classes(parent, header.class_names, cfg.class_names)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = dataclasses.replace(
-        header,
-        config=child.config,
-        class_names=cfg.class_names,
-        class_colours=cfg.class_colours,
-        training={**header.training, "class_mapping": mapping},
-    )
-    path = save_model(run_dir / INIT_NAME, child, start, overwrite=True)
-    return path, mapping
-
-
-def _check_annotation(spec: SlideSpec, cfg: TrainConfig) -> None:
-    """Open ``spec``'s annotation as training will; refuse or warn when it marks nothing.
-
-    Without corrected regions the whole annotation counts, so an empty one teaches "no gland
-    anywhere on this slide": far more often a forgotten annotation or the wrong file than a
-    slide without glands, and minutes of training would make the model worse without a word.
-    With regions, an empty annotation says "nothing in these regions" (the model's false
-    positives removed), which is a real correction: it goes ahead with a warning.
-    """
-    if check_annotation(spec, cfg.mpp, cfg.class_names):
-        return
-    classes = ", ".join(cfg.class_names[1:4]) + (", ..." if len(cfg.class_names) > 4 else "")
-    if spec.regions is None:
-        raise AnnotationError(
-            spec.annotation,
-            f"marks no {classes} anywhere on {spec.slide.name}: fine-tuning on it would teach "
-            "the model that the slide has none. Annotate the slide (or give the right file); "
-            "if the slide truly has none, draw the areas you checked as corrected regions "
-            "(--regions) and fine-tune again",
+    # the version's parent is the model file the user chose, not a rebuilt start
+    provenance["parent"] = {"path": str(parent), "training": parent_header.training}
+    return (
+        yield from iter_train_version(
+            cfg,
+            slides,
+            target,
+            init=init,
+            parent=parent,
+            provenance=provenance,
+            held_out_fraction=held_out_fraction,
+            held_out_slides=held_out_slides,
+            stop=stop,
         )
-    warnings.warn(
-        f"{spec.annotation}: marks no {classes} anywhere; fine-tuning teaches the model that "
-        f"the corrected regions of {spec.slide.name} ({spec.regions.name}) hold none",
-        FinetuneWarning,
-        stacklevel=3,
     )
-
-
-def _remove_run(run_dir: Path) -> None:
-    """Delete the trainer's files in ``run_dir``, then the folder if nothing else is there."""
-    for name in (*RUN_FILES, INIT_NAME):
-        (run_dir / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # something else lives there: leave it
-        run_dir.rmdir()
-
-
-def _favour_regions(spec: SlideSpec, cfg: TrainConfig, pos: list) -> list:
-    """Repeat the positions that touch corrected regions so they fill half the samples."""
-    from napari_msunet.io.geojson import read_geojson
-    from napari_msunet.io.slide import open_slide
-    from napari_msunet.io.working_image import working_geometry
-
-    with open_slide(spec.slide) as slide:
-        g = working_geometry(slide, cfg.mpp, spec.mpp)
-        regions = read_geojson(spec.regions, slide_shape=slide.shape)
-    dy, dx = g.downsample
-    boxes = [a.geometry.bounds for a in regions]  # (minx, miny, maxx, maxy) level-0
-    p = cfg.patch
-
-    def touches(y: int, x: int) -> bool:
-        y0, x0, y1, x1 = y * dy, x * dx, (y + p) * dy, (x + p) * dx
-        return any(bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0 for bx0, by0, bx1, by1 in boxes)
-
-    inside = [q for q in pos if touches(*q)]
-    if not inside:
-        raise ConfigError(f"{spec.regions}: no corrected region lies on the slide's tissue")
-    reps = max(1, round((len(pos) - len(inside)) / len(inside)))
-    return pos + inside * reps
 
 
 finetune = eager(iter_finetune)

@@ -65,6 +65,7 @@ class SlideSpec:
     noisy: bool = False
     mpp: float | None = None  # override when the file does not state µm/px
     regions: Path | None = None  # GeoJSON of corrected regions: outside them is unannotated
+    held_out: Path | None = None  # GeoJSON of regions kept out of training (training.held_out)
 
 
 class _Labels:
