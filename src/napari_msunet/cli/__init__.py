@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_msunet import __version__
@@ -138,8 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--region", help="mask restricting where pixels count (e.g. tissue.png)")
     s.add_argument("--overwrite", action="store_true")
 
-    s = sub.add_parser("train", help="train a model from a run YAML (see examples/)")
-    s.add_argument("--config", required=True, help="run YAML: data, out folder, settings")
+    s = sub.add_parser(
+        "train",
+        help="train a model: from annotated slides (--slides/--annotations/--out) or from a "
+        "run YAML (--config, see examples/)",
+    )
+    s.add_argument("--config", help="run YAML: data, out folder, settings")
+    _slide_arguments(s, required=False)
+    s.add_argument(
+        "--start",
+        choices=("transfer", "scratch"),
+        default="transfer",
+        help="with --slides: transfer (default) starts from the base model's encoder and "
+        "decoder with a new class head; scratch from random weights",
+    )
+    s.add_argument(
+        "--base", default=None, help="with --slides: the model to transfer from (default: bundled)"
+    )
+    s.add_argument(
+        "--preset",
+        choices=("lite", "paper"),
+        default=None,
+        help="with --slides: network size (default: the base model's; paper needs --start scratch "
+        "when the base is lite)",
+    )
+    s.add_argument("--steps", type=int, default=1000, help="with --slides: training steps")
+    s.add_argument("--lr", type=float, default=None, help="default: the base model's recipe")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", default=None, help="with --slides: the new model file (.safetensors)")
+    _held_out_arguments(s)
     s.add_argument(
         "--restart",
         action="store_true",
@@ -155,21 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune", help="fine-tune a model file on corrected annotations (new model version)"
     )
     s.add_argument("--model", required=True, help="the model file to start from")
-    s.add_argument("--slides", nargs="+", required=True, metavar="SLIDE")
-    s.add_argument(
-        "--annotations",
-        nargs="+",
-        required=True,
-        metavar="ANNOTATION",
-        help="one per slide: QuPath GeoJSON or label mask",
-    )
-    s.add_argument(
-        "--regions",
-        nargs="+",
-        metavar="GEOJSON",
-        help="one per slide: the corrected regions; outside them only the bootstrap term "
-        "learns (default: the whole annotation counts)",
-    )
+    _slide_arguments(s, required=True)
     s.add_argument(
         "--classes",
         choices=("keep", "add", "replace"),
@@ -180,17 +196,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=1e-4)
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--mpp", type=float, default=None, help="slides' µm/px if not in the file")
-    s.add_argument("--noisy", action="store_true", help="annotations are noisy (k = 61)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="new model file (default: <model>-ftN)")
+    _held_out_arguments(s)
     return p
+
+
+def _slide_arguments(s: argparse.ArgumentParser, *, required: bool) -> None:
+    """Slides with their annotations and corrected regions (train --slides, finetune)."""
+    s.add_argument("--slides", nargs="+", required=required, metavar="SLIDE")
+    s.add_argument(
+        "--annotations",
+        nargs="+",
+        required=required,
+        metavar="ANNOTATION",
+        help="one per slide: QuPath GeoJSON or label mask",
+    )
+    s.add_argument(
+        "--regions",
+        nargs="+",
+        metavar="GEOJSON",
+        help="one per slide: the corrected regions; outside them only the bootstrap term "
+        "learns (default: the whole annotation counts)",
+    )
+    s.add_argument("--mpp", type=float, default=None, help="slides' µm/px if not in the file")
+    s.add_argument("--noisy", action="store_true", help="annotations are noisy (k = 61)")
+
+
+def _held_out_arguments(s: argparse.ArgumentParser) -> None:
+    """What is kept out of training and scored, parent against the new version."""
+    s.add_argument(
+        "--held-out-fraction",
+        type=float,
+        default=0.2,
+        help="share of each class's regions kept out of training and scored (default 0.2; 0: none)",
+    )
+    s.add_argument(
+        "--held-out",
+        nargs="+",
+        metavar="GEOJSON",
+        help="one per slide: your own held-out regions (instead of the tool's choice)",
+    )
+    s.add_argument(
+        "--held-out-slides",
+        nargs="+",
+        metavar="SLIDE",
+        help="whole slides kept out of training, scored on all their annotated regions",
+    )
+    s.add_argument(
+        "--held-out-annotations",
+        nargs="+",
+        metavar="ANNOTATION",
+        help="one per --held-out-slides slide",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the command line itself (callers passing argv keep their warnings)
+        _plain_warnings(args.command)
     try:
         return COMMANDS[args.command](args)
     except MsunetError as exc:
@@ -205,6 +271,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # no file and not the disk: a bug, whose traceback is wanted
         print(f"msunet {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _plain_warnings(command: str) -> None:
+    """Our warnings as one line for a person (``msunet CMD: warning: ...``), not a traceback
+    excerpt; warnings from libraries keep Python's form (they are for developers)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("napari_msunet"):
+            print(f"msunet {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _os_error_message(exc: OSError, args: argparse.Namespace) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_msunet.cli._drive import drive
 from napari_msunet.cli._registry import command, stem
@@ -110,6 +111,15 @@ def _train(args: argparse.Namespace) -> int:
     from napari_msunet.training.data import build_datasets
     from napari_msunet.training.run_config import load_run_config
 
+    if args.slides and args.config:
+        raise MsunetError("give either --config (a run YAML) or --slides, not both")
+    if args.slides:
+        return _train_slides(args)
+    if not args.config:
+        raise MsunetError(
+            "nothing to train on: give --slides SLIDE... --annotations ANNOTATION... --out "
+            "MODEL.safetensors, or --config RUN.yaml"
+        )
     run = load_run_config(args.config)
     _check_train_out(Path(run.out), args.overwrite)  # before the (slow) datasets
     train_set, val_set, desc = build_datasets(run)
@@ -149,26 +159,8 @@ def _check_train_out(out: Path, overwrite: bool) -> None:
 @command("finetune")
 def _finetune(args: argparse.Namespace) -> int:
     from napari_msunet.training.finetune import iter_finetune
-    from napari_msunet.training.slide_dataset import SlideSpec
 
-    if len(args.annotations) != len(args.slides):
-        raise MsunetError(
-            f"{len(args.slides)} slides but {len(args.annotations)} annotations: give one "
-            "annotation per slide, in the same order"
-        )
-    regions = args.regions or []
-    if regions and len(regions) != len(args.slides):
-        raise MsunetError("give one --regions file per slide (or none)")
-    specs = [
-        SlideSpec(
-            Path(s),
-            Path(a),
-            noisy=args.noisy,
-            mpp=args.mpp,
-            regions=Path(regions[i]) if regions else None,
-        )
-        for i, (s, a) in enumerate(zip(args.slides, args.annotations, strict=True))
-    ]
+    specs, held_out_slides = _slide_specs(args)
     gen = iter_finetune(
         args.model,
         specs,
@@ -179,13 +171,86 @@ def _finetune(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out,
         classes=args.classes,
+        held_out_fraction=args.held_out_fraction,
+        held_out_slides=held_out_slides,
     )
     result = drive(gen, "fine-tune")  # Ctrl-C: the run folder keeps a checkpoint
     if result.model is None:  # only a stop before the first step; the CLI passes none
         print("stopped before the first step: no new model version")
         return 1
     print(f"new model version: {result.model}  (parent {args.model}, {result.steps} steps)")
+    print(result.held_out.summary())
     return 0
+
+
+def _train_slides(args: argparse.Namespace) -> int:
+    """``msunet train --slides ... --annotations ... --out MODEL``: no YAML."""
+    from napari_msunet.training.slide_training import iter_train_slides
+
+    if not args.out:
+        raise MsunetError("--out: give the new model file (e.g. --out lymph-node.safetensors)")
+    specs, held_out_slides = _slide_specs(args)
+    gen = iter_train_slides(
+        specs,
+        args.out,
+        start=args.start,
+        base=args.base,
+        preset=args.preset,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        held_out_fraction=args.held_out_fraction,
+        held_out_slides=held_out_slides,
+    )
+    base = "random weights" if args.start == "scratch" else (args.base or "the bundled model")
+    print(f"training {args.out} from {base} on {len(specs)} slide(s), {args.steps} steps")
+    result = drive(gen, Path(args.out).name)  # Ctrl-C: the run folder keeps a checkpoint
+    if result.model is None:
+        print("stopped before the first step: no model written")
+        return 1
+    print(f"new model: {result.model}  ({result.steps} steps; run folder {result.run_dir})")
+    print(result.held_out.summary())
+    return 0
+
+
+def _slide_specs(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """The training slides and the held-out slides of ``--slides``/``--annotations``..."""
+    from napari_msunet.training.slide_dataset import SlideSpec
+
+    slides, annotations = args.slides or [], args.annotations or []
+    if len(annotations) != len(slides):
+        raise MsunetError(
+            f"{len(slides)} slides but {len(annotations)} annotations: give one "
+            "annotation per slide, in the same order"
+        )
+    regions, held = args.regions or [], args.held_out or []
+    for flag, values in (("--regions", regions), ("--held-out", held)):
+        if values and len(values) != len(slides):
+            raise MsunetError(f"give one {flag} file per slide (or none)")
+    specs = [
+        SlideSpec(
+            Path(s),
+            Path(a),
+            noisy=args.noisy,
+            mpp=args.mpp,
+            regions=Path(regions[i]) if regions else None,
+            held_out=Path(held[i]) if held else None,
+        )
+        for i, (s, a) in enumerate(zip(slides, annotations, strict=True))
+    ]
+    held_slides, held_anns = args.held_out_slides or [], args.held_out_annotations or []
+    if len(held_slides) != len(held_anns):
+        raise MsunetError(
+            f"{len(held_slides)} held-out slides but {len(held_anns)} held-out annotations: "
+            "give one --held-out-annotations file per --held-out-slides slide"
+        )
+    kept_out = [
+        SlideSpec(Path(s), Path(a), mpp=args.mpp)
+        for s, a in zip(held_slides, held_anns, strict=True)
+    ]
+    return specs, kept_out
 
 
 def _epoch_line(rec) -> str | None:

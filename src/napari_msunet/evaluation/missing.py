@@ -53,6 +53,7 @@ from napari_msunet.evaluation._candidate_regions import (
     window_regions,
 )
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
+from napari_msunet.io.decisions import Decision, outline_json
 from napari_msunet.io.prediction_record import PredictionRecord, read_prediction_record
 from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.progress import Progress, Stop, eager, stopped
@@ -67,6 +68,8 @@ __all__ = [
     "find_missing",
     "is_rejected",
     "iter_find_missing",
+    "record_decision",
+    "reject_candidate",
 ]
 
 _WINDOW = 1024  # coarse pixels per window edge (rounded to the store's chunks)
@@ -391,12 +394,17 @@ def _name(names: Sequence[str], c: int) -> str:
 def accept_candidate(
     store: AnnotationStore, candidate: Candidate, labels: str | Path | None = None
 ) -> Edit:
-    """Add a suspected missing annotation to the store and record its bbox as corrected.
+    """Take the model's answer for a candidate: edit the store, record the region and the
+    decision.
 
     Inside the candidate's outline (grown by one searched-level pixel, whose edge the coarse
-    search cannot place exactly), store pixels that are background take the candidate's
-    class where the prediction's full-resolution ``labels`` say so (the prediction's own
-    boundary); without ``labels`` the whole outline is filled. Annotated pixels are kept.
+    search cannot place exactly), store pixels of the annotated class (background for a
+    missing candidate, class k for a wrong one) take the predicted class (background: the
+    wrong annotation is removed) where the prediction's full-resolution ``labels`` say so
+    (the prediction's own boundary); without ``labels`` the whole outline is changed. Pixels
+    of any other class are kept. The edit goes through the store's journalled path
+    (:meth:`~napari_msunet.io.annotation_store.AnnotationStore.apply_store`, undoable), and an
+    ``"accept"`` record is appended to the store's decisions.
     """
     y0, x0, h, w = candidate.bbox
     pad = math.ceil(candidate.downsample)
@@ -409,15 +417,49 @@ def accept_candidate(
     inside = Rasteriser(
         [_as_annotation(area)], store.slide_shape, d, labels={"c": 1}, level_shape=store.shape
     ).region(sy, sx, sh, sw)
-    add = inside.astype(bool) & (current == 0)
+    change = inside.astype(bool) & (current == candidate.annotated)
     if labels is not None:
-        pred = _Annotation(Path(labels), store.slide_shape, (float(d), float(d)), store.shape)
-        add &= pred.read(sy, sx, sh, sw) == candidate.label
+        pred = AnnotationGrid(Path(labels), store.slide_shape, (float(d), float(d)), store.shape)
+        change &= pred.read(sy, sx, sh, sw) == candidate.label
     new = current.copy()
-    new[add] = candidate.label
-    return store.apply_store(
-        sy, sx, new, label=f"accept suspected missing {candidate.class_name}", record=True
+    new[change] = candidate.label
+    what = (
+        f"accept suspected missing {candidate.class_name}"
+        if candidate.kind == MISSING
+        else f"accept suspected wrong {candidate.annotated_name} -> {candidate.class_name}"
     )
+    edit = store.apply_store(sy, sx, new, label=what, record=True)
+    record_decision(store, candidate, "accept")
+    return edit
+
+
+def reject_candidate(store: AnnotationStore, candidate: Candidate) -> None:
+    """Keep the annotation as it is: record a ``"reject"`` decision, so that the candidate
+    is not suggested again (see :func:`is_rejected`)."""
+    record_decision(store, candidate, "reject")
+
+
+def record_decision(store: AnnotationStore, candidate: Candidate, decision: str) -> Decision:
+    """Append the decision about a candidate to the store's decisions (and return it).
+
+    ``"edit"`` is for a candidate the reviewer corrected by hand (Edit, then Apply).
+    """
+    record = Decision(
+        slide=candidate.slide or store.slide_name,
+        kind=candidate.kind,
+        annotated=candidate.annotated,
+        annotated_class=candidate.annotated_name,
+        predicted=candidate.label,
+        predicted_class=candidate.class_name,
+        decision=decision,
+        bbox=candidate.bbox,
+        area_px=float(candidate.area_px),
+        area_um2=None if candidate.area_um2 is None else float(candidate.area_um2),
+        confidence=float(candidate.confidence),
+        outline=outline_json(candidate.polygon),
+    )
+    store.record_decision(record)
+    return record
 
 
 def _as_annotation(geom: Any):

@@ -11,7 +11,10 @@ must survive a crash at any moment. :class:`AnnotationStore` keeps that annotati
     corrected_regions.geojson   the corrected regions: QuPath GeoJSON rectangles in level-0
                                 pixels (SlideSpec(regions=...))
     journal/                    undo entries (see napari_msunet.io._store_journal)
-    rejected.json               suspected missing annotations the reviewer rejected
+    decisions.jsonl             the reviewer's accept / reject / edit of each suspected
+                                missing or wrong annotation (see napari_msunet.io.decisions);
+                                what is not suggested again is derived from it
+    rejected.json               rejections of stores made before decisions.jsonl (read only)
 
 Resolution. The store holds the annotation at an integer downsample ``d`` of the slide's
 level 0: store pixel ``(r, c)`` covers the level-0 pixels ``[r d, (r + 1) d) x [c d,
@@ -58,7 +61,6 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.errors import AnnotationError, WriterError
 from napari_msunet.io import _store_lock
 from napari_msunet.io._store_build import (
@@ -77,6 +79,7 @@ from napari_msunet.io._store_build import (
     write_regions,
 )
 from napari_msunet.io._store_journal import DurableStore, Journal
+from napari_msunet.io.decisions import NOT_AGAIN, Decision, append_decision, read_decisions
 from napari_msunet.io.writers import DEFAULT_CHUNK, remove_path
 from napari_msunet.progress import Progress, Stop, eager
 
@@ -446,24 +449,78 @@ class AnnotationStore:
             self._rollback(index, entry)
         return Edit(index, tuple(entry["window"]), tuple(entry["region"]), entry.get("label", ""))
 
-    def reject(self, bbox: Sequence[int], label: int) -> None:
-        """Remember that a suspected missing annotation (level-0 bbox, class) was rejected."""
-        items = self.rejected()
+    # -- review decisions ----------------------------------------------------------------
+
+    @property
+    def slide_name(self) -> str:
+        """The slide's file name (for decision records), from store.json or the workspace."""
+        slide = self.info.get("slide")
+        if slide:
+            return Path(slide).name
+        parent = self.root.parent.name
+        return parent.removesuffix(".msunet") if parent.endswith(".msunet") else self.root.name
+
+    def record_decision(self, decision: Decision) -> None:
+        """Append a review decision to ``decisions.jsonl`` (atomically; see
+        :mod:`napari_msunet.io.decisions`)."""
+        with self._lock:
+            append_decision(self.root, decision)
+
+    def decisions(self) -> list[Decision]:
+        """The review decisions, oldest first."""
+        return read_decisions(self.root)
+
+    def reject(self, bbox: Sequence[int], label: int, annotated: int = 0) -> None:
+        """Remember that a candidate (level-0 bbox, predicted and annotated class) was rejected.
+
+        A decision record with what is known; :func:`napari_msunet.evaluation.missing.
+        reject_candidate` records the whole candidate (outline, area, confidence).
+        """
         item = {"bbox": [int(v) for v in bbox], "label": int(label)}
-        if item not in items:
-            items.append(item)
-            atomic_write_bytes(
-                self.root / REJECTED_NAME, json.dumps(items).encode(), overwrite=True
+        if annotated:
+            item["annotated"] = int(annotated)
+        if item in self.rejected():
+            return
+        names = self.class_names or []
+
+        def name(k: int) -> str:
+            return names[k] if 0 <= k < len(names) else f"class {k}"
+
+        self.record_decision(
+            Decision(
+                slide=self.slide_name,
+                kind="wrong" if annotated else "missing",
+                annotated=int(annotated),
+                annotated_class=name(int(annotated)),
+                predicted=int(label),
+                predicted_class=name(int(label)),
+                decision="reject",
+                bbox=tuple(item["bbox"]),  # type: ignore[arg-type]
             )
+        )
 
     def rejected(self) -> list[dict[str, Any]]:
-        """The rejected suspected missing annotations: ``{"bbox": [y, x, h, w], "label"}``."""
+        """Candidates not to suggest again: ``{"bbox": [y, x, h, w], "label"}`` (the predicted
+        class) and ``"annotated"`` for a suspected wrong one.
+
+        Derived from the decisions (rejected, or corrected by hand: see
+        :data:`~napari_msunet.io.decisions.NOT_AGAIN`), plus the ``rejected.json`` of an older
+        store.
+        """
         try:
-            return json.loads((self.root / REJECTED_NAME).read_text(encoding="utf-8"))
+            items = json.loads((self.root / REJECTED_NAME).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return []
+            items = []
         except (OSError, ValueError) as exc:
             raise AnnotationError(self.root / REJECTED_NAME, f"cannot be read: {exc}") from exc
+        for d in self.decisions():
+            if d.decision in NOT_AGAIN:
+                item = {"bbox": list(d.bbox), "label": d.predicted}
+                if d.annotated:
+                    item["annotated"] = d.annotated
+                if item not in items:
+                    items.append(item)
+        return items
 
     # -- internals -----------------------------------------------------------------------
 

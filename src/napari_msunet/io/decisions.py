@@ -32,7 +32,7 @@ from typing import Any
 import shapely
 from shapely.geometry import mapping, shape
 
-from napari_msunet._atomic import atomic_write_bytes, check_new_file
+from napari_msunet._atomic import atomic_write_bytes, check_new_file, write_error
 from napari_msunet.errors import AnnotationError, MsunetError
 from napari_msunet.progress import Progress, Stop, eager, stopped
 
@@ -331,7 +331,10 @@ def iter_export_decisions(
         raise MsunetError(f"{out}: two slides' names map to the same file name")
     for t in targets:  # all refused before any is written
         check_new_file(t, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, "cannot create the folder") from exc
     for t, decisions in zip(targets, by_slide.values(), strict=False):
         text = json.dumps(_feature_collection(decisions), ensure_ascii=False)
         atomic_write_bytes(t, text.encode("utf-8"), overwrite=overwrite)
