@@ -1,9 +1,10 @@
-"""The "Suspected missing annotations" box of the Review widget: the queue to work through.
+"""The "Review queue" box of the Review widget: suspected missing and wrong annotations.
 
 It holds the confidence threshold, the Find button (a :class:`TaskBar` whose task the widget
-starts), the ranked list of candidates and the Accept / Reject / Edit buttons. It knows the
-candidates and which one is selected; the widget does what the buttons ask (store writes,
-layers, the view), as the model-history panel does for the Fine-tune widget.
+starts), the ranked list of candidates (kind, classes, slide) with an "n of N" counter, the
+Accept / Reject / Edit buttons and Export decisions. It knows the candidates and which one is
+selected; the widget does what the buttons ask (store writes, layers, the view, the export),
+as the model-history panel does for the Fine-tune widget.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QListWidget,
     QPushButton,
     QVBoxLayout,
@@ -28,7 +30,12 @@ __all__ = ["CandidatePanel", "describe_candidate"]
 
 
 def describe_candidate(rank: int, candidate: Any) -> str:
-    """One list line: rank, class, area (mm² from 0.1 mm², else µm², else px), confidence."""
+    """One list line: rank, kind and class(es), slide, area (mm² from 0.1 mm², else µm², else
+    px), confidence.
+
+    A missing one names the class the model sees; a wrong one the annotated class and the
+    model's ("Sinus → Background": annotated Sinus where the model sees none).
+    """
     a = candidate.area_um2
     if a and a >= 1e5:
         area = f"{a / 1e6:.3f} mm²"
@@ -36,7 +43,13 @@ def describe_candidate(rank: int, candidate: Any) -> str:
         area = f"{a:.0f} µm²"
     else:
         area = f"{candidate.area_px:.0f} px"
-    return f"{rank}. {candidate.class_name}: {area}, confidence {candidate.confidence:.2f}"
+    kind = getattr(candidate, "kind", "missing")
+    what = candidate.class_name
+    if kind != "missing":
+        what = f"{candidate.annotated_name} → {candidate.class_name}"
+    slide = getattr(candidate, "slide", None)
+    where = f" on {slide}" if slide else ""
+    return f"{rank}. {kind}: {what}{where}, {area}, confidence {candidate.confidence:.2f}"
 
 
 class CandidatePanel(QGroupBox):
@@ -46,29 +59,41 @@ class CandidatePanel(QGroupBox):
     selected = Signal(int)
 
     def __init__(self, find: Callable[[], Task | None], parent=None) -> None:
-        super().__init__("3. Suspected missing annotations", parent)
+        super().__init__("3. Review queue: suspected missing and wrong annotations", parent)
         self.candidates: list[Any] = []
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.1, 0.99)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.8)
         self.threshold.setToolTip("Minimum bootstrap confidence w_bs = 2|p - 0.5| (paper eq. 2)")
-        self.find_bar = TaskBar("Find suspected missing annotations", find)
+        self.find_bar = TaskBar("Find in all open slides", find)
+        self.find_bar.setToolTip(
+            "Every open slide with a finished prediction and a started review: where the "
+            "model is sure and the annotation is empty (missing) or another class (wrong)"
+        )
         self.list = QListWidget()
+        self.counter = QLabel("No candidates yet.")
+        self.list.currentRowChanged.connect(self._count)
         self.list.currentRowChanged.connect(self.selected)
         self.accept_button = QPushButton("Accept")
+        self.accept_button.setToolTip("Take the model's answer (add, replace or remove)")
         self.reject_button = QPushButton("Reject")
+        self.reject_button.setToolTip("Keep the annotation; not suggested again")
         self.edit_button = QPushButton("Edit")
+        self.export_button = QPushButton("Export decisions…")
+        self.export_button.setToolTip("QuPath GeoJSON per slide and a CSV of the decisions")
         box = QVBoxLayout(self)
         form = QFormLayout()
         form.addRow("Confidence ≥", self.threshold)
         box.addLayout(form)
         box.addWidget(self.find_bar)
         box.addWidget(self.list)
+        box.addWidget(self.counter)
         row = QHBoxLayout()
         for b in (self.accept_button, self.reject_button, self.edit_button):
             row.addWidget(b)
         box.addLayout(row)
+        box.addWidget(self.export_button)
 
     def set_candidates(self, candidates: Sequence[Any]) -> None:
         """List ``candidates`` (already ranked), nothing selected."""
@@ -78,6 +103,14 @@ class CandidatePanel(QGroupBox):
         for i, c in enumerate(self.candidates, 1):
             self.list.addItem(describe_candidate(i, c))
         self.list.blockSignals(False)
+        self._count(-1)
+
+    def _count(self, row: int) -> None:
+        n = len(self.candidates)
+        if 0 <= row < n:
+            self.counter.setText(f"{row + 1} of {n}")
+        else:
+            self.counter.setText(f"{n} candidates" if n else "No candidates.")
 
     def current(self) -> Any:
         """The selected candidate, or ``None``."""

@@ -57,13 +57,21 @@ from napari_msunet.training.finetune import (
     interrupted_version,
     iter_finetune,
 )
+from napari_msunet.training.held_out import FRACTION
 from napari_msunet.training.slide_dataset import SlideSpec
 from napari_msunet.training.trainer import TrainStep
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["FinetuneWidget"]
+__all__ = ["CLASS_CHOICES", "FinetuneWidget"]
+
+#: The "Classes" choices: what to do with annotation classes the parent does not know.
+CLASS_CHOICES = (
+    ("Keep the model's classes", "keep"),
+    ("Add classes", "add"),
+    ("Replace classes", "replace"),
+)
 
 
 class FinetuneWidget(QWidget):
@@ -118,6 +126,15 @@ class FinetuneWidget(QWidget):
         form.addRow("Slide", self.slide_combo)
         form.addRow("Annotation", self.annotation_combo)
         form.addRow("Parent model", self.model_combo)
+        self.classes = QComboBox()
+        for text, mode in CLASS_CHOICES:
+            self.classes.addItem(text, mode)
+        self.classes.setToolTip(
+            "When the annotation has classes the model does not know (say germinal centre "
+            "and sinus for a gland model): add them to the model's classes, or replace the "
+            "model's classes by the annotation's. The encoder and decoder are kept either way."
+        )
+        form.addRow("Classes", self.classes)
         form.addRow("Steps", self.steps)
         form.addRow("Learning rate", self.lr)
         form.addRow("Batch size", self.batch)
@@ -146,6 +163,14 @@ class FinetuneWidget(QWidget):
         regions_row = QHBoxLayout()
         regions_row.addWidget(self.regions, 1)
         regions_row.addWidget(regions_browse)
+        self.held_out = QDoubleSpinBox()
+        self.held_out.setRange(0.0, 0.9)
+        self.held_out.setSingleStep(0.05)
+        self.held_out.setValue(FRACTION)
+        self.held_out.setToolTip(
+            "Share of each class's corrected (or annotated) regions kept out of training; the "
+            "parent and the new version are scored there. 0: none kept out, no score."
+        )
         self.repredict = QCheckBox("Predict the current view with the new model")
         self.repredict.setChecked(True)
         adv = QFormLayout(self.advanced)
@@ -153,6 +178,7 @@ class FinetuneWidget(QWidget):
         adv.addRow("Device", self.device)
         adv.addRow("Seed", self.seed)
         adv.addRow("Corrected regions", regions_row)
+        adv.addRow("Held-out share", self.held_out)
         adv.addRow(self.repredict)
         self.advanced.setVisible(False)
 
@@ -358,6 +384,8 @@ class FinetuneWidget(QWidget):
             "batch_size": self.batch.value(),
             "seed": self.seed.value(),
             "device": self.device.currentText(),
+            "classes": self.classes.currentData(),
+            "held_out_fraction": round(self.held_out.value(), 4),
         }
         # a fine-tune of these settings that was interrupted (napari closed, a crash) is
         # finished rather than started again as the next version
@@ -398,6 +426,8 @@ class FinetuneWidget(QWidget):
             )
         text = f"Saved {result.model.name} ({result.steps} steps"
         text += ", stopped early)." if result.stopped else ")."
+        if result.held_out is not None:
+            text += f" {result.held_out.summary()}."
         self.set_model_file(result.model)
         repredict = not result.stopped and self.repredict.isChecked()
         if repredict and self.predict(result.model) is not None:

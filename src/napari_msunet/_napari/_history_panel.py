@@ -1,9 +1,11 @@
 """The "Model history" box of the Fine-tune widget: a model's versions, one to pick.
 
 It shows what :func:`~napari_msunet._napari._model_history.model_history` found (the root
-model and its ``-ftN`` versions, each with its date, steps and parent), marks in bold the
-version the prediction on screen was made with, and asks for a version to be used through
-:attr:`ModelHistoryPanel.use_requested`; the widget does the predicting.
+model and its ``-ftN`` versions, each with its date, steps, parent and held-out Dice against
+the parent's), marks in bold the version the prediction on screen was made with, draws a
+version that got worse than its parent in red with a warning sign, and asks for a version to
+be used through :attr:`ModelHistoryPanel.use_requested`: "Use this model", or "Roll back to
+its parent" for the selected version's parent. The widget does the predicting.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QFont
+from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
@@ -37,6 +39,7 @@ class ModelHistoryPanel(QGroupBox):
 
     def __init__(self, parent=None) -> None:
         super().__init__("Model history", parent)
+        self._versions: dict[Path, ModelVersion] = {}
         self.list = QListWidget()
         self.list.setMinimumHeight(90)
         self.list.setWordWrap(True)  # long names wrap instead of scrolling sideways
@@ -45,10 +48,19 @@ class ModelHistoryPanel(QGroupBox):
         self.use_button = QPushButton("Use this model")
         self.use_button.setToolTip("Predict the current view with the selected version")
         self.use_button.clicked.connect(self.request_use)
+        self.rollback_button = QPushButton("Roll back to its parent")
+        self.rollback_button.setToolTip(
+            "Make the selected version's parent the current model again and predict the "
+            "current view with it (no file is deleted)"
+        )
+        self.rollback_button.clicked.connect(self.request_rollback)
+        self.rollback_button.setEnabled(False)
+        self.list.currentItemChanged.connect(lambda *_: self._update_rollback())
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh_requested)
         buttons = QHBoxLayout()
         buttons.addWidget(self.use_button)
+        buttons.addWidget(self.rollback_button)
         buttons.addWidget(refresh)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
@@ -64,10 +76,17 @@ class ModelHistoryPanel(QGroupBox):
     ) -> None:
         """List ``versions``; select ``selected``; mark ``in_use`` (shown in ``in_use_by``)."""
         self.list.clear()
+        self._versions = {v.path: v for v in versions}
         for version in versions:
             item = QListWidgetItem(version.label())
             item.setData(Qt.ItemDataRole.UserRole, version.path)
             item.setToolTip(str(version.path))
+            if version.got_worse:  # red text and a warning sign, not colour alone
+                item.setForeground(QBrush(QColor(230, 90, 70)))
+                item.setToolTip(
+                    f"{version.path}\nWorse than its parent on the held-out regions: "
+                    "consider rolling back to the parent"
+                )
             if in_use is not None and version.path == in_use:
                 font = QFont(item.font())
                 font.setBold(True)
@@ -76,6 +95,7 @@ class ModelHistoryPanel(QGroupBox):
             self.list.addItem(item)
             if version.path == selected:
                 self.list.setCurrentItem(item)
+        self._update_rollback()
 
     def paths(self) -> list[Path]:
         """The model files listed, in order."""
@@ -84,6 +104,24 @@ class ModelHistoryPanel(QGroupBox):
     def selected(self) -> Path | None:
         item = self.list.currentItem()
         return None if item is None else item.data(Qt.ItemDataRole.UserRole)
+
+    def parent_of_selected(self) -> Path | None:
+        """The parent model file of the selected version, when it is there to roll back to."""
+        version = self._versions.get(self.selected())
+        parent = version.parent if version is not None else None
+        return parent if parent is not None and parent.is_file() else None
+
+    def _update_rollback(self) -> None:
+        parent = self.parent_of_selected()
+        self.rollback_button.setEnabled(parent is not None)
+        if parent is not None:
+            self.rollback_button.setToolTip(f"Use {parent.name} again (no file is deleted)")
+
+    def request_rollback(self) -> None:
+        """Ask for the selected version's parent (emits :attr:`use_requested`)."""
+        parent = self.parent_of_selected()
+        if parent is not None:
+            self.use_requested.emit(parent)
 
     def request_use(self) -> None:
         """Ask for the selected version (emits :attr:`use_requested`)."""

@@ -11,7 +11,9 @@ The history of a model is its *family*: the root model (the stem without ``-ftN`
 ``<root>-ftN`` found in the folders involved (the parent's folder, the workspace's
 ``models/``, the folders of the ancestors named in the headers). Each entry shows what its
 header says about it: the training steps, the parent, and whether the run was stopped early.
-The header stores no date, so the file's modification time stands in for it.
+The header stores no date, so the file's modification time stands in for it. A version
+made since held-out scoring also shows its held-out Dice against its parent's
+(:class:`~napari_msunet.training.held_out_scores.HeldOutVerdict`), flagged when it got worse.
 
 Plain Python (no Qt): the widget calls these on the GUI thread; they only read small headers.
 """
@@ -30,6 +32,7 @@ from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
 from napari_msunet.models.checkpoint import read_header
 from napari_msunet.training.finetune import next_version_path
+from napari_msunet.training.held_out_scores import HeldOutVerdict
 
 __all__ = ["ModelVersion", "family_root", "is_bundled", "model_history", "version_target"]
 
@@ -46,6 +49,12 @@ class ModelVersion:
     steps: int | None  # training steps the header records (None: not recorded)
     planned: int | None  # steps the fine-tune was asked for (None: not a fine-tune)
     parent: Path | None
+    held_out: HeldOutVerdict | None = None  # parent vs version on held-out regions
+
+    @property
+    def got_worse(self) -> bool:
+        """Whether it scores worse than its parent on the held-out regions (the core's rule)."""
+        return self.held_out is not None and self.held_out.got_worse
 
     @property
     def stopped_early(self) -> bool:
@@ -63,7 +72,10 @@ class ModelVersion:
         second = self.time.strftime("%Y-%m-%d %H:%M")
         if self.parent is not None:
             second += f" · from {self.parent.name}"
-        return f"{first}\n{second}"
+        if self.held_out is None:  # the root, or a version made before held-out scoring
+            return f"{first}\n{second}"
+        mark = "⚠ " if self.got_worse else ""
+        return f"{first}\n{second}\n{mark}{self.held_out.summary()}"
 
 
 def is_bundled(model: str | os.PathLike[str]) -> bool:
@@ -125,6 +137,7 @@ def _describe(path: Path) -> ModelVersion | None:
         steps=int(steps) if isinstance(steps, int) else None,
         planned=planned,
         parent=parent_path,
+        held_out=HeldOutVerdict.from_header(header),
     )
 
 

@@ -1,4 +1,4 @@
-"""The Review widget: correct the annotation region by region; review suspected missing ones.
+"""The Review widget: correct the annotation region by region; work through the review queue.
 
 napari cannot paint on a multiscale Labels layer, and a slide-level mask is far too large
 for a single-scale one, so editing works on windows: the slide-level annotation lives in an
@@ -11,9 +11,12 @@ slide; "Apply" writes it back (journalled, crash-safe) and records the window as
 The store is made at the model's µm/px (the selected prediction's, else the bundled
 model's): that is the resolution fine-tuning trains at, and editing windows are small.
 
-Suspected missing annotations (:mod:`napari_msunet.evaluation.missing`) come as a list
-ranked by area x confidence; clicking one centres the view on it, and Accept / Reject / Edit
-act on it. Every read or write of the store and every search runs in a worker
+The review queue (:mod:`napari_msunet.evaluation.review_queue`) lists the suspected missing
+and wrong annotations of every open slide with a prediction and a store
+(:mod:`~napari_msunet._napari._cohort_queue`), ranked by area x confidence; clicking one
+centres the view on it, and Accept / Reject / Edit act on it, each recorded as a decision
+beside its slide's store (exported with "Export decisions…"). Every read or write of the
+store and every search runs in a worker
 (:func:`~napari_msunet._napari._tasks.start_task`); the GUI thread only shows results.
 """
 
@@ -38,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msunet._napari._candidate_panel import CandidatePanel
+from napari_msunet._napari._cohort_queue import CohortQueue, queue_shapes
 from napari_msunet._napari._layer_info import (
     Kind,
     LayerInfo,
@@ -48,7 +52,6 @@ from napari_msunet._napari._layer_info import (
 from napari_msunet._napari._layers import LayerCombo, is_slide, slide_mpp_of, slide_path_of
 from napari_msunet._napari._review_layers import (
     annotation_rank,
-    candidate_shapes,
     center_on,
     edit_layer_kwargs,
     is_annotation_layer,
@@ -86,6 +89,8 @@ class ReviewWidget(QWidget):
         self.candidate_layer: Any = None
         self.annotation_file: Path | None = None
         self._busy: Task | None = None
+        self.queue = CohortQueue(napari_viewer)
+        self._editing: Any = None  # the queue's candidate open for editing
 
         self.slide_combo = LayerCombo(napari_viewer, is_slide)
         self.annotation_combo = LayerCombo(
@@ -135,7 +140,8 @@ class ReviewWidget(QWidget):
             row.addWidget(b)
         grid.addLayout(row)
 
-        self.missing = CandidatePanel(self.find_missing)
+        self.missing = CandidatePanel(self.find_queue)
+        self.missing.export_button.clicked.connect(lambda: self.export_decisions())
         self.missing.selected.connect(self._candidate_selected)
         self.missing.accept_button.clicked.connect(lambda: self.accept_candidate())
         self.missing.reject_button.clicked.connect(self.reject_candidate)
@@ -401,17 +407,26 @@ class ReviewWidget(QWidget):
         window = info.window if info is not None else None
         assert window is not None  # open_region made the layer with its window
         data = np.array(self.edit_layer.data, dtype=np.uint8)
-        store = self.store
+        store, cand = self.store, self._editing
 
         def done(edit) -> None:
             self._close_edit_layer()
             self._show_store()
+            if cand is not None and cand in self.candidates:  # decided: "edit"
+                self.show_candidates([c for c in self.candidates if c is not cand])
             self._say(
                 f"Applied: level-0 region {edit.region} recorded as corrected "
                 f"({len(store.regions())} corrected regions)."
             )
 
-        work = lambda: store.apply_store(window[0], window[1], data)  # noqa: E731
+        def work():
+            edit = store.apply_store(window[0], window[1], data)
+            if cand is not None:
+                from napari_msunet.evaluation.missing import record_decision
+
+                record_decision(store, cand, "edit")
+            return edit
+
         return self._run(one_step(work, "writing"), "Applying the correction", done)
 
     def undo(self) -> Task | None:
@@ -436,49 +451,55 @@ class ReviewWidget(QWidget):
         if self.edit_layer is not None and self.edit_layer in self.viewer.layers:
             self.viewer.layers.remove(self.edit_layer)
         self.edit_layer = None
+        self._editing = None
         if self.store_layer is not None and self.store_layer in self.viewer.layers:
             self.viewer.layers.selection.active = self.store_layer
         self._update_buttons()
 
-    # -- 3. suspected missing annotations ----------------------------------------------
+    # -- 3. the review queue: suspected missing and wrong annotations -------------------
+
+    def find_queue(self) -> Task | None:
+        """Rank the suspected missing and wrong annotations of every open slide with a
+        prediction and a store (see :mod:`~napari_msunet._napari._cohort_queue`)."""
+        return self._find(True, ("missing", "wrong"))
 
     def find_missing(self) -> Task | None:
-        """Search the selected prediction for confident regions the annotation lacks."""
-        pred = layer_info(self.prediction_combo.current_layer())
-        probs = pred.probabilities if pred is not None else None
-        if self.store is None:
-            self._fail("Start the review first.")
-            return None
-        if probs is None or not probs.exists():
-            self._fail("Pick a finished prediction (its probabilities are needed).")
-            return None
-        store, threshold = self.store, float(self.threshold.value())
+        """Search this slide's selected prediction for confident regions the annotation lacks."""
+        return self._find(False, ("missing",))
 
-        def make(stop):
-            from napari_msunet.evaluation.missing import iter_find_missing
-
-            return (
-                yield from iter_find_missing(
-                    probs, store, threshold=threshold, rejected=store.rejected(), stop=stop
-                )
+    def _find(self, all_slides: bool, kinds: tuple[str, ...]) -> Task | None:
+        prediction = self.prediction_combo.current_layer()
+        entries, notes = self.queue.entries(self._slide_layer(), self.store, prediction, all_slides)
+        if not entries:
+            self._fail(
+                "Start the review and pick a finished prediction (its probabilities are "
+                "needed)." + (f" Left out: {'; '.join(notes)}." if notes else "")
             )
+            return None
+        what = " and ".join(kinds)
 
         def done(found: list[Any]) -> None:
             self.show_candidates(found)
+            left = notes + getattr(self.queue, "notes", [])
             self._say(
-                f"{len(found)} suspected missing annotations, largest and surest first. "
-                "Click one to go there."
+                f"{len(found)} suspected {what} annotations on {len(self.queue.slides)} "
+                "slide(s), largest and surest first. Click one to go there."
+                + (f" Left out: {'; '.join(left)}." if left else "")
             )
 
-        return start_task(make, "Looking for suspected missing annotations", on_return=done)
+        make = self.queue.search(entries, float(self.threshold.value()), kinds)
+        return start_task(make, f"Looking for suspected {what} annotations", on_return=done)
 
     def show_candidates(self, candidates: list[Any]) -> None:
-        """List candidates and outline them on the slide."""
+        """List candidates and outline those on the selected one's slide (else the first's)."""
         self.missing.set_candidates(candidates)
-        slide_layer = self._slide_layer()
-        shapes, kwargs = candidate_shapes(
-            self.candidates, slide_scale(slide_layer), slide_units(slide_layer)
-        )
+        self._outline()
+
+    def _outline(self) -> None:
+        current = self.missing.current() or (self.candidates[0] if self.candidates else None)
+        layer = self.queue.layers.get(getattr(current, "slide", None)) or self._slide_layer()
+        on_slide = [c for c in self.candidates if c.slide == getattr(current, "slide", None)]
+        shapes, kwargs = queue_shapes(on_slide, layer, slide_scale(layer), slide_units(layer))
         if self.candidate_layer is not None and self.candidate_layer in self.viewer.layers:
             self.viewer.layers.remove(self.candidate_layer)
         self.candidate_layer = None
@@ -491,12 +512,17 @@ class ReviewWidget(QWidget):
 
     @property
     def candidates(self) -> list[Any]:
-        """The suspected missing annotations listed, best first."""
+        """The queue's candidates listed, best first."""
         return self.missing.candidates
 
     def _candidate_selected(self, row: int) -> None:
         if 0 <= row < len(self.candidates):
-            center_on(self.viewer, self._slide_layer(), self.candidates[row].bbox)
+            cand = self.candidates[row]
+            shown = self.candidate_layer is not None and cand.slide in self.candidate_layer.name
+            if not shown:
+                self._outline()
+            layer = self.queue.layers.get(cand.slide) or self._slide_layer()
+            center_on(self.viewer, layer, cand.bbox)
         self._update_buttons()
 
     def _drop_current(self) -> None:
@@ -505,49 +531,85 @@ class ReviewWidget(QWidget):
         if row >= 0:
             self.candidate_list.setCurrentRow(row)
 
-    def accept_candidate(self) -> Task | None:
-        """Add the selected candidate's predicted region to the annotation (worker)."""
+    def _current(self) -> tuple[Any, Any]:
         cand = self.missing.current()
         if cand is None:
-            self._fail("Select a suspected missing annotation first.")
+            self._fail("Select a candidate of the review queue first.")
+            return None, None
+        return cand, self.queue.slide_of(cand)
+
+    def accept_candidate(self) -> Task | None:
+        """Take the model's answer for the selected candidate (worker): add the missing
+        region, or replace (remove) the wrong annotation; the decision is recorded."""
+        cand, slide = self._current()
+        if slide is None:
             return None
-        pred = layer_info(self.prediction_combo.current_layer())
-        labels = pred.path if pred is not None else None
-        labels = labels if labels is not None and labels.exists() else None
-        store = self.store
 
         def work():
-            from napari_msunet.evaluation.missing import accept_candidate
+            from napari_msunet.evaluation.review_queue import decide
 
-            return accept_candidate(store, cand, labels)
+            return decide(slide, cand, "accept")
 
         def done(edit) -> None:
             self._drop_current()
-            self._show_store()
-            self._say(f"Accepted: {cand.class_name} added; region {edit.region} corrected.")
+            if slide.store is self.store:
+                self._show_store()
+            self._say(f"Accepted on {slide.name}: {edit.label}; region {edit.region} corrected.")
 
-        return self._run(one_step(work, "accepting"), "Accepting the annotation", done)
+        return self._run(one_step(work, "accepting"), "Accepting the model's answer", done)
 
     def reject_candidate(self) -> None:
-        """Drop the selected candidate and remember the rejection in the workspace."""
-        cand = self.missing.current()
-        if cand is None:
-            self._fail("Select a suspected missing annotation first.")
+        """Keep the annotation: drop the selected candidate and record the rejection."""
+        cand, slide = self._current()
+        if slide is None:
             return
+        from napari_msunet.evaluation.review_queue import decide
+
         try:
-            self.store.reject(cand.bbox, cand.label)
+            decide(slide, cand, "reject")
         except MsunetError as exc:
             self._fail(str(exc))
             return
         self._drop_current()
-        self._say(f"Rejected; it will not be suggested again ({self.store.root}).")
+        self._say(f"Rejected; it will not be suggested again ({slide.store.root}).")
 
     def edit_candidate(self) -> Task | None:
-        """Open the selected candidate (with a margin) as an editable region."""
-        cand = self.missing.current()
-        if cand is None:
-            self._fail("Select a suspected missing annotation first.")
+        """Open the selected candidate (with a margin) as an editable region; Apply records
+        the decision "edit"."""
+        cand, slide = self._current()
+        if slide is None:
+            return None
+        if slide.store is not self.store:
+            self._fail(f"It lies on {slide.name}: pick that slide and Start review to edit it.")
             return None
         y, x, h, w = cand.bbox
         my, mx = max(h // 4, 16), max(w // 4, 16)
-        return self.open_region((y - my, x - mx, h + 2 * my, w + 2 * mx))
+        task = self.open_region((y - my, x - mx, h + 2 * my, w + 2 * mx))
+        self._editing = cand if task is not None else None
+        return task
+
+    def export_decisions(self, folder: str | Path | None = None) -> Task | None:
+        """Write the review decisions of the queue's slides (and this one's) to a folder: a
+        QuPath GeoJSON per slide and decisions.csv (worker)."""
+        stores = [s.store for s in self.queue.slides]
+        if self.store is not None and self.store not in stores:
+            stores.append(self.store)
+        if not stores:
+            self._fail("Start the review first: the decisions are kept with the annotation.")
+            return None
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Export the review decisions to")
+            if not folder:
+                return None
+        roots, out = [s.root for s in stores], Path(folder)
+
+        def make(stop):
+            from napari_msunet.io.decisions import iter_export_decisions
+
+            return (yield from iter_export_decisions(roots, out, overwrite=True, stop=stop))
+
+        def done(files) -> None:
+            if files:
+                self._say(f"Exported the decisions to {out}: {', '.join(f.name for f in files)}.")
+
+        return start_task(make, "Exporting the review decisions", on_return=done)

@@ -296,6 +296,12 @@ class TaskBar(QWidget):
     def running(self) -> bool:
         return self.task is not None and not self.task.done
 
+    def set_label(self, label: str) -> None:
+        """The Run button's text from now on (e.g. "Resume (step 40)"); shown when idle."""
+        self._label = label
+        if not self.running:
+            self.button.setText(label)
+
     def _clicked(self) -> None:
         if self.running:
             self.task.cancel()

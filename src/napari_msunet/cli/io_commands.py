@@ -1,4 +1,4 @@
-"""``msunet`` commands on files: info, synthetic, rasterize, export-geojson.
+"""``msunet`` commands on files: info, synthetic, rasterize, export-geojson, export-decisions.
 
 The writes (a label mask, a GeoJSON export) are the core's writer generators under the CLI's
 one progress driver (:func:`~napari_msunet.cli._drive.drive`); Ctrl-C closes them, which deletes
@@ -173,4 +173,34 @@ def _export_geojson(args: argparse.Namespace) -> int:
     with contextlib.closing(gen), _export_lock(Path(args.out)):
         out = drive(gen, Path(args.out).name)
     print(f"wrote {out}")
+    return 0
+
+
+def _export_decisions_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "sources",
+        nargs="+",
+        metavar="STORE_OR_WORKSPACE",
+        help="annotation store folders, slides' workspaces (<slide>.msunet) or decisions.jsonl",
+    )
+    s.add_argument(
+        "--out", required=True, help="folder for <slide>.decisions.geojson and decisions.csv"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace those files")
+
+
+@command(
+    "export-decisions",
+    help="reviewed cohort -> QuPath GeoJSON of the decided candidates per slide + CSV",
+    arguments=_export_decisions_arguments,
+)
+def _export_decisions(args: argparse.Namespace) -> int:
+    from napari_msunet.io.decisions import iter_export_decisions
+
+    out = Path(args.out)
+    gen = iter_export_decisions(args.sources, out, overwrite=args.overwrite)
+    with contextlib.closing(gen), _export_lock(out):
+        files = drive(gen, out.name)
+    rows = files[-1].read_text(encoding="utf-8").count("\n") - 1  # less the header
+    print(f"wrote {rows} decisions to {files[-1]} and {len(files) - 1} GeoJSON file(s) in {out}")
     return 0

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from napari_msunet.errors import AnnotationError, ConfigError, brief
+from napari_msunet.errors import AnnotationError, ConfigError, MsunetError, brief
 from napari_msunet.io.annotations import default_color
 from napari_msunet.models.base import SegmentationModel
 from napari_msunet.models.checkpoint import ModelHeader, load_model, read_header, save_model
@@ -59,6 +59,7 @@ __all__ = [
     "VersionResult",
     "iter_train_slides",
     "iter_train_version",
+    "paused_run",
     "run_dir_of",
     "sha256_of",
     "slides_record",
@@ -84,11 +85,12 @@ class VersionResult:
     model
         The new model version; ``None`` when the run was stopped before its first step
         (then nothing was written: a version that trained zero steps would only copy its
-        parent).
+        parent), or, for a training from slides, paused by a stop (``run_dir`` then holds
+        the checkpoint a rerun resumes).
     run_dir
-        The trainer's checkpoint folder (``<version>.run``); ``None`` with ``model``.
+        The trainer's checkpoint folder (``<version>.run``); ``None`` when nothing is left.
     steps
-        Steps trained (0 exactly when ``model`` is ``None``).
+        Steps trained (0 when the run stopped before its first step).
     stopped
         Whether ``stop`` ended the run before its planned steps.
     held_out
@@ -137,6 +139,7 @@ def iter_train_version(
     provenance: dict[str, Any],
     held_out_fraction: float = FRACTION,
     held_out_slides: Sequence[SlideSpec] = (),
+    save_on_stop: bool = True,
     stop: Stop = None,
 ) -> Generator[Progress, None, VersionResult]:
     """Train ``cfg`` on ``slides`` from ``init`` and write ``target`` (see the module docstring).
@@ -144,6 +147,9 @@ def iter_train_version(
     ``init`` is the start model file (``None``: random weights); ``parent`` the model the
     version is compared with on the held-out regions (``None``: none, from scratch).
     ``provenance`` goes into the version's header, with the held-out regions and scores.
+    ``save_on_stop``: a stop after some steps writes them as the version (a fine-tune), or
+    keeps the run folder to be resumed by the same call and writes nothing (a training from
+    slides: its budget is what the user asked for).
     """
     if target.exists():
         raise ConfigError(f"{target}: already exists; model versions are never overwritten")
@@ -168,6 +174,8 @@ def iter_train_version(
     if result.global_step == 0:  # stopped before the first step: nothing to save
         _remove_run(run_dir)
         return VersionResult(None, None, 0, result.stopped)
+    if result.stopped and not save_on_stop:  # paused: the same call resumes it
+        return VersionResult(None, run_dir, result.global_step, True)
     trained, header = load_model(result.last)
     if stopped(stop):  # a Cancel ends soon: the steps done are saved, not scored
         verdict = HeldOutVerdict(None, None, 0, 0, "the run was stopped before scoring")
@@ -264,7 +272,9 @@ def iter_train_slides(
     held_out_fraction, held_out_slides
         What is kept out of training and scored (:func:`~.held_out.choose_held_out`).
     stop
-        Checked before each step.
+        Checked before each step. A stop after some steps keeps the checkpoint in
+        ``<out stem>.run`` and writes no model (``model=None``, ``stopped=True``): the same
+        call again resumes at that step. :func:`paused_run` tells whether one waits.
     """
     from napari_msunet.demo import default_model_path
 
@@ -324,12 +334,31 @@ def iter_train_slides(
             provenance=provenance,
             held_out_fraction=held_out_fraction,
             held_out_slides=held_out_slides,
+            save_on_stop=False,
             stop=stop,
         )
     )
 
 
 train_slides = eager(iter_train_slides)
+
+
+def paused_run(out: str | Path) -> int | None:
+    """The step a stopped or interrupted training into ``out`` reached (``None``: none waits).
+
+    A run folder ``<out stem>.run`` with a checkpoint and no ``out`` file is resumed by
+    :func:`iter_train_slides` with the same ``out``; the GUI offers "Resume" then.
+    """
+    target = Path(out)
+    run_dir = run_dir_of(target)
+    state = run_dir / "last.safetensors"
+    if target.exists() or not (run_dir / "last.state.safetensors").is_file():
+        return None
+    try:
+        steps = read_header(state).training.get("steps")
+    except MsunetError:
+        return None
+    return int(steps) if isinstance(steps, int) else None
 
 
 def _class_scheme(

@@ -1,0 +1,155 @@
+"""The Review widget's queue over all open slides: which slides, their stores, the search.
+
+Every slide layer with a finished prediction (its probabilities on disk) and an annotation
+store (the one the widget has open, else the one in the slide's workspace) takes part; the
+core ranks their suspected missing and wrong annotations together
+(:func:`~napari_msunet.evaluation.review_queue.iter_review_queue`). Stores of the other slides
+are opened in the worker and held (their edit lock) until the next search replaces the
+queue, so that Accept and Reject can write to them; a store another program edits is left
+out with a note. Everything here is plain Python over the viewer's layers: the widget owns
+the buttons and the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_msunet._napari._layer_info import layer_info, prediction_layers
+from napari_msunet._napari._layers import is_slide, slide_path_of
+from napari_msunet._napari._review_layers import candidate_shapes
+from napari_msunet._napari._workspace import workspace_dir
+from napari_msunet.errors import MsunetError
+
+__all__ = ["KIND_COLORS", "CohortQueue", "Entry", "queue_shapes"]
+
+KIND_COLORS = {"missing": "cyan", "wrong": "magenta"}
+"""Outline of a candidate by kind: apart from each other, the annotation's classes, the TP/FP/FN
+colours and the white edit rectangle."""
+
+Entry = tuple[str, Any, Path, Path | None, Any]
+"""One slide to search: name, slide layer, probabilities, labels, store (open) or its root."""
+
+
+def _finished(info: Any) -> tuple[Path, Path | None] | None:
+    """A prediction layer's probabilities and labels, when its probabilities are on disk."""
+    probs = info.probabilities if info is not None else None
+    if probs is None or not probs.exists():
+        return None
+    labels = info.path if info.path is not None and info.path.exists() else None
+    return probs, labels
+
+
+class CohortQueue:
+    """The slides of the current queue and the stores it opened (see the module docstring)."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.slides: list[Any] = []  # QueueSlide
+        self.layers: dict[str, Any] = {}  # slide name -> slide layer
+        self._opened: list[Any] = []
+
+    def entries(
+        self, slide_layer: Any, store: Any, prediction: Any, all_slides: bool
+    ) -> tuple[list[Entry], list[str]]:
+        """The slides to search, and a note for each open slide left out (and why).
+
+        ``slide_layer``, ``store`` and ``prediction`` are the widget's: its slide is searched
+        with its store and the prediction it selected; with ``all_slides`` every other slide
+        layer with a prediction of its own and a store in its workspace is searched too.
+        """
+        out: list[Entry] = []
+        notes: list[str] = []
+        own = _finished(layer_info(prediction))
+        if store is not None and own is not None and slide_layer is not None:
+            out.append((_name(slide_layer), slide_layer, *own, store))
+        if not all_slides:
+            return out, notes
+        for layer in self.viewer.layers:
+            path = slide_path_of(layer)
+            if not is_slide(layer) or path is None or layer is slide_layer:
+                continue
+            mine = [p for p in prediction_layers(self.viewer, path) if layer_info(p).slide == path]
+            found = [f for f in (_finished(layer_info(p)) for p in mine) if f is not None]
+            root = workspace_dir(path, create=False) / "annotation"
+            if not found:
+                notes.append(f"{path.name}: no finished prediction")
+            elif not (root / "store.json").is_file():
+                notes.append(f"{path.name}: no review started (no corrected annotation)")
+            else:
+                out.append((_name(layer), layer, *found[-1], root))
+        names = [e[0] for e in out]
+        return [_unique(e, names) for e in out], notes
+
+    def search(
+        self, entries: Sequence[Entry], threshold: float, kinds: Sequence[str]
+    ) -> Callable[[Any], Generator]:
+        """The task (for :func:`~napari_msunet._napari._tasks.start_task`): open the other
+        slides' stores, rank the cohort; returns the candidates and keeps the slides."""
+
+        def make(stop):
+            from napari_msunet.evaluation.review_queue import QueueSlide, iter_review_queue
+            from napari_msunet.io.annotation_store import AnnotationStore
+
+            slides, opened, notes = [], [], []
+            for name, _layer, probs, labels, store in entries:
+                if isinstance(store, Path):
+                    try:
+                        store = AnnotationStore.open(store)
+                    except MsunetError as exc:  # another program edits it
+                        notes.append(f"{name}: {exc}")
+                        continue
+                    opened.append(store)
+                slides.append(QueueSlide(name, probs, store, labels))
+            try:
+                found = yield from iter_review_queue(
+                    slides, threshold=threshold, kinds=kinds, stop=stop
+                )
+            except BaseException:
+                for s in opened:
+                    s.close()
+                raise
+            self._adopt(slides, opened, {e[0]: e[1] for e in entries})
+            self.notes = notes
+            return found
+
+        return make
+
+    def _adopt(self, slides: list[Any], opened: list[Any], layers: dict[str, Any]) -> None:
+        old, self._opened = self._opened, opened
+        self.slides, self.layers = slides, layers
+        for store in old:
+            store.close()
+
+    def slide_of(self, candidate: Any) -> Any:
+        """The queue slide (store, labels) of a listed candidate, or ``None``."""
+        for s in self.slides:
+            if s.name == candidate.slide:
+                return s
+        return None
+
+    def close(self) -> None:
+        """Release the stores this queue opened."""
+        self._adopt([], [], {})
+
+
+def _name(layer: Any) -> str:
+    path = slide_path_of(layer)
+    return path.name if path is not None else str(layer.name)
+
+
+def _unique(entry: Entry, names: list[str]) -> Entry:
+    """Two slides of the same file name in different folders are named by their paths."""
+    if names.count(entry[0]) > 1:
+        return (str(slide_path_of(entry[1])), *entry[1:])
+    return entry
+
+
+def queue_shapes(candidates: Sequence[Any], slide_layer: Any, s0: float, units: Any):
+    """Outlines of the candidates on one slide, coloured by kind (a Shapes layer's data and
+    keyword arguments)."""
+    shapes, kwargs = candidate_shapes(list(candidates), s0, units)
+    kwargs["edge_color"] = [KIND_COLORS.get(c.kind, "cyan") for c in candidates] or "cyan"
+    kwargs["name"] = f"review queue — {_name(slide_layer)}"
+    return shapes, kwargs
