@@ -61,11 +61,13 @@ def test_transfer_from_a_base_model_without_a_yaml(lab, tmp_path):
     assert header.class_names == ("Background", "Germinal centre", "Sinus")
     assert model.head.out_channels == 3
     training = header.training
-    assert training["kind"] == "train-slides" and training["start"] == "transfer"
+    assert training["kind"] == "train-slides"
+    assert training["start"] == "transfer"
     assert training["parent"]["path"] == str(base)
     assert training["steps"] == 4
     verdict = HeldOutVerdict.from_header(header)
-    assert verdict.parent is not None and verdict.version is not None
+    assert verdict.parent is not None
+    assert verdict.version is not None
     assert base.read_bytes() == before
     # the same command again refuses to overwrite the model
     again = msunet("train", *args, "--base", base, "--steps", 4, "--device", "cpu")
@@ -109,10 +111,13 @@ def test_scratch_with_a_held_out_slide(lab, tmp_path):
 def test_train_needs_slides_or_a_config(tmp_path):
     proc = msunet("train", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "--slides" in proc.stderr and "--config" in proc.stderr
+    assert "--slides" in proc.stderr
+    assert "--config" in proc.stderr
     proc = msunet("train", "--slides", "a.svs", "--annotations", "a.geojson", cwd=tmp_path)
-    assert proc.returncode == 2 and "--out" in proc.stderr
+    assert proc.returncode == 2
+    assert "--out" in proc.stderr
     proc = msunet(
         "train", "--slides", "a.svs", "b.svs", "--annotations", "a.geojson", "--out", "m.st"
     )
-    assert proc.returncode == 2 and "2 slides but 1 annotations" in proc.stderr
+    assert proc.returncode == 2
+    assert "2 slides but 1 annotations" in proc.stderr

@@ -191,7 +191,13 @@ def test_empty_annotation_inside_corrected_regions_warns_and_trains(case, tmp_pa
         warnings.simplefilter("always")
         result = run_to_end(
             iter_finetune(
-                case["binary_model"], [spec], steps=1, batch_size=2, device="cpu", out=out
+                case["binary_model"],
+                [spec],
+                steps=1,
+                batch_size=2,
+                device="cpu",
+                out=out,
+                held_out_fraction=0,  # one corrected region: none could be kept out anyway
             )
         )
     assert result.model == out

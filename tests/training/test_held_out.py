@@ -8,6 +8,7 @@ header; the verdict says whether the version got better or worse.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -60,11 +61,12 @@ def _classes(path):
 
 
 def test_the_tool_holds_out_a_share_of_every_class(case):
-    root, spec = case
+    _root, spec = case
     counts = _classes(spec.annotation)
     assert set(counts) == set(NAMES[1:])
     held = choose_held_out([spec], 4.0, NAMES, fraction=0.25, seed=3)
-    assert not held.reason and held.how == "auto"
+    assert not held.reason
+    assert held.how == "auto"
     by_class: dict[str, int] = {}
     for r in held.regions:
         by_class[r.class_name] = by_class.get(r.class_name, 0) + 1
@@ -123,7 +125,8 @@ def test_the_users_held_out_regions_and_slides(case, tmp_path):
     user.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     mine = SlideSpec(spec.slide, spec.annotation, held_out=user)
     held = choose_held_out([mine], 4.0, NAMES)
-    assert held.how == "user" and len(held.regions) == 2
+    assert held.how == "user"
+    assert len(held.regions) == 2
     assert {r.source for r in held.regions} == {"user"}
     # a whole slide kept out: every annotated region of it is scored
     whole = choose_held_out([], 4.0, NAMES, held_out_slides=[spec])
@@ -147,8 +150,11 @@ def test_a_fine_tune_records_parent_and_version_scores(case, tmp_path):
         )
     )
     verdict = result.held_out
-    assert verdict is not None and verdict.version is not None and verdict.parent is not None
-    assert verdict.regions > 0 and verdict.pixels > 0
+    assert verdict is not None
+    assert verdict.version is not None
+    assert verdict.parent is not None
+    assert verdict.regions > 0
+    assert verdict.pixels > 0
     # the parent never predicts a class it does not know: Dice 0 on the new classes
     assert verdict.parent.dice["Germinal centre"] == 0
     assert verdict.parent.mean_dice == 0
@@ -162,7 +168,8 @@ def test_a_fine_tune_records_parent_and_version_scores(case, tmp_path):
 def test_no_held_out_region_is_said_not_scored(case, tmp_path):
     root, spec = case
     out = tmp_path / "all.safetensors"
-    with pytest.warns(FinetuneWarning, match="held-out share 0"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FinetuneWarning)  # the user's own choice: no warning
         result = run_to_end(
             iter_finetune(
                 root / "gland.safetensors",
@@ -177,7 +184,9 @@ def test_no_held_out_region_is_said_not_scored(case, tmp_path):
         )
     verdict = HeldOutVerdict.from_header(read_header(out))
     assert verdict == result.held_out
-    assert verdict.version is None and verdict.delta is None and not verdict.got_worse
+    assert verdict.version is None
+    assert verdict.delta is None
+    assert not verdict.got_worse
     assert verdict.summary() == "No held-out score: no region was kept out of training " + (
         "(held-out share 0)"
     )

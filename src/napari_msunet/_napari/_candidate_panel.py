@@ -48,8 +48,8 @@ def describe_candidate(rank: int, candidate: Any) -> str:
     if kind != "missing":
         what = f"{candidate.annotated_name} → {candidate.class_name}"
     slide = getattr(candidate, "slide", None)
-    where = f" on {slide}" if slide else ""
-    return f"{rank}. {kind}: {what}{where}, {area}, confidence {candidate.confidence:.2f}"
+    where = f" · {slide}" if slide else ""
+    return f"{rank}. {kind}: {what} · {area} · confidence {candidate.confidence:.2f}{where}"
 
 
 class CandidatePanel(QGroupBox):
@@ -59,7 +59,7 @@ class CandidatePanel(QGroupBox):
     selected = Signal(int)
 
     def __init__(self, find: Callable[[], Task | None], parent=None) -> None:
-        super().__init__("3. Review queue: suspected missing and wrong annotations", parent)
+        super().__init__("3. Review queue: suspected missing or wrong", parent)
         self.candidates: list[Any] = []
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.1, 0.99)
@@ -72,6 +72,7 @@ class CandidatePanel(QGroupBox):
             "model is sure and the annotation is empty (missing) or another class (wrong)"
         )
         self.list = QListWidget()
+        self.list.setWordWrap(True)  # a line names kind, classes, area and slide
         self.counter = QLabel("No candidates yet.")
         self.list.currentRowChanged.connect(self._count)
         self.list.currentRowChanged.connect(self.selected)

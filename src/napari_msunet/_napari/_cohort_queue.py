@@ -49,6 +49,8 @@ class CohortQueue:
         self.slides: list[Any] = []  # QueueSlide
         self.layers: dict[str, Any] = {}  # slide name -> slide layer
         self._opened: list[Any] = []
+        self.notes: list[str] = []  # slides the last search left out, and why
+        self.outlined: str | None = None  # the slide whose candidates are drawn
 
     def entries(
         self, slide_layer: Any, store: Any, prediction: Any, all_slides: bool

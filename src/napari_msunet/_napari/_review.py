@@ -480,7 +480,7 @@ class ReviewWidget(QWidget):
 
         def done(found: list[Any]) -> None:
             self.show_candidates(found)
-            left = notes + getattr(self.queue, "notes", [])
+            left = notes + self.queue.notes
             self._say(
                 f"{len(found)} suspected {what} annotations on {len(self.queue.slides)} "
                 "slide(s), largest and surest first. Click one to go there."
@@ -497,8 +497,9 @@ class ReviewWidget(QWidget):
 
     def _outline(self) -> None:
         current = self.missing.current() or (self.candidates[0] if self.candidates else None)
-        layer = self.queue.layers.get(getattr(current, "slide", None)) or self._slide_layer()
-        on_slide = [c for c in self.candidates if c.slide == getattr(current, "slide", None)]
+        self.queue.outlined = getattr(current, "slide", None)
+        layer = self.queue.layers.get(self.queue.outlined) or self._slide_layer()
+        on_slide = [c for c in self.candidates if c.slide == self.queue.outlined]
         shapes, kwargs = queue_shapes(on_slide, layer, slide_scale(layer), slide_units(layer))
         if self.candidate_layer is not None and self.candidate_layer in self.viewer.layers:
             self.viewer.layers.remove(self.candidate_layer)
@@ -518,8 +519,7 @@ class ReviewWidget(QWidget):
     def _candidate_selected(self, row: int) -> None:
         if 0 <= row < len(self.candidates):
             cand = self.candidates[row]
-            shown = self.candidate_layer is not None and cand.slide in self.candidate_layer.name
-            if not shown:
+            if cand.slide != self.queue.outlined:
                 self._outline()
             layer = self.queue.layers.get(cand.slide) or self._slide_layer()
             center_on(self.viewer, layer, cand.bbox)

@@ -25,7 +25,15 @@ from napari_msunet.io.rasterise import Rasteriser
 from napari_msunet.io.vectorise import vectorise
 from napari_msunet.io.writers import read_block
 
-__all__ = ["UNKNOWN_CLASS", "AnnotationGrid", "Regions", "annotated", "window_regions"]
+__all__ = [
+    "UNKNOWN_CLASS",
+    "AnnotationGrid",
+    "Regions",
+    "annotated",
+    "near_agreement",
+    "read_padded",
+    "window_regions",
+]
 
 UNKNOWN_CLASS = 255
 """Label of a GeoJSON class the prediction does not know: annotated, but of no model class,
@@ -79,28 +87,55 @@ class AnnotationGrid:
         return block[np.ix_(rows - r0, cols - c0)]
 
 
-def annotated(ann: AnnotationGrid, shape, y: int, x: int, h: int, w: int, k: int):
-    """The annotation's labels in a window, and which pixels lie near another label.
+def read_padded(read: Any, shape, y: int, x: int, h: int, w: int, k: int) -> np.ndarray:
+    """``read(y0, x0, h, w)`` of a window grown by ``k`` pixels on each side.
 
-    A pixel is *near* when a pixel within ``k`` steps (4-connected) has another label: a
-    background pixel near an annotated region, or an annotated pixel near its region's
-    outline. The annotation is read with a ``k``-pixel margin so that nearness across window
-    edges counts too; beyond the slide the edge label continues (the slide's border is no
-    annotation boundary).
+    What lies beyond the grid (``shape``) continues the edge pixels: the slide's border is
+    no annotation boundary. Leading axes (channels) are kept.
     """
     y0, x0 = max(0, y - k), max(0, x - k)
     y1, x1 = min(shape[0], y + h + k), min(shape[1], x + w + k)
-    block = np.asarray(ann.read(y0, x0, y1 - y0, x1 - x0))
+    block = np.asarray(read(y0, x0, y1 - y0, x1 - x0))
     pad = ((y0 - (y - k), y + h + k - y1), (x0 - (x - k), x + w + k - x1))
-    a = np.pad(block, pad, mode="edge") if any(sum(p) for p in pad) else block
-    inner = a[k : k + h, k : k + w]
+    if not any(sum(p) for p in pad):
+        return block
+    return np.pad(block, ((0, 0),) * (block.ndim - 2) + pad, mode="edge")
+
+
+def annotated(ann: AnnotationGrid, shape, y: int, x: int, h: int, w: int, k: int):
+    """The annotation's labels of a window grown by ``k``, and which pixels lie near another
+    label (both with the ``k``-pixel margin, so that nearness across window edges counts).
+
+    A pixel is *near* when a pixel within ``k`` steps (4-connected) has another label: for a
+    background pixel, an annotated region within reach (what makes a suspected missing
+    region a sliver along an annotation's outline).
+    """
+    a = read_padded(ann.read, shape, y, x, h, w, k)
     if k == 0:
-        return inner, np.zeros(inner.shape, bool)
+        return a, np.zeros(a.shape, bool)
     foot = ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), k)
     hi = ndimage.maximum_filter(a, footprint=foot, mode="nearest")
     lo = ndimage.minimum_filter(a, footprint=foot, mode="nearest")
-    near = (hi != a) | (lo != a)
-    return inner, near[k : k + h, k : k + w]
+    return a, (hi != a) | (lo != a)
+
+
+def near_agreement(a: np.ndarray, cls: np.ndarray, k: int) -> np.ndarray:
+    """Annotated pixels within ``k`` steps of a pixel where the model agrees with the same
+    annotated class.
+
+    An annotated region whose rim the model leaves out (its region a little smaller) is a
+    boundary disagreement: the rim lies near the agreeing interior. A region the model
+    rejects wholly has no agreeing pixel near it, however small it is.
+    """
+    out = np.zeros(a.shape, bool)
+    if k == 0:
+        return out
+    agree = (a == cls) & (a > 0)
+    cross = ndimage.generate_binary_structure(2, 1)
+    for label in np.unique(a[agree]):
+        mine = a == label
+        out |= mine & ndimage.binary_dilation(agree & mine, structure=cross, iterations=k)
+    return out
 
 
 class Regions:
@@ -167,7 +202,7 @@ def window_regions(
     """Label the candidate pixels of one window, register them; return global ids per pixel.
 
     Components are taken per value of ``key`` (see the module docstring); ``touch`` marks
-    pixels near an annotation boundary (counted per region).
+    pixels of a boundary disagreement (counted per region).
     """
     gid = np.zeros(cand.shape, np.int64)
     h, w = cand.shape

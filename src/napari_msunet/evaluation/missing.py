@@ -50,6 +50,8 @@ from napari_msunet.evaluation._candidate_regions import (
     AnnotationGrid,
     Regions,
     annotated,
+    near_agreement,
+    read_padded,
     window_regions,
 )
 from napari_msunet.io.annotation_store import AnnotationStore, Edit
@@ -321,6 +323,10 @@ def iter_find_missing(
     sy, sx = max(cy, window // cy * cy), max(cx, window // cx * cx)
     windows = [(y, x) for y in range(0, shape[0], sy) for x in range(0, shape[1], sx)]
     regions = Regions()
+
+    def read_probs(y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        return np.asarray(arr[:, y0 : y0 + h, x0 : x0 + w])
+
     bottom: dict[int, np.ndarray] = {}  # column origin -> last row of global ids above
     right: np.ndarray | None = None
     started = time.monotonic()
@@ -328,10 +334,15 @@ def iter_find_missing(
         if stopped(stop):
             break
         h, w = min(sy, shape[0] - y), min(sx, shape[1] - x)
-        probs = np.asarray(arr[:, y : y + h, x : x + w])
+        m = edge_width  # a margin: nearness counts across window edges
+        probs = read_padded(read_probs, shape, y, x, h, w, m)
         cls, conf = bootstrap_confidence(probs)
-        ann_cls, touch = annotated(ann, shape, y, x, h, w, edge_width)
+        ann_cls, touch = annotated(ann, shape, y, x, h, w, m)
         ann_cls = ann_cls.astype(np.int64)
+        if WRONG in kinds:  # an annotated pixel's rim: near where the model agrees with it
+            touch = np.where(ann_cls == 0, touch, near_agreement(ann_cls, cls, m))
+        inner = (slice(m, m + h), slice(m, m + w))
+        cls, conf, ann_cls, touch = cls[inner], conf[inner], ann_cls[inner], touch[inner]
         cand = np.zeros(cls.shape, bool)
         if MISSING in kinds:
             cand |= (ann_cls == 0) & (cls > 0)

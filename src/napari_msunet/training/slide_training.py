@@ -163,7 +163,7 @@ def iter_train_version(
         fraction=held_out_fraction,
         seed=cfg.seed,
     )
-    if held.reason:
+    if held.reason and held.how != "none":  # the user's own "keep none out" needs no word
         warnings.warn(f"{target.name}: {held.reason}", FinetuneWarning, stacklevel=3)
     data = slide_training_data(slides, cfg, held)
     run_dir = run_dir_of(target)
