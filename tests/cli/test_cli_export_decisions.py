@@ -25,25 +25,26 @@ def msunet(*args):
     )
 
 
-def _reviewed(root, decision):
+def _reviewed(folder, name, decision):
     """A slide's workspace whose store holds one decision about a missing and a wrong one."""
     probs = np.full((2, 100, 100), 5, np.uint8)
     probs[0] = 245
     probs[:, 10:40, 10:50] = np.array([5, 245], np.uint8)[:, None, None]  # missed Follicle
     ann = np.zeros((100, 100), np.uint8)
     ann[60:90, 60:90] = 1  # a Follicle the model calls background
-    write_ome_zarr(root / "p.ome.zarr", probs, mpp=1.0, class_names=NAMES, chunk=64)
-    workspace = root / f"{root.name}.msunet"
+    probabilities = folder / f"{name}-probabilities.ome.zarr"
+    write_ome_zarr(probabilities, probs, mpp=1.0, class_names=NAMES, chunk=64)
+    workspace = folder / f"{name}.msunet"
     with AnnotationStore.create(workspace / "annotation", ann, (100, 100), classes=NAMES) as store:
-        slide = QueueSlide(root.name, root / "p.ome.zarr", store)
-        for c in find_missing(root / "p.ome.zarr", store, level=0, kinds=KINDS):
+        slide = QueueSlide(name, probabilities, store)
+        for c in find_missing(probabilities, store, level=0, kinds=KINDS):
             decide(slide, c, decision)
     return workspace
 
 
 def test_export_decisions_writes_geojson_per_slide_and_a_csv(tmp_path):
-    a = _reviewed(tmp_path / "a.svs", "reject")
-    b = _reviewed(tmp_path / "b.svs", "edit")
+    a = _reviewed(tmp_path, "a.svs", "reject")
+    b = _reviewed(tmp_path, "b.svs", "edit")
     out = tmp_path / "out"
     proc = msunet("export-decisions", a / "annotation", b, "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -68,10 +69,12 @@ def test_export_decisions_writes_geojson_per_slide_and_a_csv(tmp_path):
     again = msunet("export-decisions", a, "--out", out)  # refused: nothing is replaced
     assert again.returncode == 2
     assert "already exists" in again.stderr
-    assert msunet("export-decisions", a, "--out", out, "--overwrite").returncode == 0
+    slide_a = tmp_path / "a.svs"  # the slide file names its workspace beside it
+    slide_a.write_bytes(b"not read")
+    assert msunet("export-decisions", slide_a, "--out", out, "--overwrite").returncode == 0
     assert len((out / "decisions.csv").read_text().splitlines()) == 3  # header + a's two
 
-    bad = msunet("export-decisions", tmp_path, "--out", tmp_path / "x")
+    bad = msunet("export-decisions", tmp_path / "out", "--out", tmp_path / "x")
     assert bad.returncode == 2
-    assert str(tmp_path) in bad.stderr
+    assert f"{tmp_path / 'out'}: is neither an annotation store" in bad.stderr
     assert "Traceback" not in bad.stderr

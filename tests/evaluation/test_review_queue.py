@@ -289,3 +289,36 @@ def test_reject_candidate_records_the_whole_candidate(cohort):
     reject_candidate(a.store, c)
     (d,) = a.store.decisions()
     assert (d.kind, d.decision, d.area_px) == ("missing", "reject", c.area_px)
+
+
+def test_a_stopped_or_closed_export_writes_nothing(cohort, tmp_path):
+    from napari_msunet.io.decisions import iter_export_decisions
+
+    a, b = cohort
+    for c in find_missing(a.probabilities, a.store, level=0, window=64):
+        reject_candidate(a.store, c)
+    out = tmp_path / "export"
+    assert run_to_end(iter_export_decisions([a.store.root], out, stop=lambda: True)) is None
+    gen = iter_export_decisions([a.store.root, b.store.root], out)
+    assert next(gen).stage == "read"
+    gen.close()
+    assert not out.exists()
+
+
+def test_a_geojson_annotation_is_matched_to_the_model_classes_by_name(cohort, tmp_path):
+    from napari_msunet.io.vectorise import export_mask
+
+    a, _ = cohort
+    mask = np.asarray(open_mask(a.store.mask_path).levels[0])
+    kw = {"level": 0, "window": 64, "kinds": (MISSING, WRONG), "slide_shape": SLIDE}
+    expected = [
+        (c.bbox, c.kind, c.annotated, c.label) for c in find_missing(a.probabilities, mask, **kw)
+    ]
+    gj = export_mask(mask, tmp_path / "a.geojson", {"sinus": 2, "Follicle": 1}, downsample=2)
+    got = [(c.bbox, c.kind, c.annotated, c.label) for c in find_missing(a.probabilities, gj, **kw)]
+    assert got == expected  # "sinus" is the model's "Sinus"
+    assert [k for _, k, _, _ in got] == ["missing", "wrong", "wrong"]
+    # a class the model does not know is annotated (hides a missing region), never wrong
+    odd = export_mask(mask, tmp_path / "b.geojson", {"Vessel": 2, "Follicle": 1}, downsample=2)
+    got = [(c.kind, c.annotated) for c in find_missing(a.probabilities, odd, **kw)]
+    assert got == [("missing", 0), ("wrong", 1)]

@@ -18,11 +18,16 @@ from typing import Any
 
 from napari_msunet._napari._layer_info import layer_info, prediction_layers
 from napari_msunet._napari._layers import is_slide, slide_path_of
-from napari_msunet._napari._review_layers import candidate_shapes
+from napari_msunet._napari._review_layers import (
+    candidate_shapes,
+    keep_edges_visible,
+    slide_scale,
+    slide_units,
+)
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
 
-__all__ = ["KIND_COLORS", "CohortQueue", "Entry", "queue_shapes"]
+__all__ = ["KIND_COLORS", "CohortQueue", "Entry", "export_task", "queue_shapes"]
 
 KIND_COLORS = {"missing": "cyan", "wrong": "magenta"}
 """Outline of a candidate by kind: apart from each other, the annotation's classes, the TP/FP/FN
@@ -70,7 +75,7 @@ class CohortQueue:
             return out, notes
         for layer in self.viewer.layers:
             path = slide_path_of(layer)
-            if not is_slide(layer) or path is None or layer is slide_layer:
+            if not is_slide(layer) or path is None or any(e[1] is layer for e in out):
                 continue
             mine = [p for p in prediction_layers(self.viewer, path) if layer_info(p).slide == path]
             found = [f for f in (_finished(layer_info(p)) for p in mine) if f is not None]
@@ -124,6 +129,29 @@ class CohortQueue:
         for store in old:
             store.close()
 
+    def draw(self, candidates: Sequence[Any], current: Any, fallback: Any, old: Any) -> Any:
+        """Outline the candidates on ``current``'s slide (replacing the layer ``old``); return
+        the new Shapes layer, ``None`` when there is nothing to draw."""
+        self.outlined = getattr(current, "slide", None)
+        layer = self.layers.get(self.outlined) or fallback
+        on_slide = [c for c in candidates if c.slide == self.outlined]
+        shapes, kwargs = queue_shapes(on_slide, layer, slide_scale(layer), slide_units(layer))
+        if old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+        if not shapes:
+            return None
+        new = self.viewer.add_shapes(shapes, **kwargs)
+        keep_edges_visible(self.viewer, new)
+        return new
+
+    def roots(self, store: Any) -> list[Path]:
+        """The store folders whose decisions an export takes: the queue's slides' and
+        ``store`` (the widget's)."""
+        stores = [s.store for s in self.slides]
+        if store is not None and store not in stores:
+            stores.append(store)
+        return [s.root for s in stores]
+
     def slide_of(self, candidate: Any) -> Any:
         """The queue slide (store, labels) of a listed candidate, or ``None``."""
         for s in self.slides:
@@ -155,3 +183,15 @@ def queue_shapes(candidates: Sequence[Any], slide_layer: Any, s0: float, units: 
     kwargs["edge_color"] = [KIND_COLORS.get(c.kind, "cyan") for c in candidates] or "cyan"
     kwargs["name"] = f"review queue — {_name(slide_layer)}"
     return shapes, kwargs
+
+
+def export_task(roots: Sequence[Path], out: Path) -> Callable[[Any], Generator]:
+    """The task exporting the decisions of ``roots`` to the folder ``out`` (a GeoJSON per
+    slide and decisions.csv, replacing an earlier export there)."""
+
+    def make(stop):
+        from napari_msunet.io.decisions import iter_export_decisions
+
+        return (yield from iter_export_decisions(roots, out, overwrite=True, stop=stop))
+
+    return make

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msunet._napari._candidate_panel import CandidatePanel
-from napari_msunet._napari._cohort_queue import CohortQueue, queue_shapes
+from napari_msunet._napari._cohort_queue import CohortQueue, export_task
 from napari_msunet._napari._layer_info import (
     Kind,
     LayerInfo,
@@ -497,16 +497,9 @@ class ReviewWidget(QWidget):
 
     def _outline(self) -> None:
         current = self.missing.current() or (self.candidates[0] if self.candidates else None)
-        self.queue.outlined = getattr(current, "slide", None)
-        layer = self.queue.layers.get(self.queue.outlined) or self._slide_layer()
-        on_slide = [c for c in self.candidates if c.slide == self.queue.outlined]
-        shapes, kwargs = queue_shapes(on_slide, layer, slide_scale(layer), slide_units(layer))
-        if self.candidate_layer is not None and self.candidate_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.candidate_layer)
-        self.candidate_layer = None
-        if shapes:
-            self.candidate_layer = self.viewer.add_shapes(shapes, **kwargs)
-            keep_edges_visible(self.viewer, self.candidate_layer)
+        self.candidate_layer = self.queue.draw(
+            self.candidates, current, self._slide_layer(), self.candidate_layer
+        )
         if self.store_layer is not None:
             self.viewer.layers.selection.active = self.store_layer
         self._update_buttons()
@@ -591,25 +584,19 @@ class ReviewWidget(QWidget):
     def export_decisions(self, folder: str | Path | None = None) -> Task | None:
         """Write the review decisions of the queue's slides (and this one's) to a folder: a
         QuPath GeoJSON per slide and decisions.csv (worker)."""
-        stores = [s.store for s in self.queue.slides]
-        if self.store is not None and self.store not in stores:
-            stores.append(self.store)
-        if not stores:
+        roots = self.queue.roots(self.store)
+        if not roots:
             self._fail("Start the review first: the decisions are kept with the annotation.")
             return None
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Export the review decisions to")
-            if not folder:
-                return None
-        roots, out = [s.root for s in stores], Path(folder)
-
-        def make(stop):
-            from napari_msunet.io.decisions import iter_export_decisions
-
-            return (yield from iter_export_decisions(roots, out, overwrite=True, stop=stop))
+        folder = folder or QFileDialog.getExistingDirectory(self, "Export the decisions to")
+        if not folder:
+            return None
 
         def done(files) -> None:
             if files:
-                self._say(f"Exported the decisions to {out}: {', '.join(f.name for f in files)}.")
+                self._say(
+                    f"Exported the decisions to {folder}: {', '.join(f.name for f in files)}."
+                )
 
+        make = export_task(roots, Path(folder))
         return start_task(make, "Exporting the review decisions", on_return=done)

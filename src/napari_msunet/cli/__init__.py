@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from napari_msunet import __version__
 from napari_msunet.cli import io_commands, model_commands  # noqa: F401 - they register
-from napari_msunet.cli._registry import COMMANDS
+from napari_msunet.cli._registry import COMMANDS, add_parsers
 from napari_msunet.errors import MsunetError
 
 __all__ = ["build_parser", "main"]
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="new model file (default: <model>-ftN)")
     _held_out_arguments(s)
+    add_parsers(sub)  # commands that declare their own arguments (export-decisions ...)
     return p
 
 

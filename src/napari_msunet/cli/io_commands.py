@@ -181,7 +181,7 @@ def _export_decisions_arguments(s: argparse.ArgumentParser) -> None:
         "sources",
         nargs="+",
         metavar="STORE_OR_WORKSPACE",
-        help="annotation store folders, slides' workspaces (<slide>.msunet) or decisions.jsonl",
+        help="annotation stores, slides' workspaces (<slide>.msunet) or the slides themselves",
     )
     s.add_argument(
         "--out", required=True, help="folder for <slide>.decisions.geojson and decisions.csv"

@@ -219,9 +219,12 @@ def append_decision(path: str | os.PathLike[str], decision: Decision) -> Path:
 
 
 def _source_file(path: Path) -> Path:
-    """The decisions file of a store, a slide's workspace folder, or the file itself."""
-    if path.is_file():
+    """The decisions file of a store, a slide's workspace folder (or the slide beside it), or
+    the file itself."""
+    if path.is_file() and path.suffix == ".jsonl":
         return path
+    if not path.is_dir():  # a slide: its workspace beside it
+        path = path.with_name(path.name + ".msunet")
     for folder in (path, path / "annotation"):
         if (folder / DECISIONS_NAME).is_file() or (folder / "store.json").is_file():
             return folder / DECISIONS_NAME
@@ -288,7 +291,8 @@ def iter_export_decisions(
     ----------
     sources
         Annotation store folders, slides' workspace folders (``<slide>.msunet``, whose
-        ``annotation`` store is taken) or decisions files.
+        ``annotation`` store is taken), slides (their workspace beside them) or decisions
+        files.
     out
         The folder to write ``<slide>.decisions.geojson`` (QuPath GeoJSON in level-0 pixels:
         one feature per decided candidate, its outline, the predicted class as its

@@ -5,7 +5,6 @@ slide, the decisions written beside each store and exported."""
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -129,9 +128,6 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
         ("case_a.svs", "Sinus", "Background")
     ]
     n = len(found)
-    if os.environ.get("MSUNET_SCREENSHOT"):  # a look at the widget (see docs)
-        viewer.window._qt_window.resize(1920, 1080)
-        qtbot.wait(200)
     assert widget.candidate_list.count() == n
     row = found.index(wrong[0])
     text = widget.candidate_list.item(row).text()
@@ -142,9 +138,9 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
     widget.candidate_list.setCurrentRow(row)  # the outlines follow the selected slide
     assert widget.missing.counter.text() == f"{row + 1} of {n}"
     assert widget.candidate_layer.name == "review queue — case_a.svs"
-    if os.environ.get("MSUNET_SCREENSHOT"):
-        qtbot.wait(200)
-        viewer.screenshot(os.environ["MSUNET_SCREENSHOT"], canvas_only=False)
+    by, bx, bh, bw = wrong[0].bbox  # centred on it, on its slide
+    center = viewer.scene.camera.center[-2:]
+    np.testing.assert_allclose(center, ((by + bh / 2 - 0.5) * 0.5, (bx + bw / 2 - 0.5) * 0.5))
 
     _wait(qtbot, widget.accept_candidate())  # the wrong Sinus is removed from a's store
     y0, y1, x0, x1 = A_SINUS
@@ -161,6 +157,20 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
     ]
     assert [(d.kind, d.decision) for d in store_a.decisions()] == [("wrong", "accept")]
 
+    widget.candidate_list.setCurrentRow(0)  # a's missing Sinus: painted in by hand
+    (last,) = widget.candidates
+    _wait(qtbot, widget.edit_candidate())
+    data = np.array(widget.edit_layer.data)
+    data[data.shape[0] // 2, :] = 2
+    widget.edit_layer.data = data
+    _wait(qtbot, widget.apply())
+    assert widget.candidate_list.count() == 0
+    assert [(d.kind, d.decision) for d in store_a.decisions()] == [
+        ("wrong", "accept"),
+        ("missing", "edit"),
+    ]
+    assert store_a.decisions()[-1].bbox == last.bbox
+
     out = tmp_path / "export"
     files = _wait(qtbot, widget.export_decisions(out))
     assert [f.name for f in files] == [
@@ -168,11 +178,10 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
         "case_b.svs.decisions.geojson",
         "decisions.csv",
     ]
-    assert len(read_geojson(files[0])) == 1
+    assert len(read_geojson(files[0])) == 2
     with open(files[-1], newline="", encoding="utf-8") as fh:
-        assert len(list(csv.DictReader(fh))) == 2
+        assert len(list(csv.DictReader(fh))) == 3
 
     again = _wait(qtbot, widget.find_queue())  # decided ones are not suggested again
-    assert len(again) == n - 2
-    assert all(c.kind == "missing" and c.slide == "case_a.svs" for c in again)
+    assert again == []
     widget.queue.close()
