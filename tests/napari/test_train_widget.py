@@ -106,6 +106,7 @@ def test_train_new_classes_cancel_resume_and_see_the_held_out_dice(
     assert widget.history.list.count() == 1
     label = widget.history.list.item(0).text()
     assert "Dice on held-out regions: 0.00 → " in label
+    assert label.startswith("lymph-node.safetensors · trained, 40 steps")
     assert "Dice on held-out regions" in widget.info.text()
     assert widget.taskbar.button.text() == "Train"
 

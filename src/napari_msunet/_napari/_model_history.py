@@ -50,6 +50,7 @@ class ModelVersion:
     planned: int | None  # steps the fine-tune was asked for (None: not a fine-tune)
     parent: Path | None
     held_out: HeldOutVerdict | None = None  # parent vs version on held-out regions
+    trained: bool = False  # made by a training from slides (not a fine-tune, not bundled)
 
     @property
     def got_worse(self) -> bool:
@@ -63,7 +64,9 @@ class ModelVersion:
     def label(self) -> str:
         """Two lines for the history list: name and steps; date and parent."""
         first = self.path.name
-        if self.number == 0:
+        if self.number == 0 and self.trained and self.steps is not None:
+            first += f" · trained, {self.steps} steps"
+        elif self.number == 0:
             first += " · original"
         elif self.steps is not None:
             first += f" · {self.steps} steps"
@@ -138,6 +141,7 @@ def _describe(path: Path) -> ModelVersion | None:
         planned=planned,
         parent=parent_path,
         held_out=HeldOutVerdict.from_header(header),
+        trained=training.get("kind") == "train-slides",
     )
 
 
