@@ -99,7 +99,15 @@ def main() -> None:
                 sys.exit(f"timed out waiting for {what}")
         print(f"  {what}: {time.monotonic() - start:.1f} s")
 
+    def close_notifications() -> None:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for w in window.findChildren(NapariQtNotification):
+            w.close()
+        pump(0.1)
+
     def shot(name: str) -> None:
+        close_notifications()
         pump(0.8)
         _save(viewer.screenshot(canvas_only=False, flash=False), out / f"guide_{name}.png")
 
@@ -140,8 +148,17 @@ def main() -> None:
     if task.error is not None:
         sys.exit(f"training failed: {task.error}")
     train.history.list.setCurrentRow(0)
+    close_notifications()
     shot("classes_train_done")
     print(train.info.text())
+
+    print("fine-tune form")
+    viewer.window.remove_dock_widget(_dw)
+    _dw, fine = viewer.window.add_plugin_dock_widget("napari-msunet", "Fine-tune")
+    pump(0.5)
+    fine.set_model_file(train.result.model)
+    fine.classes.setCurrentIndex(fine.classes.findData("add"))
+    shot("classes_finetune_form")
 
 
 if __name__ == "__main__":

@@ -169,3 +169,28 @@ def test_a_worse_version_is_flagged_and_rollback_restores_the_parent(
     assert child.is_file()
     selected = widget.history.list.currentItem()
     assert selected.data(Qt.ItemDataRole.UserRole) == parent
+
+
+def test_finetune_learns_new_classes_when_asked(make_napari_viewer, tmp_path, qtbot):
+    case = make_case(tmp_path)
+    gland = _gland_model(tmp_path / "models" / "gland.safetensors")
+    viewer = make_napari_viewer()
+    open_in_viewer(viewer, case)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.set_model_file(gland)
+    widget.steps.setValue(3)
+    widget.batch.setValue(2)
+    widget.device.setCurrentText("cpu")
+    assert widget.classes.currentData() == "keep"
+    widget.taskbar.button.click()
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert "Add classes" in str(widget.task.error)  # keep refuses, naming the way out
+    widget.classes.setCurrentIndex(widget.classes.findData("replace"))
+    widget.taskbar.button.click()
+    qtbot.waitUntil(lambda: widget.task.done, timeout=TIMEOUT)
+    assert widget.task.error is None, widget.task.error
+    header = read_header(widget.result.model)
+    assert header.class_names == NAMES
+    assert header.training["classes"] == "replace"
+    assert header.training["parent"]["path"] == str(gland)
