@@ -12,7 +12,7 @@ from inference_helpers import make_model
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.inference import InferenceConfig, Normalization, select_device
-from napari_msunet.inference.device import resolve_device_settings
+from napari_msunet.inference.device import cpu_has_bf16, resolve_device_settings
 from napari_msunet.inference.tiling import resolve_tiling
 from napari_msunet.models import ModelHeader
 
@@ -70,7 +70,8 @@ def test_select_device():
 
 def test_cpu_settings_and_auto_tiling():
     s = resolve_device_settings(InferenceConfig(device="cpu"))
-    assert s.amp_dtype is None
+    # bf16 where the CPU computes it natively (checked against float32 on the first tile)
+    assert (s.amp_dtype is torch.bfloat16) == cpu_has_bf16() == s.check_amp
     assert s.channels_last
     assert not s.normalise_on_device
     model = make_model("msunet")

@@ -53,7 +53,7 @@ SETTINGS = {
 def test_tiled_equals_whole_image(case, image, which):
     arch, model, _auto_margin, ref = case
     tile, margin = SETTINGS[arch][which]
-    cfg = InferenceConfig(tile=tile, margin=margin, device="cpu", batch_size=2)
+    cfg = InferenceConfig(tile=tile, margin=margin, device="cpu", batch_size=2, amp="none")
     labels, probs = predict_array(image, model, NORM, cfg, probabilities="float32")
     assert labels.shape == (SIZE, SIZE)
     assert probs.shape == (2, SIZE, SIZE)
@@ -67,7 +67,7 @@ def test_too_small_margin_is_detected(case, image):
     weights reach far less than the structural radius: a margin of one alignment already
     agrees to about 5e-4 here, see docs/benchmarks.md.)"""
     _arch, model, _, ref = case
-    cfg = InferenceConfig(tile=1024, margin=0, device="cpu")
+    cfg = InferenceConfig(tile=1024, margin=0, device="cpu", amp="none")
     _, probs = predict_array(image, model, NORM, cfg, probabilities="float32")
     assert np.abs(probs - ref).max() > 1e-3
 
@@ -77,7 +77,7 @@ def test_non_square_image_with_ragged_edges():
     img = SyntheticSlideSpec(1200, 1900, seed=4).image(1.0)[:601, :947]
     model = make_model("unet", calibrate=img[:256, :256])
     ref = whole_image_reference(model, img, 96)
-    cfg = InferenceConfig(tile=256, device="cpu")
+    cfg = InferenceConfig(tile=256, device="cpu", amp="none")  # the property holds in float32
     labels, probs = predict_array(img, model, NORM, cfg, probabilities="float32")
     assert labels.shape == img.shape[:2]
     assert np.abs(probs - ref).max() < 1e-4

@@ -93,9 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None, help="output tile side (default: auto)")
     s.add_argument(
         "--margin",
-        type=int,
+        type=_margin,
         default=None,
-        help="context on each side (default: the model's receptive radius: exact result)",
+        help="context on each side in working px; auto (default): the margin measured for "
+        "the model file, else exact; exact: the model's receptive radius (equal to one "
+        "whole-image forward pass in float32)",
+    )
+    s.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "none"),
+        default=None,
+        help="precision of the forward pass; auto (default): bf16 on CUDA, and on CPUs with "
+        "native bf16 when it labels the first tile as float32 does; none: float32",
     )
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--no-tissue", action="store_true", help="predict background tiles too")
@@ -202,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     _held_out_arguments(s)
     add_parsers(sub)  # commands that declare their own arguments (export-decisions ...)
     return p
+
+
+def _margin(text: str) -> int | str:
+    """``--margin``: a number of pixels, ``auto`` or ``exact``."""
+    if text in ("auto", "exact"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        message = f"expected a number, auto or exact, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _slide_arguments(s: argparse.ArgumentParser, *, required: bool) -> None:

@@ -24,7 +24,7 @@ def _predict(args: argparse.Namespace) -> int:
         "device": args.device,
         "tissue": not args.no_tissue,
     }
-    for name in ("tile", "margin", "batch_size"):
+    for name in ("tile", "margin", "batch_size", "amp"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value

@@ -16,10 +16,17 @@ from torch import nn
 
 from napari_msunet.errors import ConfigError, InputShapeError
 from napari_msunet.inference.config import InferenceConfig
-from napari_msunet.inference.device import Normalization, prepare_model, resolve_device_settings
+from napari_msunet.inference.device import (
+    Normalization,
+    confirm_amp,
+    prepare_model,
+    resolve_device_settings,
+)
+from napari_msunet.inference.margin import measured_margin
 from napari_msunet.inference.pipeline import (
     Timings,
     check_model,
+    first_window,
     next_batch,
     read_workers,
     run_batches,
@@ -78,16 +85,19 @@ def iter_predict_array(
     prepare_model(model, settings)
     try:
         shape = (int(image.shape[0]), int(image.shape[1]))
-        tiling = resolve_tiling(config, model, settings, shape)
+        tiling = resolve_tiling(config, model, settings, shape, measured_margin(norm))
         keep = None if tissue is None else tissue.any_in
         plan = plan_tiles(shape, tiling.tile, tiling.margin, tiling.alignment, keep)
+        reader = ArrayReader(image)
+        if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
+            settings = confirm_amp(model, settings, normalization, first_window(plan, reader))
         labels = np.zeros(shape, np.uint8)
         probs = np.zeros((n_classes, *shape), np.dtype(probabilities))
         timings = Timings()
         batches = run_batches(
             plan.tiles,
             plan,
-            ArrayReader(image),
+            reader,
             model,
             settings,
             normalization,

@@ -19,7 +19,10 @@ from napari_msunet.errors import ConfigError
 from napari_msunet.io.tissue import TissueSettings
 from napari_msunet.models.device import AUTO
 
-__all__ = ["AMP_MODES", "AUTO", "InferenceConfig"]
+__all__ = ["AMP_MODES", "AUTO", "EXACT", "InferenceConfig"]
+
+EXACT = "exact"
+"""``margin="exact"``: the structural receptive radius, whatever the model file measured."""
 
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 """Mixed-precision modes: ``auto`` is bf16 on CUDA when supported, else fp16; none elsewhere."""
@@ -68,10 +71,12 @@ class InferenceConfig:
         memory. Larger tiles waste less on margins.
     margin
         Context read on every side of a tile and discarded after the forward pass, in working
-        pixels, a multiple of the model's ``alignment``. ``"auto"``: the model's structural
-        receptive radius rounded up to the alignment, so the stitched result equals one
-        whole-image forward pass (see :mod:`napari_msunet.inference.tiling`). Smaller margins
-        are faster and approximate.
+        pixels, a multiple of the model's ``alignment``. ``"auto"``: the margin measured for
+        the model file (its header's ``training["margin"]``, see
+        :mod:`napari_msunet.inference.margin`: labels equal to the exact run on >= 99.9 % of
+        calibration pixels), else the exact one. ``"exact"``: the model's structural receptive
+        radius rounded up to the alignment, so the stitched result equals one whole-image
+        forward pass (see :mod:`napari_msunet.inference.tiling`).
     batch_size
         Tiles per forward pass. ``"auto"``: 1 on CPU/MPS; on CUDA as many tiles as fit the
         memory budget, at most 8.
@@ -117,7 +122,7 @@ class InferenceConfig:
 
     target_mpp: float = 1.0
     tile: int | Auto = AUTO
-    margin: int | Auto = AUTO
+    margin: int | Auto | Literal["exact"] = AUTO
     batch_size: int | Auto = AUTO
     device: str = AUTO
     amp: str = AUTO
@@ -138,7 +143,8 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_mpp", _positive_number("target_mpp", self.target_mpp))
         _int_or_auto("tile", self.tile, 1)
-        _int_or_auto("margin", self.margin, 0)
+        if self.margin != EXACT:
+            _int_or_auto("margin", self.margin, 0)
         _int_or_auto("batch_size", self.batch_size, 1)
         _int_or_auto("read_workers", self.read_workers, 1)
         dev = self.device

@@ -22,10 +22,32 @@ from napari_msunet.inference.config import AUTO, InferenceConfig
 from napari_msunet.models.device import select_device
 
 __all__ = [
+    "BF16_AGREEMENT",
     "DeviceSettings",
     "Normalization",
+    "confirm_amp",
+    "cpu_has_bf16",
     "resolve_device_settings",
 ]
+
+#: Share of a tile's labels bf16 must give as float32 does for ``amp="auto"`` to keep it on CPU.
+BF16_AGREEMENT = 0.995
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): Linux ``/proc/cpuinfo``.
+
+    Elsewhere (or unreadable) False: emulated bf16 is slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,8 @@ class DeviceSettings:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
+    check_amp: bool = False  # bf16 chosen by "auto" on a CPU: confirm_amp compares it first
+    amp_agreement: float | None = None  # what confirm_amp measured
 
     @property
     def normalise_on_device(self) -> bool:
@@ -80,23 +104,62 @@ class DeviceSettings:
             name += f" ({torch.cuda.get_device_name(self.device)})"
         elif self.device.type == "cpu":
             name += f" ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-        return f"{name}, amp {self.amp_name}, channels_last {self.channels_last}"
+        amp = self.amp_name
+        if self.amp_agreement is not None:
+            amp += f" (labels {self.amp_agreement:.2%} as float32 on the first tile)"
+        return f"{name}, amp {amp}, channels_last {self.channels_last}"
 
 
 def resolve_device_settings(config: InferenceConfig) -> DeviceSettings:
     """Turn the ``auto`` values of ``config`` into concrete settings for this machine."""
     device = select_device(config.device)
     amp = config.amp
+    check = False
     if amp == AUTO:
         if device.type == "cuda":
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu" and cpu_has_bf16():
+            amp, check = "bf16", True  # measured 2x float32 on Zen 4 (docs/benchmarks.md)
         else:
             amp = "none"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     channels_last = config.channels_last
     if channels_last == AUTO:
         channels_last = device.type in ("cuda", "cpu")
-    return DeviceSettings(device, amp_dtype, bool(channels_last))
+    return DeviceSettings(device, amp_dtype, bool(channels_last), check_amp=check)
+
+
+def confirm_amp(
+    model: nn.Module, settings: DeviceSettings, norm: Normalization, window: Any
+) -> DeviceSettings:
+    """Keep bf16 picked by ``amp="auto"`` on a CPU only if it labels ``window`` as float32 does.
+
+    ``window``: the first tile's input, RGB uint8 ``(H, W, 3)``. Both precisions predict
+    it; with at least :data:`BF16_AGREEMENT` of the labels equal bf16 stays, else the run
+    uses float32. The agreement is kept in the settings (:meth:`DeviceSettings.describe`).
+    Settings not needing the check are returned as they are.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    if not settings.check_amp or window is None:
+        return settings
+    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std).view(1, 3, 1, 1)
+    x = torch.from_numpy(np.array(window, copy=True)).permute(2, 0, 1)[None].float() / 255
+    x = ((x - mean) / std).to(settings.device)
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        exact = model(x).argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(x).float().argmax(1)
+    agreement = float((exact == fast).float().mean())
+    dtype = torch.bfloat16 if agreement >= BF16_AGREEMENT else None
+    return dataclasses.replace(
+        settings, amp_dtype=dtype, check_amp=False, amp_agreement=round(agreement, 6)
+    )
 
 
 def prepare_model(model: nn.Module, settings: DeviceSettings) -> nn.Module:

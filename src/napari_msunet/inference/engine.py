@@ -36,7 +36,13 @@ import zarr
 from torch import nn
 
 from napari_msunet.inference.config import InferenceConfig
-from napari_msunet.inference.device import Normalization, prepare_model, resolve_device_settings
+from napari_msunet.inference.device import (
+    Normalization,
+    confirm_amp,
+    prepare_model,
+    resolve_device_settings,
+)
+from napari_msunet.inference.margin import measured_margin
 from napari_msunet.inference.outputs import (
     SlideOutputs,
     TileWriter,
@@ -54,6 +60,7 @@ from napari_msunet.inference.outputs import (
 from napari_msunet.inference.pipeline import (
     Timings,
     check_model,
+    first_window,
     next_batch,
     read_workers,
     run_batches,
@@ -184,7 +191,8 @@ def iter_predict_slide(
     writers: list[OmeZarrWriter] = []
     locked = created = False
     try:
-        tiling = resolve_tiling(config, model, settings, geometry.shape)
+        tiling = resolve_tiling(config, model, settings, geometry.shape, measured_margin(norm))
+        reader = SlideReader(slide, geometry)
         created = lock_folder(outputs)  # the last check before work: a second run is refused
         locked = True
         check_target(outputs, overwrite, config, exports)  # again: the holder may have finished
@@ -208,6 +216,8 @@ def iter_predict_slide(
         plan = plan_tiles(geometry.shape, tiling.tile, tiling.margin, tiling.alignment, keep)
         if region is not None:
             plan = plan.within(*working_window(geometry, region, slide.shape))
+        if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
+            settings = confirm_amp(model, settings, normalization, first_window(plan, reader))
         record = {
             "slide": {
                 "name": slide.path.name,
@@ -279,7 +289,7 @@ def iter_predict_slide(
         batches = run_batches(
             todo,
             plan,
-            SlideReader(slide, geometry),
+            reader,
             model,
             settings,
             normalization,

@@ -40,7 +40,15 @@ from napari_msunet.inference.device import DeviceSettings, Normalization
 from napari_msunet.inference.tiling import Tile, TilePlan
 from napari_msunet.io.working_image import WindowReader
 
-__all__ = ["BatchOutput", "Timings", "check_model", "next_batch", "read_workers", "run_batches"]
+__all__ = [
+    "BatchOutput",
+    "Timings",
+    "check_model",
+    "first_window",
+    "next_batch",
+    "read_workers",
+    "run_batches",
+]
 
 
 @dataclass
@@ -186,6 +194,14 @@ def _forward(
         out.probabilities.append(probs_np[i, :, : t.h, : t.w])
         out.labels.append(labels_np[i, : t.h, : t.w])
     return out
+
+
+def first_window(plan: TilePlan, reader: WindowReader) -> np.ndarray | None:
+    """The network input of the plan's first tile (``None`` when it computes none)."""
+    if not plan.tiles:
+        return None
+    t, m, (th, tw) = plan.tiles[0], plan.margin, plan.tile
+    return reader.read(t.y - m, t.x - m, th + 2 * m, tw + 2 * m)
 
 
 def run_batches(

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from napari_msunet.errors import ConfigError
-from napari_msunet.inference.config import AUTO, MAX_AUTO_TILE, InferenceConfig
+from napari_msunet.inference.config import AUTO, EXACT, MAX_AUTO_TILE, InferenceConfig
 from napari_msunet.inference.device import DeviceSettings
 
 __all__ = ["Tile", "TilePlan", "TilingSettings", "plan_tiles", "resolve_tiling"]
@@ -211,10 +211,13 @@ def resolve_tiling(
     model: nn.Module,
     settings: DeviceSettings,
     shape: tuple[int, int],
+    measured: int | None = None,
 ) -> TilingSettings:
     """Resolve ``tile``, ``margin`` and ``batch_size`` for this model, device and image.
 
     The model must already be on the device (the CUDA auto-sizing runs it once).
+    ``measured`` is the margin measured for the model file
+    (:func:`~napari_msunet.inference.margin.measured_margin`), which ``margin="auto"`` takes.
 
     Raises
     ------
@@ -225,7 +228,9 @@ def resolve_tiling(
     alignment = int(getattr(model, "alignment", factor))
     arch = str(getattr(model, "arch_name", type(model).__name__))
     radius = None
-    if config.margin == AUTO:
+    if config.margin == AUTO and measured is not None and measured % alignment == 0:
+        margin = int(measured)
+    elif config.margin in (AUTO, EXACT):
         radius = int(model.receptive_radius)
         margin = _round_up(radius, alignment)
     else:
