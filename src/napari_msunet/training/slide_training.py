@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from napari_msunet.errors import AnnotationError, ConfigError, MsunetError, brief
+from napari_msunet.inference.margin import record_margin
 from napari_msunet.io.annotations import default_color
 from napari_msunet.models.base import SegmentationModel
 from napari_msunet.models.checkpoint import ModelHeader, load_model, read_header, save_model
@@ -193,7 +194,9 @@ def iter_train_version(
         )
     training = dict(header.training) if isinstance(header.training, dict) else {}
     training["held_out"] = {**held.to_dict(), "scores": verdict.to_dict()}
-    save_model(target, trained, dataclasses.replace(header, training=training))  # atomic
+    # the margin the new weights need, for whole-slide prediction (inference.margin)
+    header = record_margin(trained, dataclasses.replace(header, training=training))
+    save_model(target, trained, header)  # atomic
     return VersionResult(target, run_dir, result.global_step, result.stopped, verdict)
 
 
