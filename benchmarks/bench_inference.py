@@ -116,7 +116,7 @@ def _starts(n: int, roi: int, interval: int) -> list[int]:
     return sorted({min(i * interval, n - roi) for i in range(k)})
 
 
-def naive_sliding_window(slide, geometry, model, settings, roi=1024, overlap=0.5):
+def naive_sliding_window(slide, geometry, model, settings, roi=1024, overlap=0.5, norm=NORM):
     """Paper-style tiling: ``roi`` windows at ``overlap``, probabilities averaged in memory.
 
     Returns (labels, computed pixels). Reads one window at a time, no prefetch, no tissue
@@ -128,8 +128,8 @@ def naive_sliding_window(slide, geometry, model, settings, roi=1024, overlap=0.5
     n_classes = model.config.n_classes
     acc = np.zeros((n_classes, H, W), np.float32)
     count = np.zeros((H, W), np.float32)
-    mean = torch.tensor(NORM.mean, device=settings.device).view(1, 3, 1, 1)
-    std = torch.tensor(NORM.std, device=settings.device).view(1, 3, 1, 1)
+    mean = torch.tensor(norm.mean, device=settings.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=settings.device).view(1, 3, 1, 1)
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
     computed = 0
     for y in _starts(H, roi, interval):

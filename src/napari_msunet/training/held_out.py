@@ -18,7 +18,9 @@ What is held out, in this order:
   is kept out, drawn with the run's seed so that a resumed run keeps out the same ones.
 
 A class with a single candidate is never held out: its one region is all the model can learn
-it from. When nothing can be held out (one corrected region, too few objects) the run goes
+it from. Nor does the tool's choice take more than half of a slide's training patches: on
+such a slide (a small one, or one large corrected region) its held-out regions are given back
+to training. When nothing can be held out (one corrected region, too few objects) the run goes
 ahead and says why (:attr:`HeldOut.reason`), and the version shows no held-out score.
 
 Training never sees a held-out region's labels: a patch whose label square overlaps a
@@ -118,6 +120,11 @@ class HeldOut:
     def __post_init__(self) -> None:
         for r in self.regions:
             self._by_slide.setdefault(Path(r.spec.slide), []).append(r.box)
+
+    def without(self, slide: Path, reason: str) -> HeldOut:
+        """These held-out regions but those on ``slide``; ``reason`` says why when none is left."""
+        kept = tuple(r for r in self.regions if Path(r.spec.slide) != Path(slide))
+        return HeldOut(kept, "" if kept else reason, self.how)
 
     def boxes(self, slide: Path) -> list[Box]:
         """The held-out boxes on ``slide`` (level-0 ``(x0, y0, x1, y1)``)."""

@@ -113,21 +113,34 @@ def run_dir_of(target: Path) -> Path:
 
 def slide_training_data(
     slides: Sequence[SlideSpec], cfg: TrainConfig, held: HeldOut
-) -> torch.utils.data.Dataset:
-    """Patches of every slide (tissue grid; corrected regions favoured; held-out ones dropped)."""
+) -> tuple[torch.utils.data.Dataset, HeldOut]:
+    """Patches of every slide (tissue grid; corrected regions favoured; held-out ones dropped).
+
+    The tool's own held-out choice never takes more than half of a slide's patches: there
+    its regions go back to training (the returned :class:`HeldOut` says so when none is
+    left). The user's choice is kept whatever it costs.
+    """
     size = context_size(cfg.patch)
     parts = []
     for k, spec in enumerate(slides):
         pos = patch_positions(
             spec, cfg.mpp, cfg.patch, class_names=cfg.class_names, seed=cfg.seed + k
         )
-        pos = drop_held_out(spec, pos, cfg.mpp, cfg.patch, held)
+        kept = drop_held_out(spec, pos, cfg.mpp, cfg.patch, held)
+        if held.how == "auto" and len(kept) < len(pos) / 2:
+            held = held.without(
+                spec.slide,
+                f"the regions the tool would keep out cover most of {spec.slide.name}: none "
+                "kept out (annotate more regions, or keep out a whole slide)",
+            )
+            kept = pos
+        pos = kept
         if spec.regions is not None:
             pos = _favour_regions(spec, cfg, pos)
         if not pos:
             raise ConfigError(f"{spec.slide}: no tissue found outside the held-out regions")
         parts.append(SlidePatchDataset(spec, cfg.mpp, pos, cfg.patch, size, cfg.class_names))
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), held
 
 
 def iter_train_version(
@@ -164,9 +177,9 @@ def iter_train_version(
         fraction=held_out_fraction,
         seed=cfg.seed,
     )
+    data, held = slide_training_data(slides, cfg, held)
     if held.reason and held.how != "none":  # the user's own "keep none out" needs no word
         warnings.warn(f"{target.name}: {held.reason}", FinetuneWarning, stacklevel=3)
-    data = slide_training_data(slides, cfg, held)
     run_dir = run_dir_of(target)
     provenance = {**provenance, "held_out": held.to_dict()}
     result = yield from iter_train(
