@@ -1,7 +1,7 @@
 """Measure the margin a model file needs and write a copy whose header records it.
 
 The weights are copied unchanged; the header gets ``training["margin"]`` (see
-:mod:`napari_msunet.inference.margin`) and an entry in ``training["recalibrations"]`` with
+:mod:`napari_msunet.models.margin`) and an entry in ``training["recalibrations"]`` with
 the reason and the source file's SHA-256, as ``examples/recalibrate_model.py`` records a
 pixel-size change. Models trained or fine-tuned by this version get the record at save time.
 
@@ -18,8 +18,8 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from napari_msunet.inference.margin import record_margin
 from napari_msunet.models.checkpoint import load_model, save_model
+from napari_msunet.models.margin import record_margin
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,11 @@ import json
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 from napari_msunet._atomic import atomic_write_bytes, check_writable, write_error
-from napari_msunet.errors import ModelFileError, MsunetError, WriterError
+from napari_msunet.errors import MsunetError, WriterError
+from napari_msunet.models.bundled import bundled_model_path, sample_data_dir
 from napari_msunet.progress import Progress, Stop, eager
 
 __all__ = [
@@ -49,21 +49,9 @@ _RECORD_FORMAT = "napari-msunet-demo-sample"
 OUTPUT_FOLDERS = ("prediction", "evaluation")
 
 
-def _data(name: str) -> Path:
-    return Path(str(files("napari_msunet") / "data" / name))
-
-
-def sample_data_dir() -> Path:
-    """Folder of the bundled EBHI-Seg sample (``images/``, ``masks/``, ``index.csv``)."""
-    return _data("ebhi_sample")
-
-
 def default_model_path() -> Path:
     """The bundled default model (MS U-Net trained on the EBHI-Seg training split)."""
-    path = _data("default_model.safetensors")
-    if not path.is_file():
-        raise ModelFileError(path, "the bundled default model is missing from this install")
-    return path
+    return bundled_model_path()
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from napari_msunet.inference.device import (
     cpu_has_bf16,
     resolve_device_settings,
 )
-from napari_msunet.inference.margin import measure_margin, measured_margin
 from napari_msunet.inference.tiling import resolve_tiling
 from napari_msunet.io.synthetic import SyntheticSlideSpec
+from napari_msunet.models.margin import measure_margin, measured_margin
 
 
 @pytest.fixture(scope="module")

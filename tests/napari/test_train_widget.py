@@ -59,6 +59,10 @@ def test_train_new_classes_cancel_resume_and_see_the_held_out_dice(
     assert widget.table.rowCount() == 2
     widget.set_base_model(base)
     widget.set_role(slide_b, "held-out")
+    # a layer added later keeps the rows' choices (the table is rebuilt)
+    viewer.add_points([[0, 0]], name="a note")
+    assert widget.table.rowCount() == 2
+    assert widget._rows[1][2].currentData() == "held-out"
     widget.steps.setValue(40)
     widget.batch.setValue(2)
     widget.device.setCurrentText("cpu")
@@ -179,6 +183,7 @@ def test_finetune_learns_new_classes_when_asked(make_napari_viewer, tmp_path, qt
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.set_model_file(gland)
+    widget.repredict.setChecked(False)  # no prediction left running after the test
     widget.steps.setValue(3)
     widget.batch.setValue(2)
     widget.device.setCurrentText("cpu")

@@ -181,7 +181,11 @@ class TrainWidget(QWidget):
 
     def _layers_changed(self, _event: Any = None) -> None:
         """One row per open slide; choices of rows that stay are kept."""
-        before = {slide_path_of(layer): (ann, role) for layer, ann, role in self._rows}
+        # read the choices before the rows (and their combo boxes) are deleted
+        before = {
+            slide_path_of(layer): (ann.currentData(), role.currentIndex())
+            for layer, ann, role in self._rows
+        }
         checked = {slide_path_of(self._rows[i][0]) for i in self._checked_rows()}
         self.table.setRowCount(0)
         self._rows = []
@@ -203,12 +207,12 @@ class TrainWidget(QWidget):
             ann.setMinimumContentsLength(12)
             items, prefer = annotation_items(self.viewer.layers, path, [])
             items = [(t, d) for t, d in items if not isinstance(d, str)]  # no "browse" entry
-            keep = before[path][0].currentData() if was else None
+            keep = before[path][0] if was else None
             fill_combo(ann, items, keep if keep is not None else prefer)
             for text, value in ROLES:
                 role.addItem(text, value)
             if was:
-                role.setCurrentIndex(before[path][1].currentIndex())
+                role.setCurrentIndex(before[path][1])
             self.table.setItem(row, 0, item)
             self.table.setCellWidget(row, 1, ann)
             self.table.setCellWidget(row, 2, role)

@@ -22,7 +22,6 @@ from napari_msunet.inference.device import (
     prepare_model,
     resolve_device_settings,
 )
-from napari_msunet.inference.margin import measured_margin
 from napari_msunet.inference.pipeline import (
     Timings,
     check_model,
@@ -35,6 +34,7 @@ from napari_msunet.inference.progress import TileProgress, make_progress
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.io.tissue import TissueMask
 from napari_msunet.io.working_image import ArrayReader
+from napari_msunet.models.margin import measured_margin
 from napari_msunet.progress import Stop, eager, stopped
 
 __all__ = ["iter_predict_array", "predict_array"]

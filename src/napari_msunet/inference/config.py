@@ -73,7 +73,7 @@ class InferenceConfig:
         Context read on every side of a tile and discarded after the forward pass, in working
         pixels, a multiple of the model's ``alignment``. ``"auto"``: the margin measured for
         the model file (its header's ``training["margin"]``, see
-        :mod:`napari_msunet.inference.margin`: labels equal to the exact run on >= 99.9 % of
+        :mod:`napari_msunet.models.margin`: labels equal to the exact run on >= 99.9 % of
         calibration pixels), else the exact one. ``"exact"``: the model's structural receptive
         radius rounded up to the alignment, so the stitched result equals one whole-image
         forward pass (see :mod:`napari_msunet.inference.tiling`).

@@ -42,7 +42,6 @@ from napari_msunet.inference.device import (
     prepare_model,
     resolve_device_settings,
 )
-from napari_msunet.inference.margin import measured_margin
 from napari_msunet.inference.outputs import (
     SlideOutputs,
     TileWriter,
@@ -71,6 +70,7 @@ from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.slide import Slide
 from napari_msunet.io.tissue import iter_detect_tissue
 from napari_msunet.io.working_image import SlideReader, working_geometry, working_window
+from napari_msunet.models.margin import measured_margin
 from napari_msunet.progress import Progress, Stop, eager, stopped
 
 __all__ = ["iter_predict_slide", "predict_slide"]

@@ -217,7 +217,7 @@ def resolve_tiling(
 
     The model must already be on the device (the CUDA auto-sizing runs it once).
     ``measured`` is the margin measured for the model file
-    (:func:`~napari_msunet.inference.margin.measured_margin`), which ``margin="auto"`` takes.
+    (:func:`~napari_msunet.models.margin.measured_margin`), which ``margin="auto"`` takes.
 
     Raises
     ------

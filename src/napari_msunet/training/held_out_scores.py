@@ -1,9 +1,10 @@
 """Scoring a parent and its new version on the held-out regions; the verdict shown to the user.
 
-Both models predict every held-out region (:mod:`napari_msunet.training.held_out`) with the
-slide engine's tiling (:func:`~napari_msunet.inference.array.iter_predict_array`) on the
-region's working-image window plus :data:`CONTEXT` pixels of tissue around it, as a
-whole-slide prediction would see it. Pixels of all regions are pooled into one confusion
+Both models predict every held-out region (:mod:`napari_msunet.training.held_out`) on the
+region's working-image window plus :data:`CONTEXT` pixels of tissue around it, in float32 with
+the engine's tiling convention (:func:`~napari_msunet.models.tiled.tiled_forward`, tiles of
+:data:`TILE` with each model's measured margin, else its structural one), as a whole-slide
+prediction would see it. Pixels of all regions are pooled into one confusion
 matrix per model, against the annotation (the ignore label, e.g. outside corrected regions, is
 left out), and give per-class Dice and IoU.
 
@@ -27,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_msunet.inference.array import predict_array
-from napari_msunet.inference.config import InferenceConfig
 from napari_msunet.io.slide import open_slide
 from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.models.checkpoint import ModelHeader, load_model
+from napari_msunet.models.device import select_device
+from napari_msunet.models.margin import measured_margin
+from napari_msunet.models.tiled import tiled_forward
 from napari_msunet.progress import Progress, Stop, stopped
 from napari_msunet.training.held_out import HeldOut
 from napari_msunet.training.losses import IGNORE_INDEX
@@ -42,6 +44,8 @@ __all__ = ["CONTEXT", "WORSE_BY", "HeldOutVerdict", "ModelScores", "iter_score_h
 
 #: Working pixels of tissue read around each held-out region as the models' context.
 CONTEXT = 64
+#: Output tile of the scoring forward passes (rounded up to the model's alignment).
+TILE = 512
 
 #: A version whose summary Dice is this much below its parent's got worse.
 WORSE_BY = 0.005
@@ -187,11 +191,11 @@ def iter_score_held_out(
     if not held_out.regions:
         return HeldOutVerdict(None, None, 0, 0, held_out.reason or "no held-out region")
     n = len(class_names)
-    loaded = {k: load_model(p) for k, p in models.items()}
+    dev = select_device(device)
+    loaded = {k: load_model(p, device=dev) for k, p in models.items()}
     cms = {k: np.zeros((n, n), np.int64) for k in loaded}
     total = len(held_out.regions) * len(loaded)
     done, t0 = 0, time.perf_counter()
-    config = InferenceConfig(device=device)
     for region in held_out.regions:
         spec = region.spec
         x0, y0, x1, y1 = region.box
@@ -207,9 +211,18 @@ def iter_score_held_out(
                 c = CONTEXT
                 rgb = SlideReader(slide, g).read(wy - c, wx - c, h + 2 * c, w + 2 * c)
                 truth = _Labels(spec, slide, g, class_names).window(wy, wx, h, w)
-            # a region is small: one eager prediction (its tile records would only flicker
-            # the driver's bar between stages)
-            labels, _ = predict_array(np.ascontiguousarray(rgb), model, header, config)
+            a = int(model.alignment)
+            margin = measured_margin(header)
+            if margin is None or margin % a:
+                margin = -(-int(model.receptive_radius) // a) * a
+            labels, _ = tiled_forward(
+                model,
+                np.ascontiguousarray(rgb),
+                header.norm_mean,
+                header.norm_std,
+                tile=-(-TILE // a) * a,
+                margin=margin,
+            )
             pred = _lut(header.class_names, class_names)[labels[c : c + h, c : c + w]]
             keep = (truth != IGNORE_INDEX) & (truth >= 0) & (truth < n)
             cms[key] += np.bincount(truth[keep] * n + pred[keep], minlength=n * n).reshape(n, n)

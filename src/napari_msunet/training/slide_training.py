@@ -34,10 +34,11 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from napari_msunet.errors import AnnotationError, ConfigError, MsunetError, brief
-from napari_msunet.inference.margin import record_margin
 from napari_msunet.io.annotations import default_color
 from napari_msunet.models.base import SegmentationModel
+from napari_msunet.models.bundled import bundled_model_path
 from napari_msunet.models.checkpoint import ModelHeader, load_model, read_header, save_model
+from napari_msunet.models.margin import record_margin
 from napari_msunet.models.transfer import class_scheme, with_classes
 from napari_msunet.progress import Progress, Stop, eager, stopped
 from napari_msunet.training.augment import context_size
@@ -207,7 +208,7 @@ def iter_train_version(
         )
     training = dict(header.training) if isinstance(header.training, dict) else {}
     training["held_out"] = {**held.to_dict(), "scores": verdict.to_dict()}
-    # the margin the new weights need, for whole-slide prediction (inference.margin)
+    # the margin the new weights need, for whole-slide prediction (models.margin)
     header = record_margin(trained, dataclasses.replace(header, training=training))
     save_model(target, trained, header)  # atomic
     return VersionResult(target, run_dir, result.global_step, result.stopped, verdict)
@@ -292,8 +293,6 @@ def iter_train_slides(
         ``<out stem>.run`` and writes no model (``model=None``, ``stopped=True``): the same
         call again resumes at that step. :func:`paused_run` tells whether one waits.
     """
-    from napari_msunet.demo import default_model_path
-
     if start not in START_MODES:
         raise ConfigError(f"start must be one of {START_MODES}, got {start!r}")
     if steps < 1:
@@ -301,7 +300,7 @@ def iter_train_slides(
     target = Path(out)
     if target.suffix != ".safetensors":
         raise ConfigError(f"{target}: a model file ends in .safetensors")
-    base_path = Path(base) if base is not None else default_model_path()
+    base_path = Path(base) if base is not None else bundled_model_path()
     parent_model, parent_header = load_model(base_path)  # validates it before any work
     recipe = _recipe(base_path)
     if preset is not None and preset not in ("lite", "paper"):

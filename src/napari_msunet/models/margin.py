@@ -8,7 +8,8 @@ a margin of 64 px gave labels equal to the exact run on 99.87 % of the pixels of
 
 - **Method.** Calibration images (tissue at the model's µm/px) are predicted with small tiles
   (:data:`CALIBRATION_TILE`, so that many pixels lie near a tile border: the worst case for a
-  margin) at the exact margin and at each multiple of the alignment below it, in float32.
+  margin) at the exact margin and at each multiple of the alignment below it, in float32
+  (:func:`~napari_msunet.models.tiled.tiled_forward`: the engine's tiling convention).
   The chosen margin is the smallest whose labels agree with the exact ones on at least
   :data:`AGREEMENT` of the pixels *and* whose probabilities differ from the exact ones by at
   most :data:`PROB_BOUND` at the 99.9th percentile (of the per-pixel largest difference over
@@ -32,7 +33,8 @@ import numpy as np
 from torch import nn
 
 from napari_msunet import __version__
-from napari_msunet.inference.config import InferenceConfig
+from napari_msunet.models.device import select_device
+from napari_msunet.models.tiled import tiled_forward
 
 __all__ = [
     "AGREEMENT",
@@ -93,23 +95,22 @@ def measure_margin(
     Parameters
     ----------
     model, norm
-        The network and its normalisation (a model header).
+        The network and its header (its normalisation).
     images
         RGB uint8 ``(H, W, 3)`` tissue at the model's µm/px; each at least a few tiles wide.
     description
         What the images are, for the record.
     """
-    from napari_msunet.inference.array import predict_array  # (it imports this module)
-
     alignment = int(getattr(model, "alignment", 1))
     structural = _round_up(int(model.receptive_radius), alignment)
     tile = _round_up(CALIBRATION_TILE, alignment)
 
+    model.to(select_device(device))
+    mean = getattr(norm, "norm_mean", None) or norm.mean  # a header, or a Normalization
+    std = getattr(norm, "norm_std", None) or norm.std
+
     def run(image: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
-        config = InferenceConfig(
-            tile=tile, margin=margin, device=device, amp="none", tissue=False, batch_size=1
-        )
-        return predict_array(image, model, norm, config, probabilities="float32")
+        return tiled_forward(model, image, mean, std, tile=tile, margin=margin)
 
     exact = [run(im, structural) for im in images]
     pixels = int(sum(lab.size for lab, _ in exact))
@@ -153,13 +154,14 @@ def sample_calibration_images(
 ) -> tuple[list[np.ndarray], str]:
     """Tissue for models that ship without their images: the bundled EBHI-Seg sample patches
     at ``mpp`` (tiled into one square mosaic), else a synthetic H&E-like image."""
-    from napari_msunet.demo import sample_data_dir
     from napari_msunet.io.mosaic import EBHI_UM_PER_PX, PATCH, MosaicSpec
+    from napari_msunet.models.bundled import sample_data_dir
 
+    sample = sample_data_dir()
     try:
         import csv
 
-        with (sample_data_dir() / "index.csv").open(newline="") as f:
+        with (sample / "index.csv").open(newline="") as f:
             stems = [row["stem"] for row in csv.DictReader(f)]
     except OSError:
         stems = []
@@ -168,7 +170,7 @@ def sample_calibration_images(
     if len(stems) >= n * n:
         from PIL import Image
 
-        spec = MosaicSpec(stems[: n * n], sample_data_dir(), n, n, margin=0, mpp=EBHI_UM_PER_PX)
+        spec = MosaicSpec(stems[: n * n], sample, n, n, margin=0, mpp=EBHI_UM_PER_PX)
         image = spec.image()
         if abs(scale - 1) > 1e-6:  # area-average down, or enlarge for a finer model
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
