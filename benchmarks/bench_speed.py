@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import _load, _machine, naive_sliding_window
 
 from napari_msunet.demo import default_model_path
-from napari_msunet.inference import InferenceConfig, predict_slide
+from napari_msunet.inference import InferenceConfig, Normalization, predict_slide
 from napari_msunet.inference.device import prepare_model, resolve_device_settings
 from napari_msunet.io.mosaic import MosaicSpec, pick_stems
 from napari_msunet.io.slide import open_slide
@@ -67,7 +67,8 @@ def build(data: Path, workdir: Path) -> tuple[Path, np.ndarray]:
 
 
 def _labels(folder: Path) -> np.ndarray:
-    return np.asarray(zarr.open_group(str(folder / "labels.ome.zarr"), mode="r")["0"])[0, 0]
+    labels = np.asarray(zarr.open_group(str(folder / "labels.ome.zarr"), mode="r")["0"])
+    return labels.reshape(labels.shape[-2:])
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -112,7 +113,7 @@ def main() -> None:
                 prepare_model(model, fp32)
                 t0 = time.perf_counter()
                 base_labels, base_px = naive_sliding_window(
-                    slide, geometry, model, fp32, norm=header
+                    slide, geometry, model, fp32, norm=Normalization.of(header)
                 )
                 best["baseline"] = min(best.get("baseline", math.inf), time.perf_counter() - t0)
                 runs = {"defaults": defaults, "exact fp32": exact}
@@ -147,6 +148,8 @@ def main() -> None:
         print(f"| engine, {name} | {best[name]:.1f} s | {mpx / best[name]:.2f} | "
               f"{best['baseline'] / best[name]:.2f} | {r.tile} / {r.margin} / {amp} | "
               f"{agree:.4%} | {_dice(labels, truth):.3f} |")  # fmt: skip
+    for name, (r, _) in results.items():
+        print(f"# {name}: timings {r.timings}; {r.device}")
     print(f"load at end {_load()}")
 
 

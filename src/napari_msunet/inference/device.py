@@ -32,6 +32,8 @@ __all__ = [
 
 #: Share of a tile's labels bf16 must give as float32 does for ``amp="auto"`` to keep it on CPU.
 BF16_AGREEMENT = 0.995
+#: Side of the square that the check compares (the centre of the first tile's window).
+CHECK_SIDE = 512
 
 
 def cpu_has_bf16() -> bool:
@@ -135,7 +137,8 @@ def confirm_amp(
     """Keep bf16 picked by ``amp="auto"`` on a CPU only if it labels ``window`` as float32 does.
 
     ``window``: the first tile's input, RGB uint8 ``(H, W, 3)``. Both precisions predict
-    it; with at least :data:`BF16_AGREEMENT` of the labels equal bf16 stays, else the run
+    its central :data:`CHECK_SIDE` square (the whole window would cost two tiles of the run);
+    with at least :data:`BF16_AGREEMENT` of the labels equal bf16 stays, else the run
     uses float32. The agreement is kept in the settings (:meth:`DeviceSettings.describe`).
     Settings not needing the check are returned as they are.
     """
@@ -145,6 +148,10 @@ def confirm_amp(
 
     if not settings.check_amp or window is None:
         return settings
+    h, w = window.shape[:2]
+    c = min(CHECK_SIDE, h, w)
+    y0, x0 = (h - c) // 2, (w - c) // 2  # the centre: the part of the tile that is kept
+    window = window[y0 : y0 + c, x0 : x0 + c]
     mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
     std = torch.tensor(norm.std).view(1, 3, 1, 1)
     x = torch.from_numpy(np.array(window, copy=True)).permute(2, 0, 1)[None].float() / 255
@@ -152,9 +159,9 @@ def confirm_amp(
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        exact = model(x).argmax(1)
+        exact = model(x, pad=True).argmax(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = model(x).float().argmax(1)
+            fast = model(x, pad=True).float().argmax(1)
     agreement = float((exact == fast).float().mean())
     dtype = torch.bfloat16 if agreement >= BF16_AGREEMENT else None
     return dataclasses.replace(
