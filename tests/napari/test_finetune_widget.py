@@ -202,12 +202,14 @@ def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
 
 
 def test_a_failing_run_is_shown_and_writes_no_model(make_napari_viewer, case, qtbot):
-    """The bundled model knows Background/Gland; this GeoJSON has other classes."""
+    """The bundled model knows Background/Gland; this GeoJSON has other classes, and the
+    user asked to keep the model's classes."""
     viewer = make_napari_viewer()
     data, kwargs, _ = slide_layer(open_slide(case.slide))
     viewer.add_image(data, **kwargs)
     widget = FinetuneWidget(viewer)
     widget.set_annotation_file(case.geojson)
+    widget.classes.setCurrentIndex(widget.classes.findData("keep"))
     assert widget.parent_model() == default_model_path()
     widget.device.setCurrentText("cpu")
     widget.taskbar.button.click()

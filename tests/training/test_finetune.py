@@ -121,8 +121,9 @@ def test_finetune_bad_inputs(case, tmp_path):
     )
     from napari_msunet.errors import AnnotationError
 
+    spec = SlideSpec(slide, wrong)
     with pytest.raises(AnnotationError, match="Tumour"):
-        run(iter_finetune(parent, [SlideSpec(slide, wrong)], steps=1, device="cpu"))
+        run(iter_finetune(parent, [spec], steps=1, device="cpu", classes="keep"))
 
 
 def _specs(root, slide):

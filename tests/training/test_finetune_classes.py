@@ -14,7 +14,7 @@ from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, load_model, save_model
 from napari_msunet.models.transfer import class_scheme, with_classes
 from napari_msunet.progress import run_to_end
-from napari_msunet.training.finetune import iter_finetune
+from napari_msunet.training.finetune import FinetuneWarning, iter_finetune
 from napari_msunet.training.slide_dataset import SlideSpec
 
 GLAND = ("Background", "Gland")
@@ -73,7 +73,11 @@ def test_the_head_keeps_known_rows_and_the_body_is_transferred():
 def test_keep_refuses_new_classes_naming_both_ways(case, tmp_path):
     root, specs = case
     with pytest.raises(AnnotationError, match="Germinal centre") as refused:
-        next(iter_finetune(root / "gland.safetensors", specs, steps=2, out=tmp_path / "m.st"))
+        next(
+            iter_finetune(
+                root / "gland.safetensors", specs, steps=2, out=tmp_path / "m.st", classes="keep"
+            )
+        )
     assert "--classes add" in str(refused.value)
     assert "--classes replace" in str(refused.value)
     assert not list(tmp_path.iterdir())
@@ -107,3 +111,18 @@ def test_new_classes_make_a_version_with_the_mapping(case, tmp_path, mode, names
     start, _ = load_model(result.run_dir / "init.safetensors")
     parent_model, _ = load_model(parent)
     assert torch.equal(start.head.weight[0], parent_model.head.weight[0])
+
+
+def test_auto_adds_new_classes_and_says_so(case, tmp_path):
+    """The default: the command of the issue, without --classes, learns both new classes."""
+    root, specs = case
+    out = tmp_path / "auto.safetensors"
+    with pytest.warns(FinetuneWarning, match="Germinal centre"):
+        run_to_end(
+            iter_finetune(
+                root / "gland.safetensors", specs, steps=2, batch_size=2, device="cpu", out=out
+            )
+        )
+    _, header = load_model(out)
+    assert header.class_names == ("Background", "Gland", "Germinal centre", "Sinus")
+    assert header.training["classes"] == "auto"

@@ -197,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_arguments(s, required=True)
     s.add_argument(
         "--classes",
-        choices=("keep", "add", "replace"),
-        default="keep",
-        help="keep: the model's classes (default); add: learn the annotations' new classes "
-        "too; replace: background and the annotations' classes only",
+        choices=("auto", "keep", "add", "replace"),
+        default="auto",
+        help="auto (default): the model's classes, plus the annotations' new ones if they "
+        "have any (said in a warning); keep: the model's classes only (new ones are refused); "
+        "add: learn the annotations' new classes too; replace: background and the "
+        "annotations' classes only",
     )
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=1e-4)

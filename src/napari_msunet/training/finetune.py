@@ -15,9 +15,10 @@ that knows gland) are learnt with ``classes="add"`` (the parent's classes plus t
 or ``classes="replace"`` (background plus the annotation's classes): the encoder and decoder
 are transferred and the class head rebuilt (:mod:`napari_msunet.models.transfer`); names
 and colours come from the annotation's classification, and the version's header records the
-class mapping. The rebuilt start model is ``init.safetensors`` in the run folder. With the
-default ``classes="keep"`` an annotation class the parent lacks is refused, naming both
-ways.
+class mapping. The rebuilt start model is ``init.safetensors`` in the run folder. The
+default ``classes="auto"`` keeps the parent's classes when the annotations use only those
+and adds the new ones otherwise, saying so in a :class:`FinetuneWarning`; with
+``classes="keep"`` an annotation class the parent lacks is refused, naming both ways.
 
 Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
 
@@ -106,7 +107,7 @@ def interrupted_version(
     lr: float,
     batch_size: int,
     seed: int,
-    classes: str = "keep",
+    classes: str = "auto",
     held_out_fraction: float = FRACTION,
     **_: object,
 ) -> Path | None:
@@ -215,7 +216,7 @@ def iter_finetune(
     seed: int = 0,
     device: str = "auto",
     out: str | Path | None = None,
-    classes: str = "keep",
+    classes: str = "auto",
     held_out_fraction: float = FRACTION,
     held_out_slides: Sequence[SlideSpec] = (),
     stop: Stop = None,
@@ -236,9 +237,11 @@ def iter_finetune(
     out
         The new model file; defaults to :func:`next_version_path`. Never overwritten.
     classes
-        ``"keep"`` (the parent's classes; the annotations must use them), ``"add"`` (the
-        parent's and the annotations' new ones) or ``"replace"`` (background and the
-        annotations' classes); see the module docstring.
+        ``"auto"`` (default: ``"keep"`` when the annotations use only the parent's classes,
+        else ``"add"``, with a :class:`FinetuneWarning` naming the new classes), ``"keep"``
+        (the parent's classes; the annotations must use them), ``"add"`` (the parent's and
+        the annotations' new ones) or ``"replace"`` (background and the annotations'
+        classes); see the module docstring.
     held_out_fraction, held_out_slides
         What is kept out of training and scored, parent against version
         (:func:`~napari_msunet.training.held_out.choose_held_out`); a slide's own choice is

@@ -55,6 +55,7 @@ from napari_msunet.training.slide_dataset import (
 from napari_msunet.training.trainer import RUN_FILES, iter_train
 
 __all__ = [
+    "AUTO_CLASSES",
     "INIT_NAME",
     "START_MODES",
     "FinetuneWarning",
@@ -67,6 +68,10 @@ __all__ = [
     "slides_record",
     "train_slides",
 ]
+
+AUTO_CLASSES = "auto"
+"""Fine-tune classes mode: ``keep`` when the annotations use only the parent's classes, else
+``add`` (said in a :class:`FinetuneWarning`)."""
 
 INIT_NAME = "init.safetensors"
 """The start model of a run whose class head was rebuilt, in its run folder."""
@@ -389,11 +394,13 @@ def _class_scheme(
     """
     found: dict[str, tuple[int, int, int]] = {}
     old = header.class_names
+    new_classes: list[str] = []
     for spec in slides:
         classes = annotation_classes(spec.annotation)
         for c in classes:
             found.setdefault(c.name, c.color)
         unknown = [c.name for c in classes if c.name not in old and c.name != old[0]]
+        new_classes += [n for n in unknown if n not in new_classes]
         if mode == "keep" and unknown:
             raise AnnotationError(
                 spec.annotation,
@@ -401,6 +408,16 @@ def _class_scheme(
                 f"({parent.name}). To learn them from this model, add them to its classes "
                 "(msunet finetune --classes add; Fine-tune: 'Add classes') or replace its "
                 "classes with the annotations' (--classes replace)",
+            )
+    if mode == AUTO_CLASSES:  # the parent's classes, and the annotations' new ones if any
+        mode = "add" if new_classes else "keep"
+        if new_classes:
+            warnings.warn(
+                f"{brief(new_classes)} are new to {parent.name}: learning them besides its "
+                f"classes {brief(list(old[1:]))} (classes 'add'; 'replace' drops the model's "
+                "own)",
+                FinetuneWarning,
+                stacklevel=4,
             )
     names = class_scheme(old, list(found), mode)
     theirs = dict(zip(old, header.class_colours or (), strict=False))
