@@ -114,7 +114,8 @@ def test_new_classes_make_a_version_with_the_mapping(case, tmp_path, mode, names
 
 
 def test_auto_adds_new_classes_and_says_so(case, tmp_path):
-    """The default: the command of the issue, without --classes, learns both new classes."""
+    """The default: the command of the issue, without --classes, learns both new classes
+    (only new classes: the lab's scheme replaces the model's)."""
     root, specs = case
     out = tmp_path / "auto.safetensors"
     with pytest.warns(FinetuneWarning, match="Germinal centre"):
@@ -124,5 +125,5 @@ def test_auto_adds_new_classes_and_says_so(case, tmp_path):
             )
         )
     _, header = load_model(out)
-    assert header.class_names == ("Background", "Gland", "Germinal centre", "Sinus")
+    assert header.class_names == ("Background", "Germinal centre", "Sinus")
     assert header.training["classes"] == "auto"

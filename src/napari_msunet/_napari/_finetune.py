@@ -68,7 +68,7 @@ __all__ = ["CLASS_CHOICES", "FinetuneWidget"]
 
 #: The "Classes" choices: what to do with annotation classes the parent does not know.
 CLASS_CHOICES = (
-    ("Automatic (new classes are added)", "auto"),
+    ("Automatic", "auto"),
     ("Keep the model's classes", "keep"),
     ("Add classes", "add"),
     ("Replace classes", "replace"),

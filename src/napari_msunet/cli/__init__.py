@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes",
         choices=("auto", "keep", "add", "replace"),
         default="auto",
-        help="auto (default): the model's classes, plus the annotations' new ones if they "
-        "have any (said in a warning); keep: the model's classes only (new ones are refused); "
+        help="auto (default): keep when the annotations use only the model's classes, "
+        "replace when only new ones, add when both (said in a warning); keep: the model's "
+        "classes only (new ones are refused); "
         "add: learn the annotations' new classes too; replace: background and the "
         "annotations' classes only",
     )

@@ -16,8 +16,9 @@ or ``classes="replace"`` (background plus the annotation's classes): the encoder
 are transferred and the class head rebuilt (:mod:`napari_msunet.models.transfer`); names
 and colours come from the annotation's classification, and the version's header records the
 class mapping. The rebuilt start model is ``init.safetensors`` in the run folder. The
-default ``classes="auto"`` keeps the parent's classes when the annotations use only those
-and adds the new ones otherwise, saying so in a :class:`FinetuneWarning`; with
+default ``classes="auto"`` keeps the parent's classes when the annotations use only those,
+replaces them when the annotations use only new ones and adds the new ones when both,
+saying so in a :class:`FinetuneWarning`; with
 ``classes="keep"`` an annotation class the parent lacks is refused, naming both ways.
 
 Stopping and closing (the rule is the core's, so the CLI and the GUI agree):
@@ -238,7 +239,8 @@ def iter_finetune(
         The new model file; defaults to :func:`next_version_path`. Never overwritten.
     classes
         ``"auto"`` (default: ``"keep"`` when the annotations use only the parent's classes,
-        else ``"add"``, with a :class:`FinetuneWarning` naming the new classes), ``"keep"``
+        ``"replace"`` when only new ones, else ``"add"``; a :class:`FinetuneWarning` names
+        the new classes and the choice), ``"keep"``
         (the parent's classes; the annotations must use them), ``"add"`` (the parent's and
         the annotations' new ones) or ``"replace"`` (background and the annotations'
         classes); see the module docstring.

@@ -70,8 +70,9 @@ __all__ = [
 ]
 
 AUTO_CLASSES = "auto"
-"""Fine-tune classes mode: ``keep`` when the annotations use only the parent's classes, else
-``add`` (said in a :class:`FinetuneWarning`)."""
+"""Fine-tune classes mode: ``keep`` when the annotations use only the parent's classes,
+``replace`` when they use only new ones, ``add`` when both (said in a
+:class:`FinetuneWarning`)."""
 
 INIT_NAME = "init.safetensors"
 """The start model of a run whose class head was rebuilt, in its run folder."""
@@ -409,13 +410,20 @@ def _class_scheme(
                 "(msunet finetune --classes add; Fine-tune: 'Add classes') or replace its "
                 "classes with the annotations' (--classes replace)",
             )
-    if mode == AUTO_CLASSES:  # the parent's classes, and the annotations' new ones if any
-        mode = "add" if new_classes else "keep"
+    if mode == AUTO_CLASSES:
+        # only the parent's classes: keep; only new ones: the lab's own scheme replaces the
+        # parent's; both: the new ones are added
+        known = [n for n in found if n in old[1:]]
+        mode = "keep" if not new_classes else "add" if known else "replace"
         if new_classes:
+            what = (
+                f"besides its classes {brief(list(old[1:]))} (classes 'add')"
+                if known
+                else f"instead of its classes {brief(list(old[1:]))} (classes 'replace'; "
+                "'add' keeps them too)"
+            )
             warnings.warn(
-                f"{brief(new_classes)} are new to {parent.name}: learning them besides its "
-                f"classes {brief(list(old[1:]))} (classes 'add'; 'replace' drops the model's "
-                "own)",
+                f"{brief(new_classes)} are new to {parent.name}: learning them {what}",
                 FinetuneWarning,
                 stacklevel=4,
             )
