@@ -204,5 +204,6 @@ def test_the_verdict_flags_a_worse_version():
     assert worse.summary().endswith("(-0.18) — worse than its parent")
     same = HeldOutVerdict(scores(0.780), scores(0.780 - WORSE_BY / 2), 3, 1000)
     assert not same.got_worse
+    assert same.summary() == "Dice on held-out regions: 0.78 → 0.78 (±0.00)"
     scratch = HeldOutVerdict(None, scores(0.5), 3, 1000)
     assert scratch.summary() == "Dice on held-out regions: 0.50 (no parent to compare)"

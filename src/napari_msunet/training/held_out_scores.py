@@ -115,7 +115,9 @@ class HeldOutVerdict:
         if self.parent is None or self.parent.mean_dice is None:
             return f"Dice on held-out regions: {new:.2f} (no parent to compare)"
         old = self.parent.mean_dice
-        text = f"Dice on held-out regions: {old:.2f} → {new:.2f} ({new - old:+.2f})"
+        delta = new - old
+        shown = f"{delta:+.2f}" if abs(delta) >= 0.005 else "±0.00"  # never "-0.00"
+        text = f"Dice on held-out regions: {old:.2f} → {new:.2f} ({shown})"
         return text + (" — worse than its parent" if self.got_worse else "")
 
     def to_dict(self) -> dict[str, Any]:
