@@ -64,11 +64,10 @@ from napari_msunet.training.slide_training import (
     FinetuneWarning,
     VersionResult,
     _class_scheme,
-    _transferred_start,
     iter_train_version,
-    run_dir_of,
     sha256_of,
     slides_record,
+    start_model,
 )
 
 __all__ = [
@@ -282,12 +281,7 @@ def iter_finetune(
         "classes": classes,
         "held_out_fraction": held_out_fraction,
     }
-    init = parent
-    if cfg.class_names != parent_header.class_names:
-        init, mapping = _transferred_start(parent_model, parent_header, cfg, run_dir_of(target))
-        provenance["class_mapping"] = mapping
-    # the version's parent is the model file the user chose, not a rebuilt start
-    provenance["parent"] = {"path": str(parent), "training": parent_header.training}
+    init = start_model(parent, parent_model, parent_header, cfg, target, provenance)
     return (
         yield from iter_train_version(
             cfg,

@@ -66,6 +66,7 @@ __all__ = [
     "run_dir_of",
     "sha256_of",
     "slides_record",
+    "start_model",
     "train_slides",
 ]
 
@@ -341,10 +342,8 @@ def iter_train_slides(
     }
     init = parent = None
     if start == "transfer":
-        init, mapping = _transferred_start(parent_model, parent_header, cfg, run_dir_of(target))
         parent = base_path
-        provenance["class_mapping"] = mapping
-        provenance["parent"] = {"path": str(base_path), "training": parent_header.training}
+        init = start_model(parent, parent_model, parent_header, cfg, target, provenance)
     return (
         yield from iter_train_version(
             cfg,
@@ -431,6 +430,30 @@ def _class_scheme(
     theirs = dict(zip(old, header.class_colours or (), strict=False))
     colours = tuple(theirs.get(n) or found.get(n) or default_color(i) for i, n in enumerate(names))
     return names, colours
+
+
+def start_model(
+    parent: Path,
+    model: SegmentationModel,
+    header: ModelHeader,
+    cfg: TrainConfig,
+    target: Path,
+    provenance: dict[str, Any],
+) -> Path:
+    """The start model of a version of ``parent`` with ``cfg``'s classes.
+
+    The parent file itself when the classes are the same, else the parent with its class
+    head rebuilt (``init.safetensors`` in the run folder; the mapping goes into
+    ``provenance``). Either way ``provenance["parent"]`` is the file the user chose, not a
+    rebuilt start.
+    """
+    init = parent
+    if cfg.class_names != header.class_names:
+        init, provenance["class_mapping"] = _transferred_start(
+            model, header, cfg, run_dir_of(target)
+        )
+    provenance["parent"] = {"path": str(parent), "training": header.training}
+    return init
 
 
 def _transferred_start(
