@@ -19,10 +19,8 @@ then on, while the worker loads the model and computes every tile, the bound hol
 
 from __future__ import annotations
 
-import os
 import time
 
-import torch
 from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe, StackSampler
 from qtpy.QtWidgets import QApplication
 from segment_case import make_case
@@ -61,8 +59,9 @@ def test_gui_stays_responsive_during_inference(
         probe.stop()
         sampler.stop()
     assert task.error is None
-    # the task runner left a core to the GUI thread (torch would take them all)
-    assert torch.get_num_threads() <= max(1, (os.cpu_count() or 1) - 1)
+    # nobody touched the window: the run computed with every core the CLI would use, and the
+    # GUI still kept ticking (the bound below)
+    assert task.pacer.used == [task.pacer.cores]
     run = task.result
     assert run.completed
     assert run.result.tiles_computed >= 50  # seconds of real work, not a blink

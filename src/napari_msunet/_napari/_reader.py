@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_msunet._napari._annotation_layers import annotation_layers
+from napari_msunet._napari._cores import user_activity
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
@@ -37,6 +38,7 @@ _SLIDE_SUFFIXES = (
 
 def napari_get_reader(path: str | list[str]):
     """Return a reader function for ``path``, or ``None`` if we cannot read it."""
+    user_activity()  # napari's open leaves its activity spinner turning (see _cores)
     if isinstance(path, list):
         if len(path) != 1:
             return None

@@ -25,6 +25,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from napari_msunet._napari._cores import ThreadPacer, paced, user_activity
 from napari_msunet.progress import Progress
 
 __all__ = ["Task", "TaskBar", "import_quietly", "one_step", "start_task"]
@@ -39,22 +40,6 @@ def _hold_gc() -> None:
     if _gc_holds == 0:
         gc.freeze()
     _gc_holds += 1
-
-
-def _leave_a_core_for_the_gui() -> None:
-    """Let torch's CPU thread pool use every core but one while the GUI runs work.
-
-    On a 2-core laptop torch would otherwise take both cores for a forward pass and the GUI
-    thread would wait for one (the inference event-loop test measured the stalls). Set once,
-    process-wide, only when torch is already loaded and uses every core.
-    """
-    import os
-    import sys
-
-    torch = sys.modules.get("torch")
-    cores = os.cpu_count() or 1
-    if torch is not None and cores > 1 and torch.get_num_threads() >= cores:
-        torch.set_num_threads(cores - 1)
 
 
 def _release_gc() -> None:
@@ -104,6 +89,7 @@ class Task:
     worker: GeneratorWorker
     stop: threading.Event
     bar: Any = None
+    pacer: ThreadPacer | None = None
     last: Any = None
     result: Any = None
     error: BaseException | None = None
@@ -168,14 +154,16 @@ def start_task(
         Called on the GUI thread once the worker has finished, whatever the outcome.
     """
     stop = threading.Event()
+    # torch threads follow the user: every core while they are away (see _cores)
+    pacer = ThreadPacer(user_activity())
 
     def work():
-        return (yield from make(stop))
+        return (yield from paced(make(stop), pacer))
 
     # errors are ours to show (errored below); napari would otherwise re-raise them on the
     # GUI thread
     worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-    task = Task(description, worker, stop)
+    task = Task(description, worker, stop, pacer=pacer)
 
     def yielded(record):
         task.last = record
@@ -231,7 +219,6 @@ def start_task(
     # keeps collections small until the last running task finishes (measured by the
     # fine-tune widget's event-loop test).
     _hold_gc()
-    _leave_a_core_for_the_gui()
     worker.start()
     return task
 

@@ -1,0 +1,187 @@
+"""Torch threads for the GUI's long work: every core while the user is away, one left when not.
+
+A forward pass or a training step in a task's worker is torch's intra-op work, which uses as
+many threads as it is told. The CLI uses every core. The GUI used to leave one core to its own
+thread for the whole run, so on a 2-core laptop Segment computed on one core and took twice
+the CLI's time (issue 14: 150.8 s against 67.7 s) while the user, most of that time, only
+watched the progress bar.
+
+So the thread count follows the user: the application's input events (keys, mouse buttons,
+the wheel, drags) are noted on the GUI thread by an event filter that only stores a
+timestamp; before each step of a task (each batch of tiles, each training step) its worker
+sets torch's threads to every core when there was no input for :data:`IDLE_S`, else to every
+core but one. Painting, panning or clicking through a review thus gets a core within one
+step, and a run the user waits for goes at the CLI's speed. Waiting on an idle GUI is cheap:
+the window then only redraws the progress bar, a few milliseconds a second.
+
+Threads are set in the worker thread itself: torch (through OpenMP) keeps the intra-op thread
+count per calling thread once that thread has run a parallel operation, so setting it from the
+GUI thread would not reach a pooled worker thread that already computed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Generator
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QApplication, QWidget
+
+__all__ = ["IDLE_S", "ThreadPacer", "UserActivity", "cores_for_work", "paced", "user_activity"]
+
+#: Seconds without input after which the user counts as away (a task then uses every core).
+IDLE_S = 1.0
+
+# Input that means the user is working in the window. Plain mouse moves are not in it (a
+# resting hand moves the pointer; napari's hover work is small); moves with a button down are.
+_INPUT = {
+    QEvent.Type.KeyPress,
+    QEvent.Type.KeyRelease,
+    QEvent.Type.MouseButtonPress,
+    QEvent.Type.MouseButtonRelease,
+    QEvent.Type.MouseButtonDblClick,
+    QEvent.Type.Wheel,
+    QEvent.Type.TouchBegin,
+    QEvent.Type.TouchUpdate,
+}
+
+
+class UserActivity(QObject):
+    """Notes when the user last gave input to the application (an application event filter).
+
+    The filter runs on the GUI thread for every event, so it does nothing but compare the
+    type and store a float; workers read :attr:`last_input` without a lock (a float is
+    read and written atomically under the GIL).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_input = -float("inf")
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # Qt names it
+        kind = event.type()
+        if kind in _INPUT or (
+            kind == QEvent.Type.MouseMove and bool(event.buttons())  # type: ignore[attr-defined]
+        ):
+            self.last_input = time.monotonic()
+        return False
+
+    def idle_for(self) -> float:
+        """Seconds since the last input."""
+        return time.monotonic() - self.last_input
+
+
+_activity: UserActivity | None = None
+
+
+def user_activity() -> UserActivity:
+    """The application's activity filter, installed on first use (call on the GUI thread).
+
+    The first call also starts :func:`_stop_idle_spinners`' timer.
+    """
+    global _activity
+    if _activity is None:
+        _activity = UserActivity()
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(_activity)
+            _activity.spinner_timer = QTimer(_activity)
+            _activity.spinner_timer.setInterval(int(SPINNER_CHECK_S * 1000))
+            _activity.spinner_timer.timeout.connect(_stop_idle_spinners)
+            _activity.spinner_timer.start()
+    return _activity
+
+
+#: Seconds between two checks for an activity spinner left running with nothing in progress.
+SPINNER_CHECK_S = 2.0
+
+
+def _stop_idle_spinners() -> int:
+    """Hide napari's "in progress..." spinner where no progress bar is left; return how many.
+
+    napari 0.9 starts the animated spinner in its status bar for every progress bar and hides
+    it when the bar is destroyed, if no other bar is visible. After ``viewer.open`` (its own
+    "Opening Files" bar) the spinner keeps turning with no bar at all, forever: 30 repaints a
+    second of the whole window, which with a software OpenGL (a remote desktop, a VM) cost
+    0.8 of a core while nothing ran (measured under Xvfb with Mesa llvmpipe: 4.4 CPU seconds
+    in 5 s of an idle window, 0.07 s once hidden), and slowed any run on two cores. napari's
+    own check (``maybe_hide_progress_indicator``) gives the right answer when called later,
+    so it is called here for every activity dialog. Private API: anything missing is skipped.
+    """
+    hidden = 0
+    for widget in QApplication.topLevelWidgets():
+        for dialog in widget.findChildren(QWidget):
+            if type(dialog).__name__ != "QtActivityDialog":
+                continue
+            toggle = getattr(dialog, "_toggleButton", None)
+            indicator = getattr(toggle, "_inProgressIndicator", None)
+            check = getattr(dialog, "maybe_hide_progress_indicator", None)
+            if indicator is None or check is None or not indicator.isVisible():
+                continue
+            check()
+            hidden += not indicator.isVisible()
+    return hidden
+
+
+def cores_for_work() -> int:
+    """The threads a run may use at most: what torch uses on this (GUI) thread.
+
+    That is what the CLI uses: every core, or ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
+    where a user or an administrator set fewer (a shared server).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return max(1, torch.get_num_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1
+
+
+class ThreadPacer:
+    """Sets torch's threads in the calling (worker) thread from the user's activity.
+
+    ``cores`` is the most it sets (default :func:`cores_for_work`, read when the task starts).
+
+    ``used`` records every thread count set, in order (one entry per change), so a run can
+    say what it computed with.
+    """
+
+    def __init__(self, activity: UserActivity, cores: int | None = None) -> None:
+        self.activity = activity
+        self.cores = cores or cores_for_work()
+        self.used: list[int] = []
+        self._current: int | None = None
+
+    def wanted(self) -> int:
+        """Every core while the user is away, every core but one while they work."""
+        if self.cores == 1 or self.activity.idle_for() >= IDLE_S:
+            return self.cores
+        return self.cores - 1
+
+    def pace(self) -> None:
+        """Set the thread count for the next step (torch only if it is loaded)."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        n = self.wanted()
+        if n != self._current or torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+            self._current = n
+            self.used.append(n)
+
+
+def paced(gen: Generator[Any, Any, Any], pacer: ThreadPacer) -> Generator[Any, Any, Any]:
+    """``gen`` with the threads paced before each of its steps (same values, sends, result)."""
+    value = None
+    try:
+        while True:
+            pacer.pace()
+            try:
+                record = gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = yield record
+    finally:
+        gen.close()
