@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from napari_msunet.errors import ConfigError, InputShapeError
-from napari_msunet.inference.config import InferenceConfig
+from napari_msunet.inference.config import EXACT, InferenceConfig
 from napari_msunet.inference.device import (
     Normalization,
     confirm_amp,
@@ -82,7 +82,8 @@ def iter_predict_array(
     normalization = Normalization.of(norm)
     settings = resolve_device_settings(config)
     was_training = model.training
-    prepare_model(model, settings)
+    # margin "exact" promises the stored network's own arithmetic: only then unfolded
+    net = prepare_model(model, settings, fold=config.margin != EXACT)
     try:
         shape = (int(image.shape[0]), int(image.shape[1]))
         tiling = resolve_tiling(config, model, settings, shape, measured_margin(norm))
@@ -90,7 +91,7 @@ def iter_predict_array(
         plan = plan_tiles(shape, tiling.tile, tiling.margin, tiling.alignment, keep)
         reader = ArrayReader(image)
         if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
-            settings = confirm_amp(model, settings, normalization, first_window(plan, reader))
+            settings = confirm_amp(net, settings, normalization, first_window(plan, reader))
         labels = np.zeros(shape, np.uint8)
         probs = np.zeros((n_classes, *shape), np.dtype(probabilities))
         timings = Timings()
@@ -98,7 +99,7 @@ def iter_predict_array(
             plan.tiles,
             plan,
             reader,
-            model,
+            net,
             settings,
             normalization,
             batch_size=tiling.batch_size,

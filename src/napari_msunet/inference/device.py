@@ -169,12 +169,19 @@ def confirm_amp(
     )
 
 
-def prepare_model(model: nn.Module, settings: DeviceSettings) -> nn.Module:
-    """Put ``model`` in eval mode on the device, in the chosen memory format.
+def prepare_model(model: nn.Module, settings: DeviceSettings, *, fold: bool = False) -> nn.Module:
+    """The network to run: ``model`` in eval mode on the device, in the chosen memory format.
 
-    The module is changed in place (no copy of the weights); the caller's training mode is
-    restored by the engine when it finishes.
+    Without ``fold`` the module itself is changed in place (no copy of the weights; the
+    engine restores the caller's training mode when it finishes). With ``fold`` the result is
+    an eval-mode copy whose batch norms are folded into their convolutions
+    (:func:`~napari_msunet.models.fold.folded_for_inference`: about 1.2x faster on the CPU,
+    float32 logits within rounding) and ``model`` is not touched.
     """
+    if fold:
+        from napari_msunet.models.fold import folded_for_inference
+
+        model = folded_for_inference(model)
     model.eval()
     model.to(settings.device)
     if settings.channels_last:

@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 from torch import nn
 
-from napari_msunet.inference.config import InferenceConfig
+from napari_msunet.inference.config import EXACT, InferenceConfig
 from napari_msunet.inference.device import (
     Normalization,
     confirm_amp,
@@ -187,7 +187,8 @@ def iter_predict_slide(
     settings = resolve_device_settings(config)
     fingerprint = model_fingerprint(model)
     was_training = model.training
-    prepare_model(model, settings)
+    # margin "exact" promises the stored network's own arithmetic: only then unfolded
+    net = prepare_model(model, settings, fold=config.margin != EXACT)
     writers: list[OmeZarrWriter] = []
     locked = created = False
     try:
@@ -217,7 +218,7 @@ def iter_predict_slide(
         if region is not None:
             plan = plan.within(*working_window(geometry, region, slide.shape))
         if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
-            settings = confirm_amp(model, settings, normalization, first_window(plan, reader))
+            settings = confirm_amp(net, settings, normalization, first_window(plan, reader))
         record = {
             "slide": {
                 "name": slide.path.name,
@@ -290,7 +291,7 @@ def iter_predict_slide(
             todo,
             plan,
             reader,
-            model,
+            net,
             settings,
             normalization,
             batch_size=tiling.batch_size,
