@@ -6,9 +6,11 @@ patches tiled 32 x 32 into a 7168² JPEG-tiled SVS at 0.5 µm/px, 3584² working
 model's 1 µm/px) with the bundled model (``napari_msunet.demo.default_model_path()``):
 
 - **engine, defaults**: ``predict_slide`` with ``InferenceConfig()``: the measured margin
-  (128 px for the bundled model), bf16 where the CPU has it, tile 1024, tissue detection, both
+  (128 px for the bundled model), bf16 where the CPU has it, its auto tile, tissue detection, both
   OME-Zarr pyramids (labels and probabilities) written;
-- **engine, fp32**: the same with ``amp="none"`` and the measured margin given explicitly;
+- **engine, fp32**: the same with ``amp="none"`` and the measured margin given explicitly
+  (its auto tile: 896 on this image, see ``tiling.balanced_tile``);
+- **engine, fp32, tile 1024**: the same windows as TIAToolbox's (1280² computed per 1024²);
 - **TIAToolbox, fp32**: ``SemanticSegmentor.run(patch_mode=False, output_type="zarr")`` with
   the model wrapped in a ``ModelABC`` (``infer_batch``: the model's normalisation, forward
   pass, softmax, centre crop; ``postproc``: argmax), ``IOSegmentorConfig`` at 1 µm/px
@@ -107,6 +109,9 @@ def child_engine(slide_path: Path, run: str, out: Path, device: str, threads: in
         "defaults": InferenceConfig(target_mpp=mpp, device=device),
         "fp32": InferenceConfig(
             target_mpp=mpp, device=device, amp="none", margin=measured_margin(header)
+        ),
+        "fp32, tile 1024": InferenceConfig(
+            target_mpp=mpp, device=device, amp="none", margin=measured_margin(header), tile=TILE
         ),
         "exact": InferenceConfig(target_mpp=mpp, device=device, amp="none", margin="exact"),
     }[run]
@@ -304,6 +309,10 @@ def main() -> None:
     runs = {
         "engine, defaults": (sys.executable, ["--child", "engine", "--run", "defaults"]),
         "engine, fp32": (sys.executable, ["--child", "engine", "--run", "fp32"]),
+        "engine, fp32, tile 1024": (
+            sys.executable,
+            ["--child", "engine", "--run", "fp32, tile 1024"],
+        ),
     }
     for i, w in enumerate(args.tia_workers):
         name = "TIAToolbox, fp32" + ("" if i == 0 else f", num_workers {w}")

@@ -13,6 +13,7 @@
 # Phases have their own time limits so that whatever finished comes back:
 #   1. the CUDA tests (pytest -m gpu)             ~1 min
 #   2. bench_inference.py --device cuda            ~2 min, alone on the card
+#   2b. the same on a 32768² slide (issue 14: end to end <= 1.5x model-only)  ~3 min
 #   3. the EBHI experiments with the paper preset  until the deadline, 7 processes sharing it
 set -u
 OUT=${OUT:-/tmp/out}
@@ -34,6 +35,10 @@ timeout 120 python3 -m pytest -q -p no:xvfb -p no:cacheprovider -m gpu \
 timeout 200 python3 benchmarks/bench_inference.py --workdir /tmp/bench --device cuda \
     --size 16384 --compression zlib --rss-sizes --margin-scan 0 --repeat 1 \
     2>&1 | tee "$OUT/bench_inference_cuda.txt" | tail -40
+# 2b. a slide large enough for the steady state (issue 14): 32768² read at 1 µm/px (8192²)
+timeout 240 python3 benchmarks/bench_inference.py --workdir /tmp/bench --device cuda \
+    --size 32768 --compression zlib --rss-sizes --margin-scan 0 --repeat 1 \
+    2>&1 | tee "$OUT/bench_inference_cuda_32k.txt" | tail -40
 
 # 3. EBHI experiments, paper preset, 7 processes sharing the card until the deadline
 python3 scripts/gpu_pack_ebhi.py unpack .gpudata/ebhi /tmp/ebhi

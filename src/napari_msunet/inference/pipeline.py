@@ -289,12 +289,14 @@ def check_model(model: nn.Module) -> int:
 
 
 def read_workers(config: InferenceConfig, settings: DeviceSettings) -> int:
-    """Reader threads: 2 on the CPU (the network needs the cores), up to 8 otherwise."""
+    """Reader threads: 2 on the CPU (the network needs the cores); on a GPU every core but
+    the one that drives the device, since there decoding, not the network, is the cost
+    (docs/benchmarks.md, GPU: reads and writes took most of a 16k² run)."""
     if config.read_workers != AUTO:
         return int(config.read_workers)
     if settings.device.type == "cpu":
         return 2
-    return max(2, min(8, (os.cpu_count() or 2) - 1))
+    return max(2, (os.cpu_count() or 2) - 1)
 
 
 def next_batch(gen: Any) -> Any:
