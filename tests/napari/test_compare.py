@@ -10,6 +10,7 @@ import shapely
 
 from napari_msunet._napari._compare import GEOJSON_ENTRY, CompareWidget
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, kind_of, layer_info
+from napari_msunet._napari._overlay_style import OUTLINE_PX
 from napari_msunet._napari._reader import geojson_layers, mask_layer, slide_layer
 from napari_msunet.evaluation import FN, FP, TP
 from napari_msunet.io.annotations import Annotation, AnnotationSet
@@ -105,6 +106,8 @@ def _check_result(widget, viewer, pred_layer):
     assert overlay in viewer.layers
     info = layer_info(overlay)
     assert info.kind is Kind.OVERLAY
+    assert overlay.contour == OUTLINE_PX  # TP/FP/FN as outlines: the tissue shows through
+    assert pred_layer.contour == OUTLINE_PX
     assert info.compared == (pred_layer.name, widget._annotation_name)
     assert info.details["prediction"] == str(layer_info(pred_layer).path)
     # on the prediction's grid, in µm: exactly where the prediction lies on the slide

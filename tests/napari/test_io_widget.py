@@ -149,8 +149,20 @@ def test_export_geojson_round_trip(viewer_and_widget, qtbot, files):
     assert json.loads(target.read_text())["type"] == "FeatureCollection"
     again = _import(qtbot, widget, target)
     np.testing.assert_array_equal(np.asarray(again.data[0]), np.asarray(layer.data[0]))
-    # the next default name is a new file, never the one just written
-    assert widget.default_path() != target
+    # a second export of the same layer is refused, never a silent duplicate ("-2")
+    assert widget.default_path() == target
+    before = target.read_bytes()
+    first = widget.export_bar.task
+    widget.export_bar.button.click()  # refused before any work: no new task
+    assert widget.export_bar.task in (None, first)
+    assert "already exists" in widget.export_bar.status.text()
+    assert "Replace" in widget.export_bar.status.text()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["annotation.geojson"]
+    assert target.read_bytes() == before
+    widget.replace.setChecked(True)  # the user asks for it: replaced in place
+    task = _click(qtbot, widget.export_bar)
+    assert task.error is None, task.error
+    assert sorted(p.name for p in target.parent.iterdir()) == ["annotation.geojson"]
 
 
 def test_prediction_exports_to_geojson_in_level0_pixels(viewer_and_widget, qtbot, files):

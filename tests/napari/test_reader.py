@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_msunet._napari._layer_info import Kind, layer_info
+from napari_msunet._napari._overlay_style import OUTLINE_PX
 from napari_msunet._napari._reader import napari_get_reader
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
@@ -54,6 +55,10 @@ def test_geojson_opens_as_labels_on_its_slide(make_napari_viewer, slide_dir):
     info = layer_info(labels)
     assert info.kind is Kind.ANNOTATION
     assert info.slide == slide_dir / "case.svs"
+    # drawn as outlines over the tissue, not as a fill that hides it
+    assert labels.contour == OUTLINE_PX
+    assert labels.opacity == 1.0
+    assert viewer.layers[0].opacity == 1.0  # the slide itself untouched
     assert {c.name for c in info.classes} == {"Germinal centre", "Sinus"}
     # the class colour is what napari draws
     gc = next(c for c in info.classes if c.name == "Germinal centre")

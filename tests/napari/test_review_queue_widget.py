@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import shapely
+from qtpy.QtCore import Qt
 
 from napari_msunet._napari._layer_info import Kind, LayerInfo
 from napari_msunet._napari._reader import geojson_layers, mask_layer, slide_layer
@@ -184,4 +185,30 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
 
     again = _wait(qtbot, widget.find_queue())  # decided ones are not suggested again
     assert again == []
+    widget.queue.close()
+
+
+def test_queue_is_worked_through_by_keyboard(two_slides, qtbot):
+    """N / P move through the queue, R rejects, A accepts; the counter follows."""
+    _viewer, widget, _a, _b = two_slides
+    _wait(qtbot, widget.start_review())
+    found = _wait(qtbot, widget.find_queue())
+    n = len(found)
+    assert n >= 3
+    panel = widget.missing
+    widget.show()
+    panel.list.setFocus()
+    qtbot.keyClick(panel.list, Qt.Key.Key_N)  # nothing selected yet: the first
+    assert panel.counter.text() == f"1 of {n}"
+    qtbot.keyClick(panel.list, Qt.Key.Key_N)
+    assert panel.counter.text() == f"2 of {n}"
+    qtbot.keyClick(panel.list, Qt.Key.Key_P)
+    assert panel.counter.text() == f"1 of {n}"
+    first = widget.candidates[0]
+    qtbot.keyClick(panel.list, Qt.Key.Key_R)  # rejected: gone, the next one selected
+    assert widget.candidate_list.count() == n - 1
+    assert first not in widget.candidates
+    assert panel.counter.text() == f"1 of {n - 1}"
+    qtbot.keyClick(panel.list, Qt.Key.Key_A)  # accepted (a task: the store is written)
+    qtbot.waitUntil(lambda: widget.candidate_list.count() == n - 2, timeout=60_000)
     widget.queue.close()

@@ -210,7 +210,7 @@ def test_current_view_only_computes_just_the_view(qtbot, setup, files):
     assert run.folder.name.startswith("tiny-view-")
     assert run.result.tiles_total < files["direct"].tiles_total
     (layer,) = prediction_layers(viewer)
-    assert layer.name == "tiny prediction (view)"
+    assert layer.name == "case.svs — tiny prediction (view)"
     assert layer_info(layer).region == region
     shown = np.asarray(layer.data[0])
     ref = files["reference"]

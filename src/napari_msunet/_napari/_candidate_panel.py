@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -76,11 +76,11 @@ class CandidatePanel(QGroupBox):
         self.counter = QLabel("No candidates yet.")
         self.list.currentRowChanged.connect(self._count)
         self.list.currentRowChanged.connect(self.selected)
-        self.accept_button = QPushButton("Accept")
+        self.accept_button = QPushButton("Accept (A)")
         self.accept_button.setToolTip("Take the model's answer (add, replace or remove)")
-        self.reject_button = QPushButton("Reject")
+        self.reject_button = QPushButton("Reject (R)")
         self.reject_button.setToolTip("Keep the annotation; not suggested again")
-        self.edit_button = QPushButton("Edit")
+        self.edit_button = QPushButton("Edit (E)")
         self.export_button = QPushButton("Export decisions…")
         self.export_button.setToolTip("QuPath GeoJSON per slide and a CSV of the decisions")
         box = QVBoxLayout(self)
@@ -95,6 +95,47 @@ class CandidatePanel(QGroupBox):
             row.addWidget(b)
         box.addLayout(row)
         box.addWidget(self.export_button)
+        self.keys = QLabel(
+            "Keys, with the list in focus: A accept · R reject · E edit · N / P next"
+        )
+        self.keys.setWordWrap(True)
+        box.addWidget(self.keys)
+        self._keys = {
+            Qt.Key.Key_A: self.accept_button.click,  # a disabled button ignores the click
+            Qt.Key.Key_R: self.reject_button.click,
+            Qt.Key.Key_E: self.edit_button.click,
+            Qt.Key.Key_N: lambda: self.step(1),
+            Qt.Key.Key_P: lambda: self.step(-1),
+        }
+        for w in (self.list, self.accept_button, self.reject_button, self.edit_button):
+            w.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt's name
+        """The queue's keys, while the list or one of its buttons has the focus.
+
+        Not application-wide shortcuts: napari's own layer keys (R rectangle, E ellipse, P
+        polygon, A select for shapes; E erase, P paint for labels) stay what they are on
+        the canvas. Keys with a modifier are left alone.
+        """
+        plain = event.type() == QEvent.Type.KeyPress and event.modifiers() in (
+            Qt.KeyboardModifier.NoModifier,
+            Qt.KeyboardModifier.KeypadModifier,
+        )
+        if plain:
+            action = self._keys.get(event.key())
+            if action is not None:
+                action()
+                self.list.setFocus()  # the next key goes to the queue again
+                return True
+        return False
+
+    def step(self, by: int) -> None:
+        """Select the next (``by=1``) or previous (``-1``) candidate, staying in the list."""
+        n = len(self.candidates)
+        if not n:
+            return
+        row = self.list.currentRow()
+        self.list.setCurrentRow(min(max(row + by, 0), n - 1) if row >= 0 else 0)
 
     def set_candidates(self, candidates: Sequence[Any]) -> None:
         """List ``candidates`` (already ranked), nothing selected."""

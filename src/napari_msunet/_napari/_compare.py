@@ -45,6 +45,7 @@ from napari_msunet._napari._layers import (
     same_layer,
     slide_path_of,
 )
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_COLORS, OVERLAY_NAMES, TP
 
@@ -137,6 +138,7 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
         self.comparison: Comparison | None = None
         self.overlay_layer: Labels | None = None
         self._prediction_layer: Layer | None = None

@@ -50,6 +50,7 @@ from napari_msunet._napari._layer_info import Kind, kind_of, layer_info, predict
 from napari_msunet._napari._layers import same_layer, slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.finetune import (
@@ -91,6 +92,7 @@ class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
         self.task: Task | None = None
         self.predict_task: Task | None = None
         self.result: FinetuneResult | None = None

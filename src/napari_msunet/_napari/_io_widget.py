@@ -10,8 +10,9 @@ Every read and write runs in a worker through :func:`~napari_msunet._napari._tas
 the core does the work (:mod:`napari_msunet.io.vectorise`, :mod:`~napari_msunet.io.ome_zarr`,
 :mod:`~napari_msunet.io.ome_tiff`), whose writer generators take Cancel as their ``stop`` and
 delete what they had made, so a cancelled export leaves no file. An existing file is never
-replaced unless "Replace an existing file" is ticked; the default names are new files in the
-slide's workspace folder (``<slide>.msunet/exports/``).
+replaced unless "Replace an existing file" is ticked: the default name (the layer's, in the
+slide's workspace folder ``<slide>.msunet/exports/``) stays the same, so exporting the same
+layer twice is refused the second time instead of writing a duplicate.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from napari_msunet._napari._layers import (
     layer_mpp,
     slide_path_of,
 )
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
 
@@ -73,18 +75,6 @@ def _file_stem(name: str) -> str:
             break
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
     return stem or "labels"
-
-
-def _unused(path: Path) -> Path:
-    """``path``, or ``name-2.ext``, ``name-3.ext``... whichever does not exist yet."""
-    if not path.exists():
-        return path
-    suffix = next((s for s in (".ome.zarr", ".ome.tif") if path.name.endswith(s)), path.suffix)
-    stem = path.name[: -len(suffix)] if suffix else path.name
-    n = 2
-    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
-        n += 1
-    return candidate
 
 
 def export_classes(layer: Labels) -> tuple[Any, list[str], list[list[int]]]:
@@ -146,6 +136,7 @@ class ImportExportWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
         self.imported: list[Labels] = []
         self.exported: list[Path] = []
 
@@ -281,12 +272,17 @@ class ImportExportWidget(QWidget):
         return info.path.parent if info is not None and info.path is not None else Path.home()
 
     def default_path(self, create: bool = False) -> Path | None:
-        """A new file in the slide's ``exports`` folder named after the layer."""
+        """The file in the slide's ``exports`` folder named after the layer.
+
+        Always the same name for the same layer and format: a second export of it is refused
+        unless "Replace an existing file" is ticked (a name that moved on to "-2", "-3"...
+        after each export wrote silent duplicates, issue 15).
+        """
         layer = self.export_layer.current_layer()
         if layer is None:
             return None
         _key, suffix = FORMATS[self.export_format.currentText()]
-        return _unused(self._export_folder(create) / f"{_file_stem(layer.name)}{suffix}")
+        return self._export_folder(create) / f"{_file_stem(layer.name)}{suffix}"
 
     def _update_default_path(self, _index: int = 0) -> None:
         if self._custom_path:
@@ -395,8 +391,6 @@ class ImportExportWidget(QWidget):
             self.exported.append(written)
             self.export_bar.status.setText(f"Wrote {written}")
             show_info(f"Exported {layer.name} to {written}")
-            if not self._custom_path:
-                self._update_default_path()  # the next default is a new file again
 
         return start_task(make, f"Exporting {layer.name}", on_return=done)
 

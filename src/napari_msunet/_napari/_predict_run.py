@@ -285,7 +285,9 @@ def _layer_kwargs(plan: _Plan) -> dict[str, Any]:
         assert c.color is not None
         colormap[c.label] = (*(v / 255 for v in c.color), 1.0)
     return {
-        "name": f"{plan.model.stem} prediction" + (" (view)" if plan.region else ""),
+        # the slide first: with two slides open, "<model> prediction [1]" said nothing
+        "name": f"{Path(plan.slide).name} — {plan.model.stem} prediction"
+        + (" (view)" if plan.region else ""),
         "scale": (dy * s0, dx * s0),
         "translate": ((dy - 1) / 2 * s0, (dx - 1) / 2 * s0),
         **({"units": ("um", "um")} if plan.display_mpp else {}),

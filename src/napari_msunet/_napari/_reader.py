@@ -15,6 +15,7 @@ from typing import Any
 from napari_msunet._napari._annotation_layers import annotation_layers
 from napari_msunet._napari._cores import user_activity
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
 
@@ -39,6 +40,7 @@ _SLIDE_SUFFIXES = (
 def napari_get_reader(path: str | list[str]):
     """Return a reader function for ``path``, or ``None`` if we cannot read it."""
     user_activity()  # napari's open leaves its activity spinner turning (see _cores)
+    _watch_current_viewer()  # our label layers are drawn as outlines (see _overlay_style)
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -60,6 +62,17 @@ def napari_get_reader(path: str | list[str]):
         log.exception("napari-msunet failed on %s", p)
         return None
     return lambda _path: layers
+
+
+def _watch_current_viewer() -> None:
+    """Outline our label layers in the viewer that is opening files (if any)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # no Qt application, no viewer: nothing to draw
+        return
+    watch_viewer(viewer)
 
 
 def _scale(slide: Slide | None) -> tuple[tuple[float, float], tuple[str, str] | None]:

@@ -50,6 +50,7 @@ from napari_msunet._napari._layer_info import (
     set_layer_info,
 )
 from napari_msunet._napari._layers import LayerCombo, is_slide, slide_mpp_of, slide_path_of
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._review_layers import (
     annotation_rank,
     center_on,
@@ -82,6 +83,7 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
         self.store: Any = None
         self.store_layer: Any = None
         self.edit_layer: Any = None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, kind_of, layer_info
+from napari_msunet._napari._overlay_style import EDIT_OPACITY
 
 __all__ = [
     "annotation_rank",
@@ -118,7 +119,7 @@ def edit_layer_kwargs(store: Any, slide_layer: Any, window: tuple[int, int, int,
     """Settings of the editable (single-scale) Labels layer of one store window."""
     kwargs: dict[str, Any] = {
         "name": "annotation region (edit, then Apply)",
-        "opacity": 0.7,
+        "opacity": EDIT_OPACITY,  # filled, to see each stroke; light, to see the tissue
         "colormap": _colormap(store),
         "metadata": LayerInfo(
             kind=Kind.ANNOTATION_EDIT,

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_msunet._napari._layer_info import Kind, kind_of, layer_info
 from napari_msunet._napari._layers import remember_slide_mpp, slide_mpp_of
+from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._predict_run import (
     PredictionRun,
     prediction_layers,
@@ -63,6 +64,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
         self.header: Any = None
         self.last_run: PredictionRun | None = None
 
