@@ -10,7 +10,7 @@ training/     datasets, augmentation, losses, trainer
 evaluation/   IoU/Dice, TP/FP/FN maps, suspected missing annotations
 models/       networks, registry, checkpoint format, device choice
 io/           slides, working image, tissue, masks, GeoJSON, writers, annotation store
-(foundation)  errors, progress (the long-work contract), _atomic
+(foundation)  errors, progress (the long-work contract), _atomic, palette
 ```
 
 The check reads every module's source (imports inside functions included), so a lazy import
@@ -41,6 +41,7 @@ LAYERS = {
     "models": 2,
     "io": 1,
     "errors": 0,
+    "palette": 0,
     "progress": 0,
     "_atomic": 0,
     "__init__": 0,

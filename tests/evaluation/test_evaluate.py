@@ -21,6 +21,7 @@ from napari_msunet.evaluation import (
     evaluate,
     iter_evaluate,
 )
+from napari_msunet.evaluation.overlay import OVERLAY_COLORS_RGBA8
 from napari_msunet.io.annotations import Annotation, AnnotationSet
 from napari_msunet.io.geojson import write_geojson
 from napari_msunet.io.ome_zarr import write_ome_zarr
@@ -106,9 +107,10 @@ def test_geojson_truth_against_ome_zarr_prediction(tmp_path, files):
         px = np.asarray(img.convert("RGB"))
     assert img.width == W
     assert img.height > H
-    assert tuple(px[200, 200]) == (0, 255, 0)  # both
-    assert tuple(px[120, 120]) == (255, 0, 0)  # prediction only
-    assert tuple(px[320, 320]) == (0, 0, 255)  # truth only
+    # the default (colour-blind-safe) colours: TP blue, FP orange, FN reddish purple
+    assert tuple(px[200, 200]) == OVERLAY_COLORS_RGBA8[TP][:3]  # both
+    assert tuple(px[120, 120]) == OVERLAY_COLORS_RGBA8[FP][:3]  # prediction only
+    assert tuple(px[320, 320]) == OVERLAY_COLORS_RGBA8[FN][:3]  # truth only
     assert tuple(px[50, 50]) == (255, 255, 255)
 
     levels = result.overlay_levels

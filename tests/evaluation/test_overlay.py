@@ -26,19 +26,20 @@ from napari_msunet.evaluation.overlay import (
 RNG = np.random.default_rng(5)
 
 
-def test_codes_and_colours_are_the_papers():
+def test_codes_are_the_papers_and_colours_colour_blind_safe():
     assert (TN, TP, FP, FN) == (0, 1, 2, 3)
     assert OVERLAY_NAMES == {0: "TN", 1: "TP", 2: "FP", 3: "FN"}
-    assert OVERLAY_COLORS[TP] == (0.0, 1.0, 0.0, 1.0)  # green
-    assert OVERLAY_COLORS[FP] == (1.0, 0.0, 0.0, 1.0)  # red
-    assert OVERLAY_COLORS[FN] == (0.0, 0.0, 1.0, 1.0)  # blue
+    # the default is colour-blind safe (Okabe & Ito): blue TP, orange FP, reddish purple FN;
+    # the paper's green / red / blue is a scheme of napari_msunet.palette
     assert OVERLAY_COLORS[TN][3] == 0.0  # transparent
     assert OVERLAY_COLORS_RGBA8 == {
         0: (0, 0, 0, 0),
-        1: (0, 255, 0, 255),
-        2: (255, 0, 0, 255),
-        3: (0, 0, 255, 255),
+        1: (0, 114, 178, 255),
+        2: (230, 159, 0, 255),
+        3: (204, 121, 167, 255),
     }
+    for code in (TP, FP, FN):
+        assert OVERLAY_COLORS[code] == tuple(v / 255 for v in OVERLAY_COLORS_RGBA8[code])
 
 
 def test_codes_at_known_pixels():
@@ -143,14 +144,14 @@ def test_render_overlay_colours_and_legend(tmp_path):
     assert img.mode == "RGB"
     assert img.height > 100  # legend below the map
     px = np.asarray(img)
-    assert tuple(px[15, 15]) == (0, 255, 0)
-    assert tuple(px[35, 15]) == (255, 0, 0)
-    assert tuple(px[55, 15]) == (0, 0, 255)
+    assert tuple(px[15, 15]) == OVERLAY_COLORS_RGBA8[TP][:3]
+    assert tuple(px[35, 15]) == OVERLAY_COLORS_RGBA8[FP][:3]
+    assert tuple(px[55, 15]) == OVERLAY_COLORS_RGBA8[FN][:3]
     assert tuple(px[80, 100]) == (255, 255, 255)
     # over a slide thumbnail (any size) the colours are blended half and half
     thumb = np.full((50, 80, 3), 100, np.uint8)
     px = np.asarray(render_overlay(codes, thumb, min_side=1))
-    assert tuple(px[15, 15]) == (50, 178, 50)
+    assert tuple(px[15, 15]) == (50, 107, 139)  # TP (0, 114, 178) half over grey 100
     assert tuple(px[80, 100]) == (100, 100, 100)
     # small maps are enlarged for legibility
     assert render_overlay(codes, min_side=512).width == 480

@@ -1,5 +1,3 @@
-
-
 def test_cpu_auto_tile_covers_the_image_with_the_fewest_computed_pixels():
     from napari_msunet.inference.tiling import balanced_tile
 
@@ -10,4 +8,5 @@ def test_cpu_auto_tile_covers_the_image_with_the_fewest_computed_pixels():
     assert balanced_tile((1000, 700), 64, 128) == 1024
     for shape in [(3584, 3584), (5000, 1100), (25_000, 17_000)]:
         t = balanced_tile(shape, 64, 128)
-        assert t % 64 == 0 and 512 <= t <= 1024
+        assert t % 64 == 0
+        assert 512 <= t <= 1024

@@ -120,9 +120,11 @@ def _check_result(widget, viewer, pred_layer):
     for (y, x), code in PIXELS.items():
         assert int(np.asarray(level0[y, x])) == code, (y, x)
     assert int(np.asarray(level0[0, 0])) == 0
-    # the paper's colours: TP green, FP red, FN blue
+    # the colour-blind-safe colours (blue, orange, reddish purple), as the legend shows them
     colors = overlay.colormap.map(np.array([TP, FP, FN]))
-    np.testing.assert_allclose(colors[:, :3], np.eye(3)[[1, 0, 2]], atol=1e-6)
+    expected = [widget.colours[c] for c in (TP, FP, FN)]
+    np.testing.assert_allclose(colors[:, :3] * 255, expected, atol=0.5)
+    assert expected == [(0, 114, 178), (230, 159, 0), (204, 121, 167)]
     # the table at slide level
     table = _table(widget)
     assert set(table) == set(EXPECTED)
@@ -256,3 +258,36 @@ def test_cancel_stops_the_comparison_and_adds_nothing(make_napari_viewer, qtbot)
     assert widget.overlay_layer is None
     assert "Cancelled" in widget.run_bar.status.text()
     assert widget.table.rowCount() == 0
+
+
+def test_tp_colour_moves_off_a_class_colour_and_the_scheme_is_a_setting(
+    make_napari_viewer, qtbot, files
+):
+    """A class coloured like TP gets another TP colour; Colours switches scheme in place."""
+    from napari_msunet._napari._layer_info import set_layer_info
+    from napari_msunet.palette import COMPARISON_SCHEMES, MIN_DISTANCE, PAPER, colour_distance
+
+    viewer, _slide_l, pred_l = _viewer_with_slide_and_prediction(make_napari_viewer, files)
+    info = layer_info(pred_l)
+    safe_tp = COMPARISON_SCHEMES[widget_default := "colour-blind safe"]["TP"]
+    clashing = tuple(c._replace(color=safe_tp) if c.name == "GC" else c for c in info.classes)
+    set_layer_info(pred_l, replace(info, classes=clashing))
+    viewer.open(str(files["geojson"]), plugin="napari-msunet")
+    widget = CompareWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.colours_combo.currentText() == widget_default
+    _run(qtbot, widget)
+    tp = widget.overlay_layer.colormap.map(np.array([TP]))[0][:3] * 255
+    assert colour_distance(tp.round(), safe_tp) >= MIN_DISTANCE  # moved off the class colour
+    assert tuple(int(v) for v in tp.round()) == widget.colours[TP]
+
+    before = dict(widget.colours)
+    widget.colours_combo.setCurrentText(PAPER)  # recoloured in place, no new comparison
+    assert widget.colours != before
+    shown = widget.overlay_layer.colormap.map(np.array([TP, FP, FN]))[:, :3] * 255
+    assert [tuple(int(v) for v in c) for c in shown.round()] == [
+        widget.colours[c] for c in (TP, FP, FN)
+    ]
+    # the paper's colours where no class colour is near (its red FP meets the default
+    # class colour (230, 25, 75) and is replaced)
+    assert widget.colours[FN] == COMPARISON_SCHEMES[PAPER]["FN"]

@@ -6,13 +6,16 @@ made at a coarser resolution, and the tissue mask when only tissue is to be coun
 starts :func:`~napari_msunet.evaluation.iter_compare` in a worker: it counts the confusion
 matrix window by window and returns the metrics with a lazy TP/FP/FN pyramid, which this widget
 adds as a multiscale Labels layer on the prediction's grid (so it lies exactly where the
-prediction lies) in the paper's colours: TP green, FP red, FN blue.
+prediction lies), drawn as outlines in the palette's colours (:mod:`napari_msunet.palette`:
+colour-blind safe by default, blue TP, orange FP, reddish purple FN; the paper's green, red,
+blue as a choice), moved off any class colour of the two layers compared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,12 @@ from napari_msunet._napari._layers import (
 from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_COLORS, OVERLAY_NAMES, TP
+from napari_msunet.palette import (
+    COMPARISON_SCHEMES,
+    DEFAULT_SCHEME,
+    as_rgba_floats,
+    comparison_colours,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -84,19 +93,51 @@ def _fmt(v: float) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
-def _swatch(code: int) -> QLabel:
-    r, g, b, _ = (round(c * 255) for c in OVERLAY_COLORS[code])
+def _paint_swatch(box: QLabel, rgb: tuple[int, int, int]) -> None:
+    r, g, b = rgb
+    box.setStyleSheet(f"background-color: rgb({r}, {g}, {b}); border: 1px solid #888;")
+
+
+def _swatch(rgb: tuple[int, int, int]) -> QLabel:
     box = QLabel()
     box.setFixedSize(14, 14)
-    box.setStyleSheet(f"background-color: rgb({r}, {g}, {b}); border: 1px solid #888;")
+    _paint_swatch(box, rgb)
     return box
 
 
+def _class_colours(layer: Layer | None) -> list[tuple[int, int, int]]:
+    """The class colours a layer draws with (none for layers we did not make)."""
+    info = layer_info(layer)
+    if info is None:
+        return []
+    return [tuple(int(v) for v in c.color)[:3] for c in info.classes if c.color is not None]
+
+
+def overlay_colours(
+    scheme: str, prediction: Layer | None, annotation: Layer | None
+) -> dict[int, tuple[int, int, int]]:
+    """TP / FP / FN colours of ``scheme``, apart from the class colours of both layers
+    (:func:`napari_msunet.palette.comparison_colours`)."""
+    avoid = _class_colours(prediction) + _class_colours(annotation)
+    named = comparison_colours(scheme, avoid)
+    return {TP: named["TP"], FP: named["FP"], FN: named["FN"]}
+
+
 def overlay_layer_kwargs(
-    comparison: Comparison, prediction: Layer, annotation_name: str, label: int | None
+    comparison: Comparison,
+    prediction: Layer,
+    annotation_name: str,
+    label: int | None,
+    colours: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """``add_labels`` keyword arguments of the TP/FP/FN layer: the prediction's grid (scale,
-    translate, units), the paper's colours, and our record (kind ``"overlay"``)."""
+    translate, units), the comparison's colours (default: :data:`OVERLAY_COLORS`), and our
+    record (kind ``"overlay"``)."""
+    colormap = (
+        dict(OVERLAY_COLORS)
+        if colours is None
+        else {0: (0.0, 0.0, 0.0, 0.0), **as_rgba_floats(colours)}
+    )
     pred = layer_info(prediction)
     subject = "any foreground" if label is None else comparison.matching.names.get(label, label)
     kwargs: dict[str, Any] = {
@@ -104,7 +145,7 @@ def overlay_layer_kwargs(
         "scale": tuple(prediction.scale),
         "translate": tuple(prediction.translate),
         "opacity": 0.6,
-        "colormap": dict(OVERLAY_COLORS) | {None: (0.0, 0.0, 0.0, 0.0)},
+        "colormap": colormap | {None: (0.0, 0.0, 0.0, 0.0)},
         "features": {"index": list(_MEANING), "meaning": list(_MEANING.values())},
         "metadata": LayerInfo(
             kind=Kind.OVERLAY,
@@ -194,11 +235,24 @@ class CompareWidget(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
+        self.colours_combo = QComboBox()
+        self.colours_combo.addItems(list(COMPARISON_SCHEMES))
+        self.colours_combo.setToolTip(
+            "Colour-blind safe: blue, orange, reddish purple (Okabe & Ito). Paper: green, red, "
+            "blue. A colour too close to a class colour on screen is replaced."
+        )
+        self.colours_combo.currentIndexChanged.connect(self._colours_changed)
         legend = QGroupBox("Legend")
         legend_layout = QVBoxLayout(legend)
+        colours_row = QFormLayout()
+        colours_row.addRow("Colours", self.colours_combo)
+        legend_layout.addLayout(colours_row)
+        self.colours = overlay_colours(DEFAULT_SCHEME, None, None)
+        self._swatches: dict[int, QLabel] = {}
         for code, text in _LEGEND:
             line = QHBoxLayout()
-            line.addWidget(_swatch(code))
+            self._swatches[code] = _swatch(self.colours[code])
+            line.addWidget(self._swatches[code])
             line.addWidget(QLabel(text), 1)
             legend_layout.addLayout(line)
 
@@ -218,6 +272,28 @@ class CompareWidget(QWidget):
         outer.addStretch(1)
         self._annotation_changed()
         self._prediction_changed()
+
+    # ------------------------------------------------------------------ colours
+
+    def _update_colours(self) -> None:
+        """Colours of the chosen scheme, apart from the compared layers' class colours."""
+        annotation = self.annotation.current_layer()
+        self.colours = overlay_colours(
+            self.colours_combo.currentText(), self._prediction_layer, annotation
+        )
+        for code, box in self._swatches.items():
+            _paint_swatch(box, self.colours[code])
+
+    def _colours_changed(self, _index: int = 0) -> None:
+        self._update_colours()
+        layer = self.overlay_layer
+        if layer is not None and layer in self.viewer.layers:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            layer.colormap = DirectLabelColormap(
+                color_dict={0: (0.0, 0.0, 0.0, 0.0), None: (0.0, 0.0, 0.0, 0.0)}
+                | as_rgba_floats(self.colours)
+            )
 
     # ------------------------------------------------------------------ choices
 
@@ -401,7 +477,10 @@ class CompareWidget(QWidget):
         pred = self._prediction_layer
         assert pred is not None
         assert self.comparison is not None
-        kwargs = overlay_layer_kwargs(self.comparison, pred, self._annotation_name, label)
+        self._update_colours()
+        kwargs = overlay_layer_kwargs(
+            self.comparison, pred, self._annotation_name, label, self.colours
+        )
         levels = list(levels)
         data = levels if len(levels) > 1 else levels[0]
         old = self.overlay_layer

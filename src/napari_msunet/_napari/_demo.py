@@ -23,7 +23,7 @@ def show_demo(results: dict[str, Any]) -> None:
     viewer.add_labels(data, visible=False, **kwargs)
     viewer.add_labels(
         evaluation.overlay_levels,
-        name="TP (green) / FP (red) / FN (blue)",
+        name="TP (blue) / FP (orange) / FN (purple)",
         multiscale=True,
         scale=(pred.mpp, pred.mpp),
         colormap=dict(OVERLAY_COLORS) | {None: (0, 0, 0, 0)},

@@ -8,10 +8,10 @@ pixel, ``s`` a power of two) from which the overlay PNG is drawn: the picture th
 exactly the pixels the numbers count, and no second pass over the slide is needed.
 
 Outputs in ``out_dir``: ``report.json`` (everything), ``report.csv`` (one row per class) and
-``overlay.png`` (TP green, FP red, FN blue over the slide's thumbnail, with the scores). They
-are checked before any work starts, so a run that would refuse to overwrite fails at once,
-and written (each atomically) only after the last window: a stopped or closed evaluation
-leaves no file behind.
+``overlay.png`` (TP blue, FP orange, FN reddish purple over the slide's thumbnail, with the
+scores). They are checked before any work starts, so a run that would refuse to overwrite
+fails at once, and written (each atomically) only after the last window: a stopped or closed
+evaluation leaves no file behind.
 """
 
 from __future__ import annotations
@@ -48,7 +48,16 @@ from napari_msunet.evaluation._inputs import (
 from napari_msunet.evaluation._windows import Window
 from napari_msunet.evaluation.matching import ClassMatch
 from napari_msunet.evaluation.metrics import SegmentationMetrics
-from napari_msunet.evaluation.overlay import render_overlay, tpfpfn_codes, write_overlay_png
+from napari_msunet.evaluation.overlay import (
+    FN,
+    FP,
+    OVERLAY_COLORS_RGBA8,
+    OVERLAY_NAMES,
+    TP,
+    render_overlay,
+    tpfpfn_codes,
+    write_overlay_png,
+)
 from napari_msunet.evaluation.report import build_report, write_csv_report, write_json_report
 from napari_msunet.io._store_lock import folder_lock
 from napari_msunet.progress import Progress, Stop, eager
@@ -369,7 +378,9 @@ def _finish(
                 "shows": subject,
                 "label": label,
                 "subsampling": step,
-                "colors": {"TP": "green", "FP": "red", "FN": "blue"},
+                "colors": {
+                    OVERLAY_NAMES[c]: list(OVERLAY_COLORS_RGBA8[c][:3]) for c in (TP, FP, FN)
+                },
             },
             "outputs": {k: p.name for k, p in outputs.items()},
         },

@@ -3,14 +3,17 @@
 The paper overlays each prediction on the slide with true positives green, false positives
 red and false negatives blue (its figures 3 and 4). Here that map is a label image with
 
-====  ==========================================  ==============
-code  meaning                                     colour
-====  ==========================================  ==============
+====  ==========================================  ===============================
+code  meaning                                     colour (default; paper)
+====  ==========================================  ===============================
 0     TN: neither says the class (or not counted)  transparent
-1     TP: both say the class                       green
-2     FP: only the prediction says it              red
-3     FN: only the truth says it                   blue
-====  ==========================================  ==============
+1     TP: both say the class                       blue (0, 114, 178); green
+2     FP: only the prediction says it              orange (230, 159, 0); red
+3     FN: only the truth says it                   reddish purple; blue
+====  ==========================================  ===============================
+
+The default colours are colour-blind safe (Okabe & Ito; red against green is lost on about
+8 % of men); the paper's are a scheme of :mod:`napari_msunet.palette`.
 
 for one class (``label=k``) or for "any foreground" (``label=None``: non-zero against
 non-zero). Pixels whose truth is the ignore label, or outside a region mask, are 0.
@@ -36,6 +39,7 @@ import numpy as np
 from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.evaluation._windows import Resampled, check_label_array
 from napari_msunet.io.writers import DEFAULT_CHUNK
+from napari_msunet.palette import COMPARISON_SCHEMES, DEFAULT_SCHEME
 
 __all__ = [
     "FN",
@@ -55,12 +59,14 @@ __all__ = [
 TN, TP, FP, FN = 0, 1, 2, 3
 #: Short names of the codes, for legends and napari layer properties.
 OVERLAY_NAMES: dict[int, str] = {TN: "TN", TP: "TP", FP: "FP", FN: "FN"}
-#: The paper's colours as RGBA floats in 0-1 (napari's ``DirectLabelColormap`` convention).
+#: The default scheme's colours (:mod:`napari_msunet.palette`: colour-blind safe, blue TP,
+#: orange FP, reddish purple FN) as RGBA floats in 0-1 (napari's ``DirectLabelColormap``).
 OVERLAY_COLORS: dict[int, tuple[float, float, float, float]] = {
     TN: (0.0, 0.0, 0.0, 0.0),
-    TP: (0.0, 1.0, 0.0, 1.0),
-    FP: (1.0, 0.0, 0.0, 1.0),
-    FN: (0.0, 0.0, 1.0, 1.0),
+    **{
+        code: (*(v / 255 for v in COMPARISON_SCHEMES[DEFAULT_SCHEME][name]), 1.0)
+        for code, name in ((TP, "TP"), (FP, "FP"), (FN, "FN"))
+    },
 }
 #: The same colours as RGBA integers in 0-255 (PNG, OME metadata).
 OVERLAY_COLORS_RGBA8: dict[int, tuple[int, int, int, int]] = {

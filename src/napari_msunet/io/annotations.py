@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from shapely.geometry import MultiPolygon, Polygon
 
+from napari_msunet.palette import CLASS_COLOURS
+
 __all__ = [
     "UNCLASSIFIED",
     "Annotation",
@@ -40,21 +42,8 @@ UNCLASSIFIED = "Unclassified"
 
 Color = tuple[int, int, int]
 
-# Distinct colours for classes that come without one (Kelly / Glasbey-like, no black or white).
-_PALETTE: tuple[Color, ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (255, 225, 25),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (170, 110, 40),
-)
+# Distinct colours for classes that come without one (Kelly / Glasbey-like, no black or white)
+_PALETTE: tuple[Color, ...] = CLASS_COLOURS
 
 
 class AnnotationWarning(UserWarning):

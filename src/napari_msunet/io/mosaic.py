@@ -25,7 +25,7 @@ __all__ = ["CREDIT", "EBHI_UM_PER_PX", "PATCH", "REGION", "MosaicSpec", "pick_st
 
 PATCH = 224
 CREDIT = "EBHI-Seg, Shi et al., Front. Med. 10:1114673 (2023), CC BY 4.0"
-# EBHI: gland or lesion; yellow, apart from the TP green / FP red / FN blue of comparisons
+# EBHI: gland or lesion; yellow, apart from the comparison colours of napari_msunet.palette
 REGION = ClassInfo(name="Gland", label=1, color=(255, 200, 0))
 # EBHI-Seg states "400x" but no pixel size. Its tissue says about 1 µm/px: normal crypts measure
 # 62.7 px across (median of 155), i.e. 0.80-1.12 µm/px for crypts of 50-70 µm, and its pixels
