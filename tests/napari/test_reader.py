@@ -74,6 +74,38 @@ def test_geojson_without_slide_opens_as_shapes(make_napari_viewer, slide_dir):
     assert len(shapes.data) == SPEC.n_regions
 
 
+def test_differently_named_geojson_is_aligned_to_the_open_slide_it_fits(
+    make_napari_viewer, slide_dir, tmp_path
+):
+    """QuPath exports are often named unlike the slide: its coordinates find the slide."""
+    other = tmp_path / "exported by a colleague.geojson"
+    other.write_bytes((slide_dir / "orphan.geojson").read_bytes())
+    viewer = make_napari_viewer()
+    viewer.open(str(slide_dir / "case.svs"), plugin="napari-msunet")
+    (labels,) = viewer.open(str(other), plugin="napari-msunet")
+    assert labels._type_string == "labels"  # an annotation layer, not shapes in pixels
+    assert labels.multiscale
+    assert tuple(labels.scale) == pytest.approx((0.5, 0.5))  # on the slide, in µm
+    assert [d.shape for d in labels.data] == [d.shape[:2] for d in viewer.layers[0].data]
+    info = layer_info(labels)
+    assert info.kind is Kind.ANNOTATION
+    assert info.slide == slide_dir / "case.svs"
+
+
+def test_geojson_that_fits_no_open_slide_says_so(make_napari_viewer, slide_dir, tmp_path):
+    import shapely
+
+    from napari_msunet.io.annotations import Annotation, AnnotationSet
+    from napari_msunet.io.geojson import write_geojson
+
+    big = AnnotationSet.from_annotations([Annotation(shapely.box(5000, 5000, 6000, 6000), "GC")])
+    path = write_geojson(big, tmp_path / "from a bigger slide.geojson")
+    viewer = make_napari_viewer()
+    viewer.open(str(slide_dir / "case.svs"), plugin="napari-msunet")
+    (shapes,) = viewer.open(str(path), plugin="napari-msunet")
+    assert shapes._type_string == "shapes"  # not forced onto a slide it does not fit
+
+
 def test_reader_returns_none_for_what_it_cannot_read(tmp_path):
     (tmp_path / "x.svs").write_bytes(b"")
     (tmp_path / "notes.json").write_text(json.dumps({"hello": "world"}))

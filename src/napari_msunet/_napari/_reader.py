@@ -14,7 +14,7 @@ from typing import Any
 
 from napari_msunet._napari._annotation_layers import annotation_layers
 from napari_msunet._napari._cores import user_activity
-from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo
+from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
 from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
@@ -66,13 +66,7 @@ def napari_get_reader(path: str | list[str]):
 
 def _watch_current_viewer() -> None:
     """Outline our label layers in the viewer that is opening files (if any)."""
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:  # no Qt application, no viewer: nothing to draw
-        return
-    watch_viewer(viewer)
+    watch_viewer(_current_viewer())
 
 
 def _scale(slide: Slide | None) -> tuple[tuple[float, float], tuple[str, str] | None]:
@@ -144,9 +138,82 @@ def companion_slide(geojson: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _current_viewer() -> Any:
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:  # no Qt application, no viewer
+        return None
+
+
+def open_slide_that_fits(path: Path, viewer: Any = None) -> Path | None:
+    """The open slide a GeoJSON named unlike any slide belongs to, by its coordinates.
+
+    Among the slides open in ``viewer`` (default: the current one), those whose level-0 size
+    holds every annotation (within the 1 % slack of
+    :func:`~napari_msunet.io.geojson_fit.check_fits_slide`). One: that one. Several: the
+    selected layer's slide if it fits, else the one opened last, said in a notification
+    (Import / Export puts the file on another). None: ``None`` (and a notification saying
+    so, so that a Shapes layer in pixels is never a silent surprise).
+    """
+    from napari_msunet.errors import AnnotationError
+    from napari_msunet.io.geojson import read_geojson
+    from napari_msunet.io.geojson_fit import check_fits_slide
+
+    viewer = viewer if viewer is not None else _current_viewer()
+    if viewer is None:
+        return None
+    slides = [
+        (layer, info.path)
+        for layer in viewer.layers
+        if (info := layer_info(layer)) is not None and info.kind is Kind.SLIDE and info.path
+    ]
+    if not slides:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            annotations = read_geojson(path)
+    except AnnotationError:
+        return None  # the reader itself reports what is wrong with the file
+    fits = []
+    for layer, slide_path in slides:
+        level0 = layer.data[0].shape[:2] if layer.multiscale else layer.data.shape[:2]
+        try:
+            check_fits_slide(annotations, level0)
+        except AnnotationError:
+            continue
+        fits.append((layer, Path(slide_path)))
+    _notify = _notifier()
+    if not fits:
+        _notify(
+            f"{path.name}: its coordinates fit none of the open slides; shown as shapes in "
+            "level-0 pixels. Open its slide, or use Import / Export to place it."
+        )
+        return None
+    chosen = next((p for layer, p in fits if layer in viewer.layers.selection), fits[-1][1])
+    if len(fits) > 1:
+        _notify(
+            f"{path.name} fits {len(fits)} open slides; placed on {chosen.name} (the selected "
+            "one, else the last opened). Use Import / Export to place it on another."
+        )
+    return chosen
+
+
+def _notifier() -> Any:
+    try:
+        from napari.utils.notifications import show_info
+
+        return show_info
+    except Exception:  # pragma: no cover - napari is there whenever a reader runs
+        return log.info
+
+
 def geojson_layers(path: Path) -> list[LayerData]:
-    """Layers for a QuPath GeoJSON, aligned on its slide when the slide lies next to it."""
-    slide_path = companion_slide(path)
+    """Layers for a QuPath GeoJSON, aligned on its slide: the slide lying next to it by name,
+    else the open slide its coordinates fit (:func:`open_slide_that_fits`)."""
+    slide_path = companion_slide(path) or open_slide_that_fits(path)
     slide = None
     if slide_path is not None:
         with warnings.catch_warnings():
