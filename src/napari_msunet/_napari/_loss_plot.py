@@ -31,6 +31,12 @@ SMOOTHING = 0.1
 _N_YLABELS, _N_XLABELS = 7, 7
 
 
+def _nice_top(v: float) -> float:
+    """The first of 1, 1.5, 2, 3, 5, 7.5 (x 10^k) at or above ``v``: round axis tops."""
+    k = 10 ** np.floor(np.log10(v))
+    return float(next(m * k for m in (1, 1.5, 2, 3, 5, 7.5, 10) if m * k >= v))
+
+
 def _fmt(v: float) -> str:
     return f"{v:g}" if abs(v) >= 0.01 or v == 0 else f"{v:.0e}"
 
@@ -38,9 +44,12 @@ def _fmt(v: float) -> str:
 class LossPlot(QWidget):
     """Training loss per step (thin) and its moving average (bold), redrawn on a timer.
 
-    The x axis spans the planned steps of the run; the y axis starts at twice the first
-    loss and grows only when the moving average nears its top (single noisy steps above it
-    are clipped), so the scale seldom changes while the curve falls.
+    The x axis spans the planned steps of the run; the y axis runs from 0 to a little above
+    the highest loss seen (every step visible; it only grows, so the scale seldom changes
+    while the curve falls). The moving average is bias-corrected (as Adam corrects its
+    moments): with the plain form, started at the first loss, that first value kept a third
+    of the weight after ten steps, so a run whose first batch happened to be easy read as
+    "it got worse" (issue 15: 0.21 -> 0.41 in a healthy 20-step run).
 
     Parameters
     ----------
@@ -59,10 +68,10 @@ class LossPlot(QWidget):
     ) -> None:
         super().__init__(parent)
         background, text, raw, smooth = colors
-        self.figure = Figure(figsize=(3.2, 1.9), dpi=100, facecolor=background)
+        self.figure = Figure(figsize=(3.6, 2.6), dpi=100, facecolor=background)
         self.figure.subplots_adjust(left=0.06, right=0.97, bottom=0.2, top=0.96)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(150)
+        self.canvas.setMinimumHeight(220)
         ax = self.axes = self.figure.add_subplot()
         ax.set_facecolor(background)
         for side in ax.spines.values():
@@ -109,6 +118,7 @@ class LossPlot(QWidget):
         self.full_draws = 0  # complete redraws (first show, resize)
         self._total: int | None = None
         self._top: float | None = None
+        self._ema = 0.0  # the moving average before its bias correction
         self._dirty = False
         self._frame = None  # cached full draw: frame, axis names, legend
         self._scaled = None  # the frame plus grid and labels for the current limits
@@ -129,20 +139,19 @@ class LossPlot(QWidget):
         self.smoothed.clear()
         self._total = total
         self._top = None
+        self._ema = 0.0
         self._dirty = True
 
     def add(self, step: int, loss: float, total: int | None = None) -> None:
         """Record one step (of ``total`` planned); drawn at the next tick of the timer."""
-        prev = self.smoothed[-1] if self.smoothed else loss
         self.steps.append(step)
         self.losses.append(loss)
-        self.smoothed.append(prev + SMOOTHING * (loss - prev))
+        self._ema += SMOOTHING * (loss - self._ema)
+        self.smoothed.append(self._ema / (1.0 - (1.0 - SMOOTHING) ** len(self.losses)))
         if total is not None:
             self._total = total
-        if self._top is None:
-            self._top = 2.0 * loss if loss > 0 else 1.0
-        elif self.smoothed[-1] > 0.9 * self._top:
-            self._top = 1.5 * max(self.smoothed)
+        if self._top is None or loss > self._top:
+            self._top = _nice_top(max(1.1 * loss, 1e-6))
         self._dirty = True
 
     def _on_draw(self, _event) -> None:

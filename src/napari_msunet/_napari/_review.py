@@ -65,6 +65,7 @@ from napari_msunet._napari._review_layers import (
     store_layer_kwargs,
 )
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
+from napari_msunet._napari._wording import describe_region
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
 from napari_msunet.progress import Progress
@@ -417,8 +418,8 @@ class ReviewWidget(QWidget):
             if cand is not None and cand in self.candidates:  # decided: "edit"
                 self.show_candidates([c for c in self.candidates if c is not cand])
             self._say(
-                f"Applied: level-0 region {edit.region} recorded as corrected "
-                f"({len(store.regions())} corrected regions)."
+                f"Applied: region {describe_region(edit.region, store.slide_mpp)} recorded as "
+                f"corrected ({len(store.regions())} corrected regions)."
             )
 
         def work():
@@ -440,7 +441,7 @@ class ReviewWidget(QWidget):
 
         def done(edit) -> None:
             self._show_store()
-            self._say(f"Undone: {edit.label} of level-0 region {edit.region}.")
+            self._say(f"Undone: {edit.label} of {describe_region(edit.region, store.slide_mpp)}.")
 
         return self._run(one_step(store.undo, "undoing"), "Undoing the last edit", done)
 
