@@ -49,6 +49,7 @@ from napari_msunet._napari._layers import (
     slide_path_of,
 )
 from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
 from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_COLORS, OVERLAY_NAMES, TP
 from napari_msunet.palette import (
@@ -272,6 +273,7 @@ class CompareWidget(QWidget):
         outer.addStretch(1)
         self._annotation_changed()
         self._prediction_changed()
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ colours
 

@@ -51,6 +51,7 @@ from napari_msunet._napari._layers import same_layer, slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history, version_target
 from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.finetune import (
@@ -221,6 +222,7 @@ class FinetuneWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._layers_changed)
         self.viewer.layers.selection.events.active.connect(self._layers_changed)
         self._layers_changed()
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ inputs
     def _fold(self, open_: bool) -> None:

@@ -47,6 +47,7 @@ from napari_msunet._napari._layers import (
     slide_path_of,
 )
 from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._workspace import workspace_dir
 
@@ -180,6 +181,7 @@ class ImportExportWidget(QWidget):
         outer.addStretch(1)
         self._choose_slide_of_layer()
         self._update_default_path()
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ import
 

@@ -64,6 +64,7 @@ from napari_msunet._napari._review_layers import (
     store_info,
     store_layer_kwargs,
 )
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
 from napari_msunet._napari._wording import describe_region
 from napari_msunet._napari._workspace import workspace_dir
@@ -159,6 +160,7 @@ class ReviewWidget(QWidget):
             layout.addWidget(w)
         layout.addStretch(1)
         self._update_buttons()
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # -- helpers -----------------------------------------------------------------------
 

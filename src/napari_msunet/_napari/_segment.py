@@ -39,6 +39,7 @@ from napari_msunet._napari._predict_run import (
     visible_region,
     warm_up,
 )
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar
 from napari_msunet.errors import MsunetError
 
@@ -178,6 +179,7 @@ class SegmentWidget(QWidget):
         self._refresh_slides()
         self._use_default_model()
         warm_up()  # napari's first Labels layer is slow to make; prepare it in the background
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ inputs
     def _refresh_slides(self, event: Any = None) -> None:

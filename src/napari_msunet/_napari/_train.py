@@ -52,6 +52,7 @@ from napari_msunet._napari._layers import slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history
 from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.held_out import FRACTION
@@ -176,6 +177,7 @@ class TrainWidget(QWidget):
         self._fill_base()
         self._start_changed()
         self._layers_changed()
+        make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ inputs
     def _slides(self) -> list[Any]:

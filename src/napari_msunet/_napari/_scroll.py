@@ -1,0 +1,33 @@
+"""Docked widgets that scroll instead of clipping when napari stacks them.
+
+napari docks plugin widgets as they are: two of ours stacked on the right of a 1080-pixel
+screen cut the Segment form (combo boxes and buttons half hidden, issue 15). Each widget
+therefore moves its content into a :class:`~qtpy.QtWidgets.QScrollArea` once built: the
+dock can be as short as the user makes it, and the content scrolls.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+__all__ = ["make_scrollable"]
+
+
+def make_scrollable(widget: QWidget) -> QScrollArea:
+    """Move ``widget``'s layout (and its children) into a scroll area filling ``widget``.
+
+    Call at the end of the widget's ``__init__``; attributes keep pointing at the same child
+    widgets (only their parent changes).
+    """
+    content = QWidget()
+    content.setObjectName("msunet_scroll_content")
+    content.setLayout(widget.layout())  # takes the layout and reparents its widgets
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(content)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    widget.scroll_area = area  # type: ignore[attr-defined]
+    return area
