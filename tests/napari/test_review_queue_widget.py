@@ -190,7 +190,7 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
 
 def test_queue_is_worked_through_by_keyboard(two_slides, qtbot):
     """N / P move through the queue, R rejects, A accepts; the counter follows."""
-    _viewer, widget, _a, _b = two_slides
+    viewer, widget, _a, _b = two_slides
     _wait(qtbot, widget.start_review())
     found = _wait(qtbot, widget.find_queue())
     n = len(found)
@@ -200,6 +200,10 @@ def test_queue_is_worked_through_by_keyboard(two_slides, qtbot):
     panel.list.setFocus()
     qtbot.keyClick(panel.list, Qt.Key.Key_N)  # nothing selected yet: the first
     assert panel.counter.text() == f"1 of {n}"
+    # the view shows the suspect with its surroundings, never beyond the scan's resolution
+    zoom = viewer.scene.camera.zoom
+    assert zoom <= 1 / 0.5 + 1e-9  # one screen pixel per level-0 pixel (0.5 µm) at most
+    assert min(viewer.canvas.size) / zoom >= 400 - 1e-6  # at least 400 µm across
     qtbot.keyClick(panel.list, Qt.Key.Key_N)
     assert panel.counter.text() == f"2 of {n}"
     qtbot.keyClick(panel.list, Qt.Key.Key_P)

@@ -309,3 +309,18 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
     # back on the plain TIFF, the field shows what was entered
     widget.slide_combo.setCurrentIndex(widget.slide_combo.findText(slide_layer.name))
     assert widget.slide_mpp_spin.value() == pytest.approx(0.5)
+
+
+def test_a_new_prediction_hides_the_earlier_one_of_the_slide(qtbot, setup):
+    """Two outlined predictions of one slide would mix: the earlier one is hidden, kept."""
+    viewer, widget, slide_layer = setup
+    first = _run(qtbot, widget).result.layer
+    camera = viewer.scene.camera
+    camera.center = (0, 150.0, 200.0)
+    camera.zoom = max(viewer.canvas.size) / 60.0
+    widget.view_only.setChecked(True)
+    second = _run(qtbot, widget).result.layer
+    assert second is not first
+    assert prediction_layers(viewer) == [first, second]  # both kept: eyes compare them
+    assert second.visible
+    assert not first.visible

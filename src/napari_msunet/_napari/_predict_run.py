@@ -454,7 +454,30 @@ def _show_layer(viewer: Any, plan: _Plan) -> tuple[Any, bool]:
             return layer, False
         viewer.layers.remove(layer)  # napari cannot switch a layer's multiscale
         break
+    _hide_superseded(viewer, plan.slide)
     return viewer.add_labels(data, multiscale=multiscale, **kwargs), True
+
+
+def _hide_superseded(viewer: Any, slide: Path) -> None:
+    """Hide the slide's other predictions: a new one supersedes them on screen.
+
+    Two outlined predictions of one slide (another model, a fine-tuned version) drawn
+    together mix into one picture (issue 15). The older ones stay in the layer list: their
+    eye icons compare the two versions, before and after.
+    """
+    hidden = [
+        layer
+        for layer in prediction_layers(viewer)
+        if layer.visible and (info := layer_info(layer)) is not None and info.slide == slide
+    ]
+    for layer in hidden:
+        layer.visible = False
+    if hidden:
+        show_info(
+            f"Hid the earlier prediction of {Path(slide).name} "
+            f"({', '.join(layer.name for layer in hidden)}); its eye icon shows it again, to "
+            "compare the two."
+        )
 
 
 def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable[[Any], Any]:

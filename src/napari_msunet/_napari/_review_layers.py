@@ -209,8 +209,17 @@ def keep_edges_visible(viewer: Any, layer: Any, screen_px: float = EDGE_SCREEN_P
     update()
 
 
+#: The least field of view when the review moves to a region: a pathologist judges a region
+#: with its surroundings (issue 15: small suspects zoomed far beyond what they needed).
+MIN_FIELD_UM = 400.0
+#: The same for a slide of unknown µm/px, in level-0 pixels (400 µm at 0.5 µm/px).
+MIN_FIELD_PX = 800.0
+
+
 def center_on(viewer: Any, slide_layer: Any, bbox: tuple[int, int, int, int]) -> None:
-    """Centre the view on a level-0 box and zoom so that it fills about half the canvas."""
+    """Centre the view on a level-0 box, zoomed so that it fills about half the canvas, but
+    showing at least :data:`MIN_FIELD_UM` across and never beyond the scan's resolution
+    (one screen pixel per level-0 pixel)."""
     y, x, h, w = bbox
     center = slide_layer.data_to_world([y + h / 2 - 0.5, x + w / 2 - 0.5])
     s0 = slide_scale(slide_layer)
@@ -221,4 +230,6 @@ def center_on(viewer: Any, slide_layer: Any, bbox: tuple[int, int, int, int]) ->
         size = viewer._canvas_size
     ch, cw = (float(v) for v in size)
     camera.center = tuple(float(v) for v in center[-2:])
-    camera.zoom = 0.5 * min(ch / max(h * s0, 1e-9), cw / max(w * s0, 1e-9))
+    fills_half = 0.5 * min(ch / max(h * s0, 1e-9), cw / max(w * s0, 1e-9))
+    field = MIN_FIELD_UM if slide_units(slide_layer) else MIN_FIELD_PX * s0
+    camera.zoom = min(fills_half, min(ch, cw) / field, 1.0 / max(s0, 1e-12))
