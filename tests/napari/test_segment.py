@@ -313,7 +313,7 @@ def test_a_slide_without_its_pixel_size_asks_for_it_and_lines_up_in_pixels(
 
 def test_a_new_prediction_hides_the_earlier_one_of_the_slide(qtbot, setup):
     """Two outlined predictions of one slide would mix: the earlier one is hidden, kept."""
-    viewer, widget, slide_layer = setup
+    viewer, widget, _slide_layer = setup
     first = _run(qtbot, widget).result.layer
     camera = viewer.scene.camera
     camera.center = (0, 150.0, 200.0)
