@@ -29,6 +29,7 @@ __all__ = [
     "MIN_DISTANCE",
     "PAPER",
     "RESERVE",
+    "REVIEW_COLOURS",
     "SAFE",
     "as_rgba_floats",
     "colour_distance",
@@ -59,8 +60,7 @@ RESERVE: tuple[Colour, ...] = (
     (0, 255, 255),
     (255, 0, 255),
     (128, 0, 255),
-    (0, 0, 0),
-)
+)  # no black: it vanishes among hematoxylin-dark nuclei
 
 #: Colours given to classes that bring none (label 1 first); a QuPath class keeps its own.
 CLASS_COLOURS: tuple[Colour, ...] = (
@@ -77,6 +77,14 @@ CLASS_COLOURS: tuple[Colour, ...] = (
     (0, 128, 128),
     (170, 110, 40),
 )
+
+#: Review boxes: suspected missing (cyan) and wrong (magenta) annotations, the region being
+#: drawn (white). The comparison keeps away from them too.
+REVIEW_COLOURS: dict[str, Colour] = {
+    "missing": (0, 255, 255),
+    "wrong": (255, 0, 255),
+    "edit": (255, 255, 255),
+}
 
 #: The least redmean distance between two colours drawn together.
 MIN_DISTANCE = 120.0
@@ -95,27 +103,26 @@ def comparison_colours(
     scheme: str = DEFAULT_SCHEME, avoid: Iterable[Iterable[int]] = ()
 ) -> dict[str, Colour]:
     """TP / FP / FN colours of ``scheme``, each at least :data:`MIN_DISTANCE` from every
-    colour in ``avoid`` (the class colours on screen) and from each other.
+    colour in ``avoid`` (the class colours on screen), from the review boxes'
+    (:data:`REVIEW_COLOURS`) and from each other.
 
-    A colour that clashes is replaced by the first colour of :data:`RESERVE` that does not;
-    when none is left (more than a dozen classes on screen), the farthest one is taken.
+    A colour that clashes is replaced by the colour of :data:`RESERVE` farthest from all
+    the others on screen (class colours and the comparison colours already chosen).
     """
     if scheme not in COMPARISON_SCHEMES:
         raise ValueError(f"unknown colour scheme {scheme!r}: one of {list(COMPARISON_SCHEMES)}")
     taken: list[Colour] = [tuple(int(v) for v in c)[:3] for c in avoid]  # type: ignore[misc]
-    out: dict[str, Colour] = {}
+    taken += REVIEW_COLOURS.values()
+    out: dict[str, Colour] = dict(COMPARISON_SCHEMES[scheme])
     for name, colour in COMPARISON_SCHEMES[scheme].items():
-        others = taken + list(out.values())
+        # every other colour on screen: the classes and the comparison's other two
+        others = taken + [c for n, c in out.items() if n != name]
         if all(colour_distance(colour, o) >= MIN_DISTANCE for o in others):
-            out[name] = colour
             continue
         choices = [c for c in RESERVE if c not in out.values()]
-        fits = [c for c in choices if all(colour_distance(c, o) >= MIN_DISTANCE for o in others)]
-        out[name] = (
-            fits[0]
-            if fits
-            else max(choices, key=lambda c: min(colour_distance(c, o) for o in others))
-        )
+        # the replacement farthest from everything on screen (the first that merely passes
+        # gave a sky-blue FP beside a blue TP: apart by the measure, alike to the eye)
+        out[name] = max(choices, key=lambda c: min(colour_distance(c, o) for o in others))
     return out
 
 

@@ -96,7 +96,7 @@ class CandidatePanel(QGroupBox):
         box.addLayout(row)
         box.addWidget(self.export_button)
         self.keys = QLabel(
-            "Keys, with the list in focus: A accept · R reject · E edit · N / P next"
+            "Keys (click the list first): A accept · R reject · E edit · N / P next"
         )
         self.keys.setWordWrap(True)
         box.addWidget(self.keys)

@@ -26,10 +26,11 @@ from napari_msunet._napari._review_layers import (
 )
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
+from napari_msunet.palette import REVIEW_COLOURS
 
 __all__ = ["KIND_COLORS", "CohortQueue", "Entry", "export_task", "queue_shapes"]
 
-KIND_COLORS = {"missing": "cyan", "wrong": "magenta"}
+KIND_COLORS = {k: tuple(v / 255 for v in REVIEW_COLOURS[k]) for k in ("missing", "wrong")}
 """Outline of a candidate by kind: apart from each other, the annotation's classes, the TP/FP/FN
 colours and the white edit rectangle."""
 
@@ -180,7 +181,9 @@ def queue_shapes(candidates: Sequence[Any], slide_layer: Any, s0: float, units: 
     """Outlines of the candidates on one slide, coloured by kind (a Shapes layer's data and
     keyword arguments)."""
     shapes, kwargs = candidate_shapes(list(candidates), s0, units)
-    kwargs["edge_color"] = [KIND_COLORS.get(c.kind, "cyan") for c in candidates] or "cyan"
+    kwargs["edge_color"] = [
+        KIND_COLORS.get(c.kind, KIND_COLORS["missing"]) for c in candidates
+    ] or "cyan"
     kwargs["name"] = f"review queue — {_name(slide_layer)}"
     return shapes, kwargs
 
