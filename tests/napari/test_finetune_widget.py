@@ -250,3 +250,24 @@ def test_nothing_corrected_yet_is_explained_not_run(make_napari_viewer, case, qt
     assert not widget.taskbar.running
     assert "No region has been corrected yet" in widget.taskbar.status.text()
     assert list(case.parent.parent.glob("*-ft*.safetensors")) == []
+
+
+def test_a_new_session_continues_from_the_newest_version(make_napari_viewer, case, qtbot):
+    """The slide's fine-tuned versions are found again: '-ft2' follows '-ft1', not the original."""
+    import shutil
+
+    models = workspace_dir(case.slide) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    ft1 = models / "default_model-ft1.safetensors"
+    shutil.copy(default_model_path(), ft1)  # a version made in an earlier session
+    try:
+        viewer = make_napari_viewer()
+        open_in_viewer(viewer, case)
+        widget = FinetuneWidget(viewer)
+        assert widget.parent_model() == ft1
+        assert "Continuing from default_model-ft1.safetensors" in widget.info.text()
+        assert version_target(widget.parent_model(), case.slide).name == (
+            "default_model-ft2.safetensors"
+        )
+    finally:
+        ft1.unlink()

@@ -95,9 +95,7 @@ class CandidatePanel(QGroupBox):
             row.addWidget(b)
         box.addLayout(row)
         box.addWidget(self.export_button)
-        self.keys = QLabel(
-            "Keys (click the list first): A accept · R reject · E edit · N / P next"
-        )
+        self.keys = QLabel("Keys (click the list first): A accept · R reject · E edit · N / P next")
         self.keys.setWordWrap(True)
         box.addWidget(self.keys)
         self._keys = {

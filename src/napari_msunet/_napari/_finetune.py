@@ -49,7 +49,12 @@ from napari_msunet._napari._history_panel import ModelHistoryPanel
 from napari_msunet._napari._layer_info import Kind, kind_of, layer_info, prediction_layers
 from napari_msunet._napari._layers import same_layer, slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
-from napari_msunet._napari._model_history import model_history, version_target
+from napari_msunet._napari._model_history import (
+    family_root,
+    latest_version,
+    model_history,
+    version_target,
+)
 from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
@@ -284,8 +289,29 @@ class FinetuneWidget(QWidget):
         if self._model_auto:
             current = self._current_prediction()
             prefer = prediction_model(current) if current is not None else default
+            latest = self._latest_version(prefer)
+            if latest is not None:  # continue the chain of versions, not the original
+                self._model_files.append(latest)
+                items, _ = model_items(self._prediction_layers(), self._model_files)
+                prefer = latest
+                self.info.setText(
+                    f"Continuing from {latest.name}, the newest version of "
+                    f"{family_root(latest)} (choose another in Model)."
+                )
             self.model_combo.setCurrentIndex(-1)  # let the preference win over the old choice
         fill_combo(self.model_combo, items, prefer)
+
+    def _latest_version(self, model: Any) -> Path | None:
+        """A newer version of ``model`` than itself (see ``latest_version``), or ``None``."""
+        if not isinstance(model, Path) or not model.is_file():
+            return None
+        folders = []
+        slide = self._slide_path()
+        if slide is not None:
+            with contextlib.suppress(OSError):
+                folders.append(workspace_dir(slide, create=False) / "models")
+        latest = latest_version(model, folders)
+        return latest if latest.resolve() != model.resolve() else None
 
     def _annotation_activated(self, index: int) -> None:
         if self.annotation_combo.itemData(index) != BROWSE:

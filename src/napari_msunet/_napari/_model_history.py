@@ -34,7 +34,14 @@ from napari_msunet.models.checkpoint import read_header
 from napari_msunet.training.finetune import next_version_path
 from napari_msunet.training.held_out_scores import HeldOutVerdict
 
-__all__ = ["ModelVersion", "family_root", "is_bundled", "model_history", "version_target"]
+__all__ = [
+    "ModelVersion",
+    "family_root",
+    "is_bundled",
+    "latest_version",
+    "model_history",
+    "version_target",
+]
 
 _VERSION = re.compile(r"^(?P<root>.+)-ft(?P<n>\d+)\.safetensors$")
 
@@ -188,3 +195,23 @@ def model_history(
             if version is not None:
                 members[key] = version
     return sorted(members.values(), key=lambda v: (v.number, v.time, str(v.path)))
+
+
+def latest_version(
+    model: str | os.PathLike[str], folders: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """The newest fine-tuned version of ``model``'s family that did not get worse, else
+    ``model`` itself.
+
+    What Fine-tune starts from by default: in a new napari session the slide's prediction is
+    still the one the bundled model made, and a second fine-tune started from it would have
+    been trained from the original while its name ("-ft2") suggested a chain (issue 15).
+    Versions are found as :func:`model_history` finds them (headers, the workspace's
+    ``models/``); the highest ``-ftN`` wins, a version flagged worse than its parent (on the
+    held-out regions) is skipped, as a rollback left it.
+    """
+    model = Path(model)
+    versions = [v for v in model_history(model, folders) if v.number > 0 and not v.got_worse]
+    if not versions:
+        return model
+    return max(versions, key=lambda v: (v.number, v.time)).path
