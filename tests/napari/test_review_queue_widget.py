@@ -144,6 +144,9 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
     np.testing.assert_allclose(center, ((by + bh / 2 - 0.5) * 0.5, (bx + bw / 2 - 0.5) * 0.5))
 
     _wait(qtbot, widget.accept_candidate())  # the wrong Sinus is removed from a's store
+    assert widget.candidate_list.currentRow() == -1  # the view stays on what changed...
+    qtbot.waitUntil(lambda: widget.candidate_list.currentRow() >= 0, timeout=5000)  # a moment
+    assert "µm" in widget.status.text() or "px" in widget.status.text()
     y0, y1, x0, x1 = A_SINUS
     mask_a = np.asarray(open_mask(store_a.mask_path).levels[0])
     assert not (mask_a[y0:y1, x0:x1] == 2).any()

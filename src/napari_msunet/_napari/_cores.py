@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -111,19 +112,31 @@ def _stop_idle_spinners() -> int:
     own check (``maybe_hide_progress_indicator``) gives the right answer when called later,
     so it is called here for every activity dialog. Private API: anything missing is skipped.
     """
+    for top in QApplication.topLevelWidgets():  # a new napari window: look in it once
+        if top not in _scanned:
+            _scanned.add(top)
+            _dialogs.update(
+                w for w in top.findChildren(QWidget) if type(w).__name__ == "QtActivityDialog"
+            )
     hidden = 0
-    for widget in QApplication.topLevelWidgets():
-        for dialog in widget.findChildren(QWidget):
-            if type(dialog).__name__ != "QtActivityDialog":
-                continue
-            toggle = getattr(dialog, "_toggleButton", None)
-            indicator = getattr(toggle, "_inProgressIndicator", None)
-            check = getattr(dialog, "maybe_hide_progress_indicator", None)
+    for dialog in list(_dialogs):
+        toggle = getattr(dialog, "_toggleButton", None)
+        indicator = getattr(toggle, "_inProgressIndicator", None)
+        check = getattr(dialog, "maybe_hide_progress_indicator", None)
+        try:
             if indicator is None or check is None or not indicator.isVisible():
                 continue
             check()
             hidden += not indicator.isVisible()
+        except RuntimeError:  # its window was closed: the Qt object is gone
+            _dialogs.discard(dialog)
     return hidden
+
+
+# napari's activity dialogs, found once per top-level window (a full search of a napari
+# window's thousands of widgets every 2 s would be work for nothing)
+_dialogs: weakref.WeakSet[QWidget] = weakref.WeakSet()
+_scanned: weakref.WeakSet[QWidget] = weakref.WeakSet()
 
 
 def cores_for_work() -> int:

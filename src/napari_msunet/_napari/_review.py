@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -72,6 +73,10 @@ from napari_msunet.errors import MsunetError
 from napari_msunet.progress import Progress
 
 __all__ = ["ReviewWidget"]
+
+#: How long the view stays on an accepted region (showing what was added) before the queue
+#: moves on to the next one.
+ACCEPT_PAUSE_MS = 1200
 
 FILE_ENTRY = "QuPath GeoJSON or mask file…"
 EMPTY_ENTRY = "(start from an empty annotation)"
@@ -523,11 +528,28 @@ class ReviewWidget(QWidget):
             center_on(self.viewer, layer, cand.bbox)
         self._update_buttons()
 
-    def _drop_current(self) -> None:
+    def _drop_current(self, pause_ms: int = 0) -> None:
+        """Take the decided candidate off the list and select the next one, at once or after
+        ``pause_ms`` (Accept: the view stays on what was added for a moment), unless the user
+        picked one meanwhile."""
         remaining, row = self.missing.without_current()
         self.show_candidates(remaining)
-        if row >= 0:
+        if row < 0:
+            return
+        if not pause_ms:
             self.candidate_list.setCurrentRow(row)
+            return
+        listed = self.candidates
+
+        def next_one() -> None:
+            if self.candidates is listed and self.candidate_list.currentRow() < 0:
+                self.candidate_list.setCurrentRow(row)
+
+        timer = QTimer(self)  # dies with the widget: never fires into a closed one
+        timer.setSingleShot(True)
+        timer.timeout.connect(next_one)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(pause_ms)
 
     def _current(self) -> tuple[Any, Any]:
         cand = self.missing.current()
@@ -549,10 +571,11 @@ class ReviewWidget(QWidget):
             return decide(slide, cand, "accept")
 
         def done(edit) -> None:
-            self._drop_current()
+            self._drop_current(pause_ms=ACCEPT_PAUSE_MS)  # see what was added, then move on
             if slide.store is self.store:
                 self._show_store()
-            self._say(f"Accepted on {slide.name}: {edit.label}; region {edit.region} corrected.")
+            where = describe_region(edit.region, slide.store.slide_mpp)
+            self._say(f"Accepted on {slide.name}: {edit.label}; {where} corrected.")
 
         return self._run(one_step(work, "accepting"), "Accepting the model's answer", done)
 
