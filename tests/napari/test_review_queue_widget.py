@@ -139,6 +139,17 @@ def test_queue_over_two_slides_accept_reject_export(two_slides, qtbot, tmp_path)
     widget.candidate_list.setCurrentRow(row)  # the outlines follow the selected slide
     assert widget.missing.counter.text() == f"{row + 1} of {n}"
     assert widget.candidate_layer.name == "review queue — case_a.svs"
+    # a box around each suspect of the slide and, inside it, the model's proposed outline
+    types = widget.candidate_layer.shape_type
+    on_a = [c for c in found if c.slide == "case_a.svs"]
+    assert types.count("rectangle") == len(on_a)
+    assert types.count("polygon") >= len(on_a)
+    outline = widget.candidate_layer.data[types.index("polygon")]
+    by0, bx0, bh0, bw0 = on_a[0].bbox  # inside its box (level-0 pixel corners)
+    assert outline[:, 0].min() >= by0 - 1
+    assert outline[:, 0].max() <= by0 + bh0 + 1
+    assert outline[:, 1].min() >= bx0 - 1
+    assert outline[:, 1].max() <= bx0 + bw0 + 1
     by, bx, bh, bw = wrong[0].bbox  # centred on it, on its slide
     center = viewer.scene.camera.center[-2:]
     np.testing.assert_allclose(center, ((by + bh / 2 - 0.5) * 0.5, (bx + bw / 2 - 0.5) * 0.5))

@@ -16,6 +16,8 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_msunet._napari._layer_info import layer_info, prediction_layers
 from napari_msunet._napari._layers import is_slide, slide_path_of
 from napari_msunet._napari._review_layers import (
@@ -177,13 +179,48 @@ def _unique(entry: Entry, names: list[str]) -> Entry:
     return entry
 
 
+#: Most outline parts drawn per candidate, and the most vertices of each (napari triangulates
+#: every polygon it draws: a raster outline of thousands of vertices would stall the window).
+MAX_OUTLINE_PARTS = 4
+MAX_OUTLINE_VERTICES = 400
+
+
+def proposed_outline(candidate: Any) -> list[np.ndarray]:
+    """The model's outline of a candidate as napari polygons ``(y, x)`` in level-0 pixels:
+    the outer rings of its largest parts, simplified to a few hundred vertices."""
+    import shapely
+
+    geometry = getattr(candidate, "polygon", None)
+    if geometry is None or geometry.is_empty:
+        return []
+    parts = sorted(getattr(geometry, "geoms", [geometry]), key=lambda g: -g.area)
+    rings = []
+    for part in parts[:MAX_OUTLINE_PARTS]:
+        tolerance = max(float(getattr(candidate, "downsample", 1.0)), 1.0)
+        ring = part.exterior
+        while len(ring.coords) > MAX_OUTLINE_VERTICES:
+            ring = shapely.simplify(part, tolerance).exterior
+            tolerance *= 2
+        xy = np.asarray(ring.coords, dtype=float)[:-1]
+        if len(xy) >= 3:
+            rings.append(xy[:, ::-1])  # (x, y) -> napari (y, x); corners, as the boxes
+    return rings
+
+
 def queue_shapes(candidates: Sequence[Any], slide_layer: Any, s0: float, units: Any):
-    """Outlines of the candidates on one slide, coloured by kind (a Shapes layer's data and
-    keyword arguments)."""
-    shapes, kwargs = candidate_shapes(list(candidates), s0, units)
-    kwargs["edge_color"] = [
-        KIND_COLORS.get(c.kind, KIND_COLORS["missing"]) for c in candidates
-    ] or "cyan"
+    """Boxes around the candidates on one slide and, inside each, the model's proposed
+    outline, coloured by kind (a Shapes layer's data and keyword arguments)."""
+    candidates = list(candidates)
+    shapes, kwargs = candidate_shapes(candidates, s0, units)
+    colours = [KIND_COLORS.get(c.kind, KIND_COLORS["missing"]) for c in candidates]
+    types = ["rectangle"] * len(shapes)
+    for c, colour in zip(candidates, list(colours), strict=True):
+        for ring in proposed_outline(c):
+            shapes.append(ring)
+            types.append("polygon")
+            colours.append(colour)
+    kwargs["shape_type"] = types
+    kwargs["edge_color"] = colours or "cyan"
     kwargs["name"] = f"review queue — {_name(slide_layer)}"
     return shapes, kwargs
 
