@@ -20,7 +20,10 @@ of the GUI tests (``tests/napari/segment_case.py``, ``finetune_case.py``):
   scan the whole heap again then);
 - open slide: ``viewer.open`` of a synthetic SVS with the napari-msunet reader;
 - drop GeoJSON: ``viewer.open`` of the QuPath GeoJSON lying beside the slide (rasterised
-  as a labels layer on that slide);
+  as a labels layer on that slide), and of the same file under another name (placed on the
+  open slide its coordinates fit);
+- open sample: File > Open Sample (the EBHI-Seg sample slide and its annotation, written
+  to a fresh cache first, as at a first use);
 - review, draw a rectangle: Review's "Draw a rectangle" click and one rectangle added to
   the layer (the drag itself is napari's); then "Edit region", which opens it for painting.
 
@@ -59,6 +62,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "napari"))  # the probe and the c
 
 TARGET_MS = 100.0
 SETTLE_MS = 1000  # after a synchronous action: napari's redraws that follow belong to it
+SAMPLE_KEY = "ebhi_mosaic"  # napari.yaml's sample_data key
 
 
 def _ensure_display() -> None:
@@ -236,6 +240,31 @@ def bench_drop_geojson(session: Session, work: Path) -> None:
     )
 
 
+def bench_drop_renamed_geojson(session: Session, work: Path) -> None:
+    import finetune_case
+
+    case = finetune_case.make_case(work)
+    renamed = case.geojson.with_name("exported by a colleague.geojson")
+    renamed.write_bytes(case.geojson.read_bytes())
+    session.viewer.open(str(case.slide), plugin="napari-msunet")
+    spin(1000)
+    _settled_action(
+        session,
+        "drop GeoJSON (another name: placed by its coordinates)",
+        lambda: session.viewer.open(str(renamed), plugin="napari-msunet"),
+    )
+
+
+def bench_sample(session: Session, work: Path) -> None:
+    os.environ["NAPARI_MSUNET_CACHE"] = str(work / "cache")  # written fresh, as a first use
+    spin(500)
+    _settled_action(
+        session,
+        "open sample (File > Open Sample)",
+        lambda: session.viewer.open_sample("napari-msunet", SAMPLE_KEY),
+    )
+
+
 def bench_review(session: Session, work: Path) -> None:
     import finetune_case
     import numpy as np
@@ -274,6 +303,8 @@ SCENARIOS = {
     "finetune": bench_finetune,
     "open": bench_open_slide,
     "geojson": bench_drop_geojson,
+    "geojson-renamed": bench_drop_renamed_geojson,
+    "sample": bench_sample,
     "review": bench_review,
 }
 
