@@ -324,3 +324,14 @@ def test_a_new_prediction_hides_the_earlier_one_of_the_slide(qtbot, setup):
     assert prediction_layers(viewer) == [first, second]  # both kept: eyes compare them
     assert second.visible
     assert not first.visible
+    # Before / after (Fine-tune's model history) swaps the two on the same view, and back
+    from napari_msunet._napari._finetune import FinetuneWidget
+
+    finetune = FinetuneWidget(viewer)
+    finetune.history.before_after_button.click()
+    assert first.visible
+    assert not second.visible
+    assert finetune.info.text() == f"Showing {first.name}."
+    finetune.history.before_after_button.click()
+    assert second.visible
+    assert not first.visible

@@ -56,6 +56,7 @@ from napari_msunet._napari._model_history import (
     version_target,
 )
 from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._predict_run import toggle_before_after
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir
@@ -208,6 +209,7 @@ class FinetuneWidget(QWidget):
         self.history = ModelHistoryPanel()
         self.history.use_requested.connect(self.use_model)
         self.history.refresh_requested.connect(self.refresh_history)
+        self.history.before_after_requested.connect(self.before_after)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -507,6 +509,15 @@ class FinetuneWidget(QWidget):
             in_use=prediction_model(current),
             in_use_by=current.name if current is not None else "",
         )
+
+    def before_after(self) -> Any | None:
+        """Switch the slide's view between its newest prediction and the one before."""
+        shown = toggle_before_after(self.viewer, self._slide_path())
+        if shown is None:
+            self.info.setText("Before / after needs two predictions of this slide.")
+        else:
+            self.info.setText(f"Showing {shown.name}.")
+        return shown
 
     def history_paths(self) -> list[Path]:
         """The model files listed in the history, in order."""

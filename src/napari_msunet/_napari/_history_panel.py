@@ -36,6 +36,8 @@ class ModelHistoryPanel(QGroupBox):
     use_requested = Signal(object)
     #: The user asked to look for versions again.
     refresh_requested = Signal()
+    #: The user asked to switch between the slide's newest prediction and the one before.
+    before_after_requested = Signal()
 
     def __init__(self, parent=None) -> None:
         super().__init__("Model history", parent)
@@ -58,6 +60,12 @@ class ModelHistoryPanel(QGroupBox):
         self.list.currentItemChanged.connect(lambda *_: self._update_rollback())
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh_requested)
+        self.before_after_button = QPushButton("Before / after")
+        self.before_after_button.setToolTip(
+            "Show the slide's previous prediction instead of the newest one, and back: the "
+            "two versions on the same view"
+        )
+        self.before_after_button.clicked.connect(self.before_after_requested)
         buttons = QHBoxLayout()
         buttons.addWidget(self.use_button)
         buttons.addWidget(self.rollback_button)
@@ -65,6 +73,7 @@ class ModelHistoryPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
         layout.addLayout(buttons)
+        layout.addWidget(self.before_after_button)
 
     def show_versions(
         self,

@@ -458,6 +458,23 @@ def _show_layer(viewer: Any, plan: _Plan) -> tuple[Any, bool]:
     return viewer.add_labels(data, multiscale=multiscale, **kwargs), True
 
 
+def toggle_before_after(viewer: Any, slide: str | Path | None) -> Any | None:
+    """Show the slide's previous prediction instead of its newest, or the newest again.
+
+    The two newest prediction layers of the slide (a fine-tuned version's re-prediction and
+    the one before it, say) swap visibility; returns the layer now shown, ``None`` when the
+    slide has fewer than two.
+    """
+    layers = prediction_layers(viewer, slide)
+    if len(layers) < 2:
+        return None
+    newest, previous = layers[-1], layers[-2]
+    show_newest = not newest.visible or previous.visible
+    newest.visible = show_newest
+    previous.visible = not show_newest
+    return newest if show_newest else previous
+
+
 def _hide_superseded(viewer: Any, slide: Path) -> None:
     """Hide the slide's other predictions: a new one supersedes them on screen.
 
