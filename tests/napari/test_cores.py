@@ -12,9 +12,9 @@ import torch
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QLineEdit, QWidget
 
+from napari_msunet._napari._activity_spinner import SPINNER_CHECK_S
 from napari_msunet._napari._cores import (
     IDLE_S,
-    SPINNER_CHECK_S,
     ThreadPacer,
     cores_for_work,
     paced,

@@ -40,6 +40,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msunet._napari._comparison_colours import (
+    overlay_colormap,
+    overlay_colours,
+    paint_swatch,
+    swatch,
+)
 from napari_msunet._napari._layer_info import Kind, LayerInfo, kind_of, layer_info
 from napari_msunet._napari._layers import (
     LayerCombo,
@@ -51,13 +57,8 @@ from napari_msunet._napari._layers import (
 from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
-from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_COLORS, OVERLAY_NAMES, TP
-from napari_msunet.palette import (
-    COMPARISON_SCHEMES,
-    DEFAULT_SCHEME,
-    as_rgba_floats,
-    comparison_colours,
-)
+from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_NAMES, TP
+from napari_msunet.palette import COMPARISON_SCHEMES, DEFAULT_SCHEME
 
 if TYPE_CHECKING:
     import napari
@@ -94,36 +95,6 @@ def _fmt(v: float) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
-def _paint_swatch(box: QLabel, rgb: tuple[int, int, int]) -> None:
-    r, g, b = rgb
-    box.setStyleSheet(f"background-color: rgb({r}, {g}, {b}); border: 1px solid #888;")
-
-
-def _swatch(rgb: tuple[int, int, int]) -> QLabel:
-    box = QLabel()
-    box.setFixedSize(14, 14)
-    _paint_swatch(box, rgb)
-    return box
-
-
-def _class_colours(layer: Layer | None) -> list[tuple[int, int, int]]:
-    """The class colours a layer draws with (none for layers we did not make)."""
-    info = layer_info(layer)
-    if info is None:
-        return []
-    return [tuple(int(v) for v in c.color)[:3] for c in info.classes if c.color is not None]
-
-
-def overlay_colours(
-    scheme: str, prediction: Layer | None, annotation: Layer | None
-) -> dict[int, tuple[int, int, int]]:
-    """TP / FP / FN colours of ``scheme``, apart from the class colours of both layers
-    (:func:`napari_msunet.palette.comparison_colours`)."""
-    avoid = _class_colours(prediction) + _class_colours(annotation)
-    named = comparison_colours(scheme, avoid)
-    return {TP: named["TP"], FP: named["FP"], FN: named["FN"]}
-
-
 def overlay_layer_kwargs(
     comparison: Comparison,
     prediction: Layer,
@@ -134,11 +105,7 @@ def overlay_layer_kwargs(
     """``add_labels`` keyword arguments of the TP/FP/FN layer: the prediction's grid (scale,
     translate, units), the comparison's colours (default: :data:`OVERLAY_COLORS`), and our
     record (kind ``"overlay"``)."""
-    colormap = (
-        dict(OVERLAY_COLORS)
-        if colours is None
-        else {0: (0.0, 0.0, 0.0, 0.0), **as_rgba_floats(colours)}
-    )
+    colormap = overlay_colormap(colours)
     pred = layer_info(prediction)
     subject = "any foreground" if label is None else comparison.matching.names.get(label, label)
     kwargs: dict[str, Any] = {
@@ -146,7 +113,7 @@ def overlay_layer_kwargs(
         "scale": tuple(prediction.scale),
         "translate": tuple(prediction.translate),
         "opacity": 0.6,
-        "colormap": colormap | {None: (0.0, 0.0, 0.0, 0.0)},
+        "colormap": colormap,
         "features": {"index": list(_MEANING), "meaning": list(_MEANING.values())},
         "metadata": LayerInfo(
             kind=Kind.OVERLAY,
@@ -252,7 +219,7 @@ class CompareWidget(QWidget):
         self._swatches: dict[int, QLabel] = {}
         for code, text in _LEGEND:
             line = QHBoxLayout()
-            self._swatches[code] = _swatch(self.colours[code])
+            self._swatches[code] = swatch(self.colours[code])
             line.addWidget(self._swatches[code])
             line.addWidget(QLabel(text), 1)
             legend_layout.addLayout(line)
@@ -284,18 +251,13 @@ class CompareWidget(QWidget):
             self.colours_combo.currentText(), self._prediction_layer, annotation
         )
         for code, box in self._swatches.items():
-            _paint_swatch(box, self.colours[code])
+            paint_swatch(box, self.colours[code])
 
     def _colours_changed(self, _index: int = 0) -> None:
         self._update_colours()
         layer = self.overlay_layer
         if layer is not None and layer in self.viewer.layers:
-            from napari.utils.colormaps import DirectLabelColormap
-
-            layer.colormap = DirectLabelColormap(
-                color_dict={0: (0.0, 0.0, 0.0, 0.0), None: (0.0, 0.0, 0.0, 0.0)}
-                | as_rgba_floats(self.colours)
-            )
+            layer.colormap = overlay_colormap(self.colours)
 
     # ------------------------------------------------------------------ choices
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-import weakref
 from collections.abc import Generator
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QApplication, QWidget
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QApplication
 
 __all__ = ["IDLE_S", "ThreadPacer", "UserActivity", "cores_for_work", "paced", "user_activity"]
 
@@ -79,64 +78,14 @@ _activity: UserActivity | None = None
 
 
 def user_activity() -> UserActivity:
-    """The application's activity filter, installed on first use (call on the GUI thread).
-
-    The first call also starts :func:`_stop_idle_spinners`' timer.
-    """
+    """The application's activity filter, installed on first use (call on the GUI thread)."""
     global _activity
     if _activity is None:
         _activity = UserActivity()
         app = QApplication.instance()
         if app is not None:
             app.installEventFilter(_activity)
-            _activity.spinner_timer = QTimer(_activity)
-            _activity.spinner_timer.setInterval(int(SPINNER_CHECK_S * 1000))
-            _activity.spinner_timer.timeout.connect(_stop_idle_spinners)
-            _activity.spinner_timer.start()
     return _activity
-
-
-#: Seconds between two checks for an activity spinner left running with nothing in progress.
-SPINNER_CHECK_S = 2.0
-
-
-def _stop_idle_spinners() -> int:
-    """Hide napari's "in progress..." spinner where no progress bar is left; return how many.
-
-    napari 0.9 starts the animated spinner in its status bar for every progress bar and hides
-    it when the bar is destroyed, if no other bar is visible. After ``viewer.open`` (its own
-    "Opening Files" bar) the spinner keeps turning with no bar at all, forever: 30 repaints a
-    second of the whole window, which with a software OpenGL (a remote desktop, a VM) cost
-    0.8 of a core while nothing ran (measured under Xvfb with Mesa llvmpipe: 4.4 CPU seconds
-    in 5 s of an idle window, 0.07 s once hidden), and slowed any run on two cores. napari's
-    own check (``maybe_hide_progress_indicator``) gives the right answer when called later,
-    so it is called here for every activity dialog. Private API: anything missing is skipped.
-    """
-    for top in QApplication.topLevelWidgets():  # a new napari window: look in it once
-        if top not in _scanned:
-            _scanned.add(top)
-            _dialogs.update(
-                w for w in top.findChildren(QWidget) if type(w).__name__ == "QtActivityDialog"
-            )
-    hidden = 0
-    for dialog in list(_dialogs):
-        toggle = getattr(dialog, "_toggleButton", None)
-        indicator = getattr(toggle, "_inProgressIndicator", None)
-        check = getattr(dialog, "maybe_hide_progress_indicator", None)
-        try:
-            if indicator is None or check is None or not indicator.isVisible():
-                continue
-            check()
-            hidden += not indicator.isVisible()
-        except RuntimeError:  # its window was closed: the Qt object is gone
-            _dialogs.discard(dialog)
-    return hidden
-
-
-# napari's activity dialogs, found once per top-level window (a full search of a napari
-# window's thousands of widgets every 2 s would be work for nothing)
-_dialogs: weakref.WeakSet[QWidget] = weakref.WeakSet()
-_scanned: weakref.WeakSet[QWidget] = weakref.WeakSet()
 
 
 def cores_for_work() -> int:

@@ -8,8 +8,8 @@ from typing import Any
 def show_demo(results: dict[str, Any]) -> None:
     """Open a napari window with the demo slide, the prediction and the comparison."""
     import napari
+    from napari_msunet._napari._comparison_colours import overlay_colormap
     from napari_msunet._napari._reader import mask_layer, slide_layer
-    from napari_msunet.evaluation import OVERLAY_COLORS
     from napari_msunet.io.slide import open_slide
 
     files, evaluation = results["files"], results["evaluation"]
@@ -26,7 +26,7 @@ def show_demo(results: dict[str, Any]) -> None:
         name="TP (blue) / FP (orange) / FN (purple)",
         multiscale=True,
         scale=(pred.mpp, pred.mpp),
-        colormap=dict(OVERLAY_COLORS) | {None: (0, 0, 0, 0)},
+        colormap=overlay_colormap(None),
         opacity=0.6,
         units=("um", "um"),
     )

@@ -56,7 +56,7 @@ from napari_msunet._napari._model_history import (
     version_target,
 )
 from napari_msunet._napari._overlay_style import watch_viewer
-from napari_msunet._napari._predict_run import toggle_before_after
+from napari_msunet._napari._prediction_versions import toggle_before_after
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
 from napari_msunet._napari._workspace import workspace_dir

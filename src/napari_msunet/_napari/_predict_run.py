@@ -49,6 +49,7 @@ from napari_msunet._napari._layer_info import (
     set_layer_info,
 )
 from napari_msunet._napari._live_layer import Poller, Redraw, Shown
+from napari_msunet._napari._prediction_versions import hide_superseded
 from napari_msunet._napari._tasks import Task, start_task
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
@@ -454,47 +455,8 @@ def _show_layer(viewer: Any, plan: _Plan) -> tuple[Any, bool]:
             return layer, False
         viewer.layers.remove(layer)  # napari cannot switch a layer's multiscale
         break
-    _hide_superseded(viewer, plan.slide)
+    hide_superseded(viewer, plan.slide)
     return viewer.add_labels(data, multiscale=multiscale, **kwargs), True
-
-
-def toggle_before_after(viewer: Any, slide: str | Path | None) -> Any | None:
-    """Show the slide's previous prediction instead of its newest, or the newest again.
-
-    The two newest prediction layers of the slide (a fine-tuned version's re-prediction and
-    the one before it, say) swap visibility; returns the layer now shown, ``None`` when the
-    slide has fewer than two.
-    """
-    layers = prediction_layers(viewer, slide)
-    if len(layers) < 2:
-        return None
-    newest, previous = layers[-1], layers[-2]
-    show_newest = not newest.visible or previous.visible
-    newest.visible = show_newest
-    previous.visible = not show_newest
-    return newest if show_newest else previous
-
-
-def _hide_superseded(viewer: Any, slide: Path) -> None:
-    """Hide the slide's other predictions: a new one supersedes them on screen.
-
-    Two outlined predictions of one slide (another model, a fine-tuned version) drawn
-    together mix into one picture (issue 15). The older ones stay in the layer list: their
-    eye icons compare the two versions, before and after.
-    """
-    hidden = [
-        layer
-        for layer in prediction_layers(viewer)
-        if layer.visible and (info := layer_info(layer)) is not None and info.slide == slide
-    ]
-    for layer in hidden:
-        layer.visible = False
-    if hidden:
-        show_info(
-            f"Hid the earlier prediction of {Path(slide).name} "
-            f"({', '.join(layer.name for layer in hidden)}); its eye icon shows it again, to "
-            "compare the two."
-        )
 
 
 def _worker(plan: _Plan, overwrite: bool, reuse: bool, shown: Shown) -> Callable[[Any], Any]:

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from napari_msunet._napari._activity_spinner import install_spinner_check
 from napari_msunet._napari._annotation_layers import annotation_layers
-from napari_msunet._napari._cores import user_activity
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
 from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet.errors import MsunetError
@@ -39,7 +39,7 @@ _SLIDE_SUFFIXES = (
 
 def napari_get_reader(path: str | list[str]):
     """Return a reader function for ``path``, or ``None`` if we cannot read it."""
-    user_activity()  # napari's open leaves its activity spinner turning (see _cores)
+    install_spinner_check()  # napari's open leaves its activity spinner turning
     _watch_current_viewer()  # our label layers are drawn as outlines (see _overlay_style)
     if isinstance(path, list):
         if len(path) != 1:
@@ -157,6 +157,8 @@ def open_slide_that_fits(path: Path, viewer: Any = None) -> Path | None:
     (Import / Export puts the file on another). None: ``None`` (and a notification saying
     so, so that a Shapes layer in pixels is never a silent surprise).
     """
+    from napari.utils.notifications import show_info
+
     from napari_msunet.errors import AnnotationError
     from napari_msunet.io.geojson import read_geojson
     from napari_msunet.io.geojson_fit import check_fits_slide
@@ -185,29 +187,19 @@ def open_slide_that_fits(path: Path, viewer: Any = None) -> Path | None:
         except AnnotationError:
             continue
         fits.append((layer, Path(slide_path)))
-    _notify = _notifier()
     if not fits:
-        _notify(
+        show_info(
             f"{path.name}: its coordinates fit none of the open slides; shown as shapes in "
             "level-0 pixels. Open its slide, or use Import / Export to place it."
         )
         return None
     chosen = next((p for layer, p in fits if layer in viewer.layers.selection), fits[-1][1])
     if len(fits) > 1:
-        _notify(
+        show_info(
             f"{path.name} fits {len(fits)} open slides; placed on {chosen.name} (the selected "
             "one, else the last opened). Use Import / Export to place it on another."
         )
     return chosen
-
-
-def _notifier() -> Any:
-    try:
-        from napari.utils.notifications import show_info
-
-        return show_info
-    except Exception:  # pragma: no cover - napari is there whenever a reader runs
-        return log.info
 
 
 def geojson_layers(path: Path) -> list[LayerData]:

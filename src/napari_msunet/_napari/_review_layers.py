@@ -19,6 +19,7 @@ import numpy as np
 
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, kind_of, layer_info
 from napari_msunet._napari._overlay_style import EDIT_OPACITY
+from napari_msunet.palette import REVIEW_COLOURS
 
 __all__ = [
     "annotation_rank",
@@ -165,7 +166,7 @@ def candidate_shapes(
     kwargs = {
         "name": "suspected missing annotations",
         "shape_type": "rectangle",
-        "edge_color": "cyan",  # apart from the yellow glands and the white edit box
+        "edge_color": [tuple(v / 255 for v in REVIEW_COLOURS["missing"])] * len(shapes) or "cyan",
         "face_color": "transparent",
         "edge_width": 3 * s0,
         "scale": (s0, s0),
