@@ -25,3 +25,27 @@ def test_axis_holds_every_loss_and_the_average_is_not_anchored_to_the_first(qtbo
     assert plot.smoothed[-1] < plot.smoothed[9]  # the trend (down) shows
     plot.show()
     qtbot.waitUntil(lambda: plot.redraws > 0, timeout=5000)
+
+
+def test_log_scale_shows_the_small_losses_late_in_a_run(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.clear(total=30)
+    for i in range(30):
+        plot.add(i + 1, 1.5 * 0.85**i, total=30)  # 1.5 down to about 0.01
+    plot.show()
+    qtbot.waitUntil(lambda: plot.redraws > 0, timeout=5000)
+    assert plot.axes.get_yscale() == "linear"
+    assert plot.axes.get_ylim()[0] == 0
+    plot.log_scale.setChecked(True)  # the user ticks the box
+    painted = plot.redraws
+    qtbot.waitUntil(lambda: plot.redraws > painted, timeout=5000)
+    assert plot.axes.get_yscale() == "log"
+    bottom, top = plot.axes.get_ylim()
+    assert 0 < bottom <= min(plot.losses) and top >= max(plot.losses)
+    labels = [t.get_text() for t in plot._ylabels if t.get_visible()]
+    assert len(labels) >= 2  # several decades labelled
+    assert any(float(v) < 0.1 for v in labels)
+    plot.log_scale.setChecked(False)
+    qtbot.waitUntil(lambda: plot.axes.get_ylim()[0] == 0, timeout=5000)
+    assert plot.axes.get_yscale() == "linear"

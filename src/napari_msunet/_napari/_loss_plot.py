@@ -11,6 +11,10 @@ goes on: the frame, axis names and legend are drawn once (and again only on a re
 cached; the grid lines and their labels, which change when the scale does, are drawn over that
 cache into a second cache; each update only paints the two curves over it and blits the
 result (a few ms).
+
+A "Log scale" box under the plot switches the loss axis to powers of ten: a fine-tune's
+losses fall from above 1 to a few hundredths, and on a linear axis the last half of the run is
+a flat line on the floor.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogLocator, MaxNLocator
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 __all__ = ["LossPlot"]
 
@@ -35,6 +39,12 @@ def _nice_top(v: float) -> float:
     """The first of 1, 1.5, 2, 3, 5, 7.5 (x 10^k) at or above ``v``: round axis tops."""
     k = 10 ** np.floor(np.log10(v))
     return float(next(m * k for m in (1, 1.5, 2, 3, 5, 7.5, 10) if m * k >= v))
+
+
+def _nice_bottom(v: float) -> float:
+    """The last of 1, 2, 5 (x 10^k) at or below ``v``: round bottoms for a log axis."""
+    k = 10 ** np.floor(np.log10(v))
+    return float(next(m * k for m in (5, 2, 1) if m * k <= v * (1 + 1e-9)))
 
 
 def _fmt(v: float) -> str:
@@ -118,6 +128,8 @@ class LossPlot(QWidget):
         self.full_draws = 0  # complete redraws (first show, resize)
         self._total: int | None = None
         self._top: float | None = None
+        self._low: float | None = None  # least positive loss (the log axis's bottom)
+        self._log = False
         self._ema = 0.0  # the moving average before its bias correction
         self._dirty = False
         self._frame = None  # cached full draw: frame, axis names, legend
@@ -127,6 +139,10 @@ class LossPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.setToolTip("Loss axis in powers of ten: shows the small losses late in a run")
+        self.log_scale.toggled.connect(self.set_log)
+        layout.addWidget(self.log_scale)
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._redraw)
@@ -139,8 +155,27 @@ class LossPlot(QWidget):
         self.smoothed.clear()
         self._total = total
         self._top = None
+        self._low = None
         self._ema = 0.0
         self._dirty = True
+
+    def set_log(self, on: bool) -> None:
+        """Draw the loss axis in powers of ten (``on``) or linearly from 0."""
+        if bool(on) == self._log:
+            return
+        self._log = bool(on)
+        self.axes.set_yscale("log" if self._log else "linear")
+        self._scaled, self._scale_key = None, None
+        self._dirty = True
+        if self.log_scale.isChecked() != self._log:
+            self.log_scale.setChecked(self._log)
+
+    def _y_range(self) -> tuple[float, float]:
+        top = self._top or 1.0
+        if not self._log:
+            return 0.0, top
+        low = _nice_bottom(self._low) if self._low else top / 100
+        return min(low, top / 10), top
 
     def add(self, step: int, loss: float, total: int | None = None) -> None:
         """Record one step (of ``total`` planned); drawn at the next tick of the timer."""
@@ -152,6 +187,8 @@ class LossPlot(QWidget):
             self._total = total
         if self._top is None or loss > self._top:
             self._top = _nice_top(max(1.1 * loss, 1e-6))
+        if loss > 0 and (self._low is None or loss < self._low):
+            self._low = max(loss, 1e-6)
         self._dirty = True
 
     def _on_draw(self, _event) -> None:
@@ -165,10 +202,10 @@ class LossPlot(QWidget):
         """Grid lines and their labels for the current limits, cached over the frame."""
         ax = self.axes
         x1 = max(self._total or 0, self.steps[-1] if self.steps else 0, 10)
-        top = self._top or 1.0
+        bottom, top = self._y_range()
         ax.set_xlim(0, x1)
-        ax.set_ylim(0, top)
-        yticks = [v for v in MaxNLocator(nbins=4).tick_values(0, top) if 0 < v < top]
+        ax.set_ylim(bottom, top)
+        yticks = self._yticks(bottom, top)
         xticks = [v for v in MaxNLocator(nbins=4, integer=True).tick_values(0, x1) if v <= x1]
         gx, gy = [], []
         for v in yticks:
@@ -190,10 +227,25 @@ class LossPlot(QWidget):
             if artist.get_visible():
                 self.figure.draw_artist(artist)
         self._scaled = self.canvas.copy_from_bbox(self.figure.bbox)
-        self._scale_key = (x1, top)
+        self._scale_key = self._key()
+
+    def _yticks(self, bottom: float, top: float) -> list[float]:
+        if not self._log:
+            ticks = MaxNLocator(nbins=4).tick_values(bottom, top)
+            return [float(v) for v in ticks if bottom < v < top]
+        for subs in ((1.0, 2.0, 5.0), (1.0,)):  # 1-2-5 steps while they fit
+            ticks = LogLocator(base=10, subs=subs).tick_values(bottom, top)
+            inside = [float(v) for v in ticks if bottom < v < top]
+            if len(inside) <= _N_YLABELS:
+                return inside
+        return inside[:: -(-len(inside) // _N_YLABELS)]
+
+    def _key(self) -> tuple:
+        x1 = max(self._total or 0, self.steps[-1] if self.steps else 0, 10)
+        return (x1, self._log, *self._y_range())
 
     def _paint(self) -> None:
-        key = (max(self._total or 0, self.steps[-1] if self.steps else 0, 10), self._top or 1.0)
+        key = self._key()
         if self._scaled is None or key != self._scale_key:
             self._paint_scale()
         self.canvas.restore_region(self._scaled)
