@@ -42,7 +42,8 @@ def test_log_scale_shows_the_small_losses_late_in_a_run(qtbot):
     qtbot.waitUntil(lambda: plot.redraws > painted, timeout=5000)
     assert plot.axes.get_yscale() == "log"
     bottom, top = plot.axes.get_ylim()
-    assert 0 < bottom <= min(plot.losses) and top >= max(plot.losses)
+    assert 0 < bottom <= min(plot.losses)
+    assert top >= max(plot.losses)
     labels = [t.get_text() for t in plot._ylabels if t.get_visible()]
     assert len(labels) >= 2  # several decades labelled
     assert any(float(v) < 0.1 for v in labels)

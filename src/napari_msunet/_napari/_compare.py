@@ -54,9 +54,9 @@ from napari_msunet._napari._layers import (
     same_layer,
     slide_path_of,
 )
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, start_task
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet.evaluation.overlay import FN, FP, OVERLAY_NAMES, TP
 from napari_msunet.palette import COMPARISON_SCHEMES, DEFAULT_SCHEME
 
@@ -147,7 +147,7 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.comparison: Comparison | None = None
         self.overlay_layer: Labels | None = None
         self._prediction_layer: Layer | None = None

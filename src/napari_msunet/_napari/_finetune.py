@@ -55,10 +55,10 @@ from napari_msunet._napari._model_history import (
     model_history,
     version_target,
 )
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._prediction_versions import toggle_before_after
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.finetune import (
     FinetuneResult,
@@ -99,7 +99,7 @@ class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.task: Task | None = None
         self.predict_task: Task | None = None
         self.result: FinetuneResult | None = None

@@ -46,9 +46,9 @@ from napari_msunet._napari._layers import (
     layer_mpp,
     slide_path_of,
 )
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._workspace import workspace_dir
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class ImportExportWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.imported: list[Labels] = []
         self.exported: list[Path] = []
 

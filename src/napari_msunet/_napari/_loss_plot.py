@@ -140,7 +140,9 @@ class LossPlot(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.log_scale = QCheckBox("Log scale")
-        self.log_scale.setToolTip("Loss axis in powers of ten: shows the small losses late in a run")
+        self.log_scale.setToolTip(
+            "Loss axis in powers of ten: shows the small losses late in a run"
+        )
         self.log_scale.toggled.connect(self.set_log)
         layout.addWidget(self.log_scale)
         self._timer = QTimer(self)

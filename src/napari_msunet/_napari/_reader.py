@@ -12,10 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from napari_msunet._napari._activity_spinner import install_spinner_check
 from napari_msunet._napari._annotation_layers import annotation_layers
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
-from napari_msunet._napari._overlay_style import watch_viewer
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
 
@@ -39,8 +38,7 @@ _SLIDE_SUFFIXES = (
 
 def napari_get_reader(path: str | list[str]):
     """Return a reader function for ``path``, or ``None`` if we cannot read it."""
-    install_spinner_check()  # napari's open leaves its activity spinner turning
-    _watch_current_viewer()  # our label layers are drawn as outlines (see _overlay_style)
+    prepare_viewer(_current_viewer())  # outlines, spinner check, short notifications
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -62,11 +60,6 @@ def napari_get_reader(path: str | list[str]):
         log.exception("napari-msunet failed on %s", p)
         return None
     return lambda _path: layers
-
-
-def _watch_current_viewer() -> None:
-    """Outline our label layers in the viewer that is opening files (if any)."""
-    watch_viewer(_current_viewer())
 
 
 def _scale(slide: Slide | None) -> tuple[tuple[float, float], tuple[str, str] | None]:

@@ -51,7 +51,6 @@ from napari_msunet._napari._layer_info import (
     set_layer_info,
 )
 from napari_msunet._napari._layers import LayerCombo, is_slide, slide_mpp_of, slide_path_of
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._review_layers import (
     annotation_rank,
     center_on,
@@ -67,6 +66,7 @@ from napari_msunet._napari._review_layers import (
 )
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, one_step, start_task
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._wording import describe_region
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
@@ -90,7 +90,7 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.store: Any = None
         self.store_layer: Any = None
         self.edit_layer: Any = None

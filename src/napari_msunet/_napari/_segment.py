@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
 
 from napari_msunet._napari._layer_info import Kind, kind_of, layer_info
 from napari_msunet._napari._layers import remember_slide_mpp, slide_mpp_of
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._predict_run import (
     PredictionRun,
     prediction_layers,
@@ -41,6 +40,7 @@ from napari_msunet._napari._predict_run import (
 )
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet.errors import MsunetError
 
 __all__ = ["SegmentWidget", "prediction_layers", "start_prediction", "visible_region"]
@@ -65,7 +65,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.header: Any = None
         self.last_run: PredictionRun | None = None
 

@@ -51,9 +51,9 @@ from napari_msunet._napari._layer_info import Kind, kind_of, layer_info
 from napari_msunet._napari._layers import slide_path_of
 from napari_msunet._napari._loss_plot import LossPlot
 from napari_msunet._napari._model_history import model_history
-from napari_msunet._napari._overlay_style import watch_viewer
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar, import_quietly, start_task
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.training.held_out import FRACTION
 from napari_msunet.training.slide_dataset import SlideSpec
@@ -87,7 +87,7 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        watch_viewer(napari_viewer)  # the plugin's label layers drawn as outlines
+        prepare_viewer(napari_viewer)  # outlines, short notifications (_viewer_setup)
         self.task: Task | None = None
         self.predict_task: Task | None = None
         self.result: VersionResult | None = None
