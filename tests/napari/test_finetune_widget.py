@@ -199,6 +199,18 @@ def test_finetune_on_the_review_widgets_store(make_napari_viewer, case, qtbot):
     assert used["annotation"] == str(store.mask_path)
     assert used["regions"] == str(store.regions_path)
     assert widget.info.text().startswith("Saved tiny-ft1.safetensors (3 steps)")
+    # the figure a pathologist asks for first: did it take the corrections? Here the
+    # correction says "nothing here": the score is the foreground each model predicts there
+    learnt = widget.result.corrected
+    assert learnt.version.mean_dice is None
+    assert 0 <= learnt.parent.false_foreground <= 1
+    shown = (
+        "The corrected regions it learnt from hold no annotated foreground; predicted "
+        f"foreground there: {learnt.parent.false_foreground:.0%} → "
+        f"{learnt.version.false_foreground:.0%}."
+    )
+    assert shown in widget.info.text()
+    assert shown[:-1] in widget.history.list.item(1).text()
 
 
 def test_a_failing_run_is_shown_and_writes_no_model(make_napari_viewer, case, qtbot):

@@ -207,3 +207,68 @@ def test_the_verdict_flags_a_worse_version():
     assert same.summary() == "Dice on held-out regions: 0.78 → 0.78 (±0.00)"
     scratch = HeldOutVerdict(None, scores(0.5), 3, 1000)
     assert scratch.summary() == "Dice on held-out regions: 0.50 (no parent to compare)"
+
+
+def _square(x, y, size):
+    ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Corrected"}},
+    }
+
+
+def test_a_fine_tune_scores_the_corrected_regions_it_learnt_from(case, tmp_path):
+    root, spec = case
+    regions = tmp_path / "regions.geojson"
+    squares = [_square(x, y, 300) for x, y in ((0, 0), (600, 0), (0, 600), (600, 600))]
+    regions.write_text(json.dumps({"type": "FeatureCollection", "features": squares}))
+    corrected = SlideSpec(spec.slide, spec.annotation, regions=regions)
+    out = tmp_path / "gc-corrected.safetensors"
+    result = run_to_end(
+        iter_finetune(
+            root / "gland.safetensors",
+            [corrected],
+            steps=2,
+            batch_size=2,
+            device="cpu",
+            out=out,
+            classes="replace",
+            held_out_fraction=0.5,
+        )
+    )
+    learnt = result.corrected
+    assert learnt is not None
+    assert learnt.parent is not None
+    assert learnt.version is not None
+    assert learnt.parent.mean_dice == 0  # the parent knew none of these classes
+    header = read_header(out)
+    held_boxes = {tuple(r["box"]) for r in header.training["held_out"]["regions"]}
+    learnt_boxes = {tuple(r["box"]) for r in header.training["corrected"]["regions"]}
+    assert held_boxes  # some corrected regions were kept out ...
+    assert learnt_boxes  # ... the others were trained on, and scored apart from them
+    assert not held_boxes & learnt_boxes
+    assert len(held_boxes | learnt_boxes) == 4
+    assert learnt.regions == len(learnt_boxes)
+    assert HeldOutVerdict.from_header(header, "corrected") == learnt
+    lines = result.score_lines()
+    assert lines[0].startswith("Dice on held-out regions: ")
+    assert lines[1].startswith("Dice on the corrected regions it learnt from: 0.00 → ")
+
+
+def test_no_corrected_region_means_no_learnt_score(case, tmp_path):
+    root, spec = case
+    result = run_to_end(
+        iter_finetune(
+            root / "gland.safetensors",
+            [spec],
+            steps=1,
+            batch_size=2,
+            device="cpu",
+            out=tmp_path / "plain.safetensors",
+            classes="replace",
+        )
+    )
+    assert result.corrected is None
+    assert "corrected" not in read_header(tmp_path / "plain.safetensors").training
+    assert len(result.score_lines()) == 1

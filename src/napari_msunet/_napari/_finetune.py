@@ -459,8 +459,7 @@ class FinetuneWidget(QWidget):
             )
         text = f"Saved {result.model.name} ({result.steps} steps"
         text += ", stopped early)." if result.stopped else ")."
-        if result.held_out is not None:
-            text += f" {result.held_out.summary()}."
+        text += "".join(f" {line}." for line in result.score_lines())
         self.set_model_file(result.model)
         repredict = not result.stopped and self.repredict.isChecked()
         if repredict and self.predict(result.model) is not None:

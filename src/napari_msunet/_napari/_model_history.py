@@ -32,7 +32,7 @@ from napari_msunet._napari._workspace import workspace_dir
 from napari_msunet.errors import MsunetError
 from napari_msunet.models.checkpoint import read_header
 from napari_msunet.training.finetune import next_version_path
-from napari_msunet.training.held_out_scores import HeldOutVerdict
+from napari_msunet.training.held_out_scores import HELD_OUT, LEARNT, HeldOutVerdict
 
 __all__ = [
     "ModelVersion",
@@ -57,6 +57,7 @@ class ModelVersion:
     planned: int | None  # steps the fine-tune was asked for (None: not a fine-tune)
     parent: Path | None
     held_out: HeldOutVerdict | None = None  # parent vs version on held-out regions
+    corrected: HeldOutVerdict | None = None  # ... on the corrected regions it learnt from
     trained: bool = False  # made by a training from slides (not a fine-tune, not bundled)
 
     @property
@@ -85,7 +86,10 @@ class ModelVersion:
         if self.held_out is None:  # the root, or a version made before held-out scoring
             return f"{first}\n{second}"
         mark = "⚠ " if self.got_worse else ""
-        return f"{first}\n{second}\n{mark}{self.held_out.summary()}"
+        lines = [first, second, f"{mark}{self.held_out.summary(HELD_OUT)}"]
+        if self.corrected is not None:
+            lines.append(self.corrected.summary(LEARNT))
+        return "\n".join(lines)
 
 
 def is_bundled(model: str | os.PathLike[str]) -> bool:
@@ -148,6 +152,7 @@ def _describe(path: Path) -> ModelVersion | None:
         planned=planned,
         parent=parent_path,
         held_out=HeldOutVerdict.from_header(header),
+        corrected=HeldOutVerdict.from_header(header, "corrected"),
         trained=training.get("kind") == "train-slides",
     )
 

@@ -360,7 +360,7 @@ class TrainWidget(QWidget):
             else:
                 self.info.setText("Stopped before the first step; nothing was saved.")
             return
-        summary = result.held_out.summary() if result.held_out is not None else ""
+        summary = " ".join(f"{line}." for line in result.score_lines())
         self.info.setText(f"Saved {result.model.name} ({result.steps} steps). {summary}")
         self.refresh_history()
 

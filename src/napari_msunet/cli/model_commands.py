@@ -179,7 +179,7 @@ def _finetune(args: argparse.Namespace) -> int:
         print("stopped before the first step: no new model version")
         return 1
     print(f"new model version: {result.model}  (parent {args.model}, {result.steps} steps)")
-    print(result.held_out.summary())
+    print("\n".join(result.score_lines()))
     return 0
 
 
@@ -211,7 +211,7 @@ def _train_slides(args: argparse.Namespace) -> int:
         print("stopped before the first step: no model written")
         return 1
     print(f"new model: {result.model}  ({result.steps} steps; run folder {result.run_dir})")
-    print(result.held_out.summary())
+    print("\n".join(result.score_lines()))
     return 0
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "HeldOutRegion",
     "choose_held_out",
     "drop_held_out",
+    "learnt_regions",
 ]
 
 Box = tuple[int, int, int, int]
@@ -258,6 +259,30 @@ def choose_held_out(
         )
     rng.shuffle(chosen)
     return HeldOut(tuple(chosen[:MAX_REGIONS]))
+
+
+def learnt_regions(
+    slides: Sequence[SlideSpec], mpp: float, class_names: Sequence[str], held_out: HeldOut
+) -> HeldOut:
+    """The corrected regions a fine-tune trains on: every slide's, but the held-out ones.
+
+    Scored parent against version after training (the corrections taken or not; see
+    :mod:`~napari_msunet.training.held_out_scores`). Empty, with a reason, for slides without
+    corrected regions.
+    """
+    regions: list[HeldOutRegion] = []
+    for spec in slides:
+        if spec.regions is None:
+            continue
+        kept = set(held_out.boxes(spec.slide))
+        regions += [
+            HeldOutRegion(spec, box, name, "corrected")
+            for box, name in _candidates(spec, mpp, class_names)
+            if box not in kept
+        ]
+    if not regions:
+        return HeldOut(reason="no corrected region was trained on", how="none")
+    return HeldOut(tuple(regions[:MAX_REGIONS]), how="none")
 
 
 def _as_regions(spec: SlideSpec) -> SlideSpec:

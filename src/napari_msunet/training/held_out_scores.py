@@ -13,6 +13,12 @@ never predicts it, so its Dice there is 0; the parent's classes the version drop
 background. The summary number is the mean Dice over the foreground classes present in the
 held-out truth, the same classes for both models, so the two numbers compare.
 
+The same scoring also measures the regions a fine-tune *learnt from*: the corrected regions it
+trained on (:func:`~napari_msunet.training.held_out.learnt_regions`), parent against version.
+That is not a test on unseen tissue (the held-out score is), but it is the first thing a
+pathologist asks after correcting regions: did the model take the corrections? It is recorded
+beside the held-out verdict (``training["corrected"]``) and shown next to it.
+
 A version *got worse* when its summary Dice is :data:`WORSE_BY` or more below its parent's:
 the history flags it and offers to roll back. The rule is here, not in the GUI.
 """
@@ -40,12 +46,24 @@ from napari_msunet.training.losses import IGNORE_INDEX
 from napari_msunet.training.slide_dataset import _Labels
 from napari_msunet.training.validation import scores_from_confusion
 
-__all__ = ["CONTEXT", "WORSE_BY", "HeldOutVerdict", "ModelScores", "iter_score_held_out"]
+__all__ = [
+    "CONTEXT",
+    "HELD_OUT",
+    "LEARNT",
+    "WORSE_BY",
+    "HeldOutVerdict",
+    "ModelScores",
+    "iter_score_held_out",
+]
 
 #: Working pixels of tissue read around each held-out region as the models' context.
 CONTEXT = 64
 #: Output tile of the scoring forward passes (rounded up to the model's alignment).
 TILE = 512
+
+#: How :meth:`HeldOutVerdict.summary` names the two kinds of region scored.
+HELD_OUT = "held-out regions"
+LEARNT = "the corrected regions it learnt from"
 
 #: A version whose summary Dice is this much below its parent's got worse.
 WORSE_BY = 0.005
@@ -58,17 +76,29 @@ class ModelScores:
     dice: dict[str, float | None]
     iou: dict[str, float | None]
     mean_dice: float | None
+    #: Share of the annotated-background pixels predicted as a foreground class: the score
+    #: left when a region holds no foreground at all (a "nothing here" correction).
+    false_foreground: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dice": self.dice, "iou": self.iou, "mean_dice": self.mean_dice}
+        return {
+            "dice": self.dice,
+            "iou": self.iou,
+            "mean_dice": self.mean_dice,
+            "false_foreground": self.false_foreground,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelScores:
-        mean = data.get("mean_dice")
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, (int, float)) else None
+
         return cls(
             dict(data.get("dice") or {}),
             dict(data.get("iou") or {}),
-            float(mean) if isinstance(mean, (int, float)) else None,
+            number("mean_dice"),
+            number("false_foreground"),
         )
 
 
@@ -107,18 +137,35 @@ class HeldOutVerdict:
         """Whether the version scores :data:`WORSE_BY` or more below its parent."""
         return self.delta is not None and self.delta <= -WORSE_BY
 
-    def summary(self) -> str:
-        """One line: ``Dice on held-out regions: 0.71 → 0.78 (+0.07)``, or why there is none."""
+    def summary(self, where: str = "held-out regions") -> str:  # HELD_OUT
+        """One line: ``Dice on held-out regions: 0.71 → 0.78 (+0.07)``, or why there is none.
+
+        ``where`` names the regions scored (``"the corrected regions it learnt from"``).
+        """
+        if self.version is not None and self.version.mean_dice is None:
+            return self._background_summary(where)
         if self.version is None or self.version.mean_dice is None:
-            return f"No held-out score: {self.reason or 'no held-out region'}"
+            what = "held-out score" if where == HELD_OUT else f"score on {where}"
+            return f"No {what}: {self.reason or 'no region'}"
         new = self.version.mean_dice
         if self.parent is None or self.parent.mean_dice is None:
-            return f"Dice on held-out regions: {new:.2f} (no parent to compare)"
+            return f"Dice on {where}: {new:.2f} (no parent to compare)"
         old = self.parent.mean_dice
         delta = new - old
         shown = f"{delta:+.2f}" if abs(delta) >= 0.005 else "±0.00"  # never "-0.00"
-        text = f"Dice on held-out regions: {old:.2f} → {new:.2f} ({shown})"
+        text = f"Dice on {where}: {old:.2f} → {new:.2f} ({shown})"
         return text + (" — worse than its parent" if self.got_worse else "")
+
+    def _background_summary(self, where: str) -> str:
+        """Regions annotated as background only: how much foreground each model predicts."""
+        new = self.version.false_foreground if self.version is not None else None
+        old = self.parent.false_foreground if self.parent is not None else None
+        head = f"{where[0].upper()}{where[1:]} hold no annotated foreground"
+        if new is None:
+            return f"{head}: no score"
+        if old is None:
+            return f"{head}; predicted foreground there: {new:.0%}"
+        return f"{head}; predicted foreground there: {old:.0%} → {new:.0%}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,10 +177,11 @@ class HeldOutVerdict:
         }
 
     @classmethod
-    def from_header(cls, header: ModelHeader) -> HeldOutVerdict | None:
-        """The verdict a model header records; ``None`` for a model made before (or without)."""
+    def from_header(cls, header: ModelHeader, key: str = "held_out") -> HeldOutVerdict | None:
+        """The verdict a model header records under ``training[key]`` (``"held_out"``, or
+        ``"corrected"`` for the regions learnt from); ``None`` for a model without one."""
         training = header.training if isinstance(header.training, dict) else {}
-        data = training.get("held_out")
+        data = training.get(key)
         if not isinstance(data, dict):
             return None
         scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}
@@ -161,7 +209,9 @@ def _scores(cm: np.ndarray, class_names: Sequence[str], present: np.ndarray) -> 
     iou = {n: clean(v) for n, v in zip(class_names, s.iou, strict=True)}
     fg = [s.dice[c] for c in range(1, len(class_names)) if present[c]]
     mean = round(float(np.mean(fg)), 4) if fg else None
-    return ModelScores(dice, iou, mean)
+    background = int(cm[0].sum())
+    false_fg = round(float(cm[0, 1:].sum()) / background, 4) if background else None
+    return ModelScores(dice, iou, mean, false_fg)
 
 
 def _lut(names: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
@@ -176,14 +226,18 @@ def iter_score_held_out(
     class_names: Sequence[str],
     *,
     device: str = "auto",
+    stage: str = "held-out",
     stop: Stop = None,
 ) -> Generator[Progress, None, HeldOutVerdict]:
     """Score ``models`` (``{"parent": path, "version": path}``) on ``held_out``.
 
+    ``stage`` names the regions in the progress records: ``"held-out"``, or ``"corrected"``
+    for the corrected regions a fine-tune learnt from.
+
     Yields
     ------
     Progress
-        Stage ``"held-out"``, one record per region and model.
+        Stage ``stage``, one record per region and model.
 
     Returns
     -------
@@ -203,7 +257,7 @@ def iter_score_held_out(
         x0, y0, x1, y1 = region.box
         for key, (model, header) in loaded.items():
             if stopped(stop):
-                return HeldOutVerdict(None, None, 0, 0, "the held-out scoring was stopped")
+                return HeldOutVerdict(None, None, 0, 0, f"the {stage} scoring was stopped")
             with open_slide(spec.slide) as slide:
                 g = working_geometry(slide, header.input_um_per_px, spec.mpp)
                 dy, dx = g.downsample
@@ -232,16 +286,19 @@ def iter_score_held_out(
             yield Progress(
                 done,
                 total,
-                "held-out",
-                f"scoring {key} on held-out region {done}/{total}",
+                stage,
+                f"scoring {key} on {stage} region {done}/{total}",
                 time.perf_counter() - t0,
             )
     any_cm = next(iter(cms.values()))
     present = any_cm.sum(1) > 0
     pixels = int(any_cm.sum())
-    if not present[1:].any():
-        reason = "the held-out regions hold no annotated foreground"
-        return HeldOutVerdict(None, None, len(held_out.regions), pixels, reason)
+    scores = {k: _scores(cm, class_names, present) for k, cm in cms.items()}
+    if not present[1:].any():  # no Dice; the foreground predicted there is the score
+        reason = f"the {stage} regions hold no annotated foreground"
+        return HeldOutVerdict(
+            scores.get("parent"), scores.get("version"), len(held_out.regions), pixels, reason
+        )
     scores = {k: _scores(cm, class_names, present) for k, cm in cms.items()}
     return HeldOutVerdict(
         scores.get("parent"), scores.get("version"), len(held_out.regions), pixels

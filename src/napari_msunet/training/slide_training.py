@@ -43,8 +43,19 @@ from napari_msunet.models.transfer import class_scheme, with_classes
 from napari_msunet.progress import Progress, Stop, eager, stopped
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
-from napari_msunet.training.held_out import FRACTION, HeldOut, choose_held_out, drop_held_out
-from napari_msunet.training.held_out_scores import HeldOutVerdict, iter_score_held_out
+from napari_msunet.training.held_out import (
+    FRACTION,
+    HeldOut,
+    choose_held_out,
+    drop_held_out,
+    learnt_regions,
+)
+from napari_msunet.training.held_out_scores import (
+    HELD_OUT,
+    LEARNT,
+    HeldOutVerdict,
+    iter_score_held_out,
+)
 from napari_msunet.training.slide_dataset import (
     SlidePatchDataset,
     SlideSpec,
@@ -105,6 +116,9 @@ class VersionResult:
     held_out
         The parent's and the version's held-out scores (or why there are none); ``None``
         with ``model``.
+    corrected
+        The parent's and the version's scores on the corrected regions the run learnt from
+        (did it take the corrections?); ``None`` without a parent or corrected regions.
     """
 
     model: Path | None
@@ -112,6 +126,15 @@ class VersionResult:
     steps: int
     stopped: bool
     held_out: HeldOutVerdict | None = None
+    corrected: HeldOutVerdict | None = None
+
+    def score_lines(self) -> list[str]:
+        """What the CLI prints and the GUI shows after a run: the held-out verdict, then
+        the score on the corrected regions learnt from (when measured)."""
+        lines = [self.held_out.summary(HELD_OUT)] if self.held_out is not None else []
+        if self.corrected is not None:
+            lines.append(self.corrected.summary(LEARNT))
+        return lines
 
 
 def run_dir_of(target: Path) -> Path:
@@ -213,12 +236,20 @@ def iter_train_version(
         verdict = yield from iter_score_held_out(
             models, held, cfg.class_names, device=cfg.device, stop=stop
         )
+    learnt = None
+    if parent is not None and any(s.regions is not None for s in slides) and not stopped(stop):
+        trained_on = learnt_regions(slides, cfg.mpp, cfg.class_names, held)
+        learnt = yield from iter_score_held_out(
+            models, trained_on, cfg.class_names, device=cfg.device, stage="corrected", stop=stop
+        )
     training = dict(header.training) if isinstance(header.training, dict) else {}
     training["held_out"] = {**held.to_dict(), "scores": verdict.to_dict()}
+    if learnt is not None:
+        training["corrected"] = {**trained_on.to_dict(), "scores": learnt.to_dict()}
     # the margin the new weights need, for whole-slide prediction (models.margin)
     header = record_margin(trained, dataclasses.replace(header, training=training))
     save_model(target, trained, header)  # atomic
-    return VersionResult(target, run_dir, result.global_step, result.stopped, verdict)
+    return VersionResult(target, run_dir, result.global_step, result.stopped, verdict, learnt)
 
 
 def slides_record(slides: Sequence[SlideSpec]) -> list[dict[str, str | None]]:
