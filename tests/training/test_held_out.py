@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from napari_msunet.io.domain import DomainStats
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from napari_msunet.models import build_model
 from napari_msunet.models.checkpoint import ModelHeader, read_header, save_model
@@ -251,6 +252,10 @@ def test_a_fine_tune_scores_the_corrected_regions_it_learnt_from(case, tmp_path)
     assert len(held_boxes | learnt_boxes) == 4
     assert learnt.regions == len(learnt_boxes)
     assert HeldOutVerdict.from_header(header, "corrected") == learnt
+    # the version records its training tissue's statistics for the domain check
+    domain = DomainStats.from_training(header.training)
+    assert domain.windows > 1
+    assert "s.svs" in domain.description
     lines = result.score_lines()
     assert lines[0].startswith("Dice on held-out regions: ")
     assert lines[1].startswith("Dice on the corrected regions it learnt from: 0.00 → ")

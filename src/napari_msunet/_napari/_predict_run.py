@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
 from napari_msunet._napari._layer_info import (
     Kind,
@@ -337,6 +337,7 @@ def start_prediction(
     region: tuple[int, int, int, int] | None = None,
     config: Any = None,
     on_done: Callable[[PredictionRun], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     overwrite: bool = False,
     slide_mpp: float | None = None,
 ) -> Task:
@@ -359,6 +360,9 @@ def start_prediction(
     on_done
         Called on the GUI thread with the :class:`PredictionRun` when the run finishes or is
         cancelled (not after an error, which is shown as a notification).
+    on_warning
+        Called on the GUI thread with the engine's warning that the slide looks unlike the
+        model's training data (also shown as a notification).
     overwrite
         Recompute a finished prediction in the same folder (and discard an interrupted
         one) instead of reusing it.
@@ -414,10 +418,20 @@ def start_prediction(
         if created and layer in viewer.layers and getattr(level0, "source", 1) is None:
             viewer.layers.remove(layer)  # nothing to show: do not leave an empty layer
 
+    def record(rec: Any) -> None:
+        from napari_msunet.inference.domain_check import DOMAIN
+
+        if rec.stage != DOMAIN:
+            return
+        text = f"{info.path.name}: {rec.check.message(model_path.name)}"
+        show_warning(text)
+        if on_warning is not None:
+            on_warning(text)
+
     return start_task(
         _worker(plan, overwrite, finished and not overwrite, shown),
         description,
-        on_yield=None,
+        on_yield=record,
         on_return=returned,
         on_error=errored,
     )

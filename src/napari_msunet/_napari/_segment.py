@@ -42,6 +42,10 @@ from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar
 from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet.errors import MsunetError
+from napari_msunet.io.domain import DomainStats
+
+#: Text colour of warnings in the widget (amber: readable on napari's dark and light themes).
+WARNING_COLOUR = "#e69f00"
 
 __all__ = ["SegmentWidget", "prediction_layers", "start_prediction", "visible_region"]
 
@@ -153,6 +157,11 @@ class SegmentWidget(QWidget):
         self.output_label = QLabel("")
         self.output_label.setWordWrap(True)
         self.output_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # the domain check's warning (io.domain): stays until the next run
+        self.warning_label = QLabel("")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setStyleSheet(f"color: {WARNING_COLOUR}; font-weight: bold")
+        self.warning_label.setVisible(False)
 
         form = QFormLayout()
         form.addRow("Slide", self.slide_combo)
@@ -168,6 +177,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.advanced_button)
         layout.addWidget(self.advanced)
         layout.addWidget(self.taskbar)
+        layout.addWidget(self.warning_label)
         layout.addWidget(self.output_label)
         layout.addStretch(1)
 
@@ -251,10 +261,16 @@ class SegmentWidget(QWidget):
             return
         self.header = header
         classes = ", ".join(header.class_names[1:]) or "(none)"
-        self.model_info.setText(
+        text = (
             f"{header.architecture}; classes: {classes}; trained at "
             f"{header.input_um_per_px:g} µm/px"
         )
+        domain = DomainStats.from_training(header.training)
+        if domain is not None and domain.description:
+            text += f"; on {domain.description}"
+        elif domain is None:
+            text += "; its training data are not recorded (no domain check)"
+        self.model_info.setText(text)
         self.mpp_spin.setValue(header.input_um_per_px)
 
     def _toggle_advanced(self, shown: bool) -> None:
@@ -304,6 +320,7 @@ class SegmentWidget(QWidget):
             remember_slide_mpp(layer, slide_mpp)  # for Review and Fine-tune
         region = visible_region(self.viewer, layer) if self.view_only.isChecked() else None
         self.output_label.setText("")
+        self.warning_label.setVisible(False)
         return start_prediction(
             self.viewer,
             layer,
@@ -311,9 +328,15 @@ class SegmentWidget(QWidget):
             region=region,
             config=config,
             on_done=self._done,
+            on_warning=self._warn,
             overwrite=self.overwrite.isChecked(),
             slide_mpp=slide_mpp,
         )
+
+    def _warn(self, text: str) -> None:
+        """The engine's warning (the slide unlike the model's training data), kept in view."""
+        self.warning_label.setText(text)
+        self.warning_label.setVisible(True)
 
     def _done(self, run: PredictionRun) -> None:
         self.last_run = run

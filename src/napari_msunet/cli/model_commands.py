@@ -12,6 +12,18 @@ from napari_msunet.cli._registry import command, stem
 from napari_msunet.errors import MsunetError
 
 
+def _domain_warning(model: Path) -> Any:
+    """The engine's warning that a slide looks unlike ``model``'s training data, as a line."""
+    from napari_msunet.inference.domain_check import DOMAIN
+
+    def line(record: Any) -> str | None:
+        if record.stage != DOMAIN:
+            return None
+        return f"warning: {record.check.message(model.name)}"
+
+    return line
+
+
 @command("predict")
 def _predict(args: argparse.Namespace) -> int:
     from napari_msunet.inference import InferenceConfig, iter_predict_slide
@@ -40,7 +52,7 @@ def _predict(args: argparse.Namespace) -> int:
                     slide, model, header, config, out, mpp=args.mpp, overwrite=args.overwrite,
                     resume=not args.restart, exports=True,
                 )  # fmt: skip
-                result = drive(gen, Path(path).name)
+                result = drive(gen, Path(path).name, on_record=_domain_warning(Path(args.model)))
                 if not result.completed:
                     print(f"{path}: stopped; run again to resume")
                     failures += 1
@@ -270,13 +282,14 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     from napari_msunet.training.plots import plot_history
     from napari_msunet.training.trainer import iter_train
 
+    domain = desc.pop("domain", None)  # the training data's statistics (io.domain)
     gen = iter_train(
         cfg,
         train_set,
         val_set,
         out,
         init_model=init,
-        provenance={"data": desc},
+        provenance={"data": desc, **({"domain": domain} if domain else {})},
         resume=not args.restart,
     )
     # Ctrl-C closes the generator, which leaves a checkpoint to resume from; a resumed run's

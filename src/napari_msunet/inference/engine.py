@@ -42,6 +42,7 @@ from napari_msunet.inference.device import (
     prepare_model,
     resolve_device_settings,
 )
+from napari_msunet.inference.domain_check import DOMAIN, DomainProgress, slide_domain
 from napari_msunet.inference.outputs import (
     SlideOutputs,
     TileWriter,
@@ -137,6 +138,10 @@ def iter_predict_slide(
             :func:`~napari_msunet.io.tissue.iter_detect_tissue`: a large level, or a slide
             without a pyramid, where it decodes all of level 0). ``stop`` is checked between
             windows; a run stopped here returns ``completed=False`` with nothing written.
+        ``"domain"``
+            At most once, before the tiles: the slide's tissue looks unlike the model's
+            training data (:mod:`napari_msunet.io.domain`); ``message`` says how. Drivers
+            show it as a warning. The check itself is on the result (``domain``).
         ``"tiles"``
             :class:`~napari_msunet.inference.progress.TileProgress` records, once before the
             first batch (``done`` = tiles resumed from an earlier run; the ``.partial``
@@ -219,6 +224,10 @@ def iter_predict_slide(
             plan = plan.within(*working_window(geometry, region, slide.shape))
         if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
             settings = confirm_amp(net, settings, normalization, first_window(plan, reader))
+        domain = slide_domain(norm, reader, plan)
+        if domain is not None and domain.far:
+            message = domain.message("the model")
+            yield DomainProgress(1, 1, DOMAIN, message, time.perf_counter() - t0, domain)
         record = {
             "slide": {
                 "name": slide.path.name,
@@ -371,6 +380,7 @@ def iter_predict_slide(
             timings=timings.to_dict(),
             tissue_fraction=None if tissue is None else tissue.fraction,
             region=None if region is None else tuple(record["region"]),
+            domain=domain,
         )
         if not cancelled:
             remove_stale(outputs, config, tissue, overwrite, exports)

@@ -477,6 +477,7 @@ def write_manifest(
                 "skipped": result.tiles_skipped,
             },
             "overhead": result.overhead,
+            "domain": None if result.domain is None else result.domain.to_dict(),
             "timings": result.timings,
             "region": None if result.region is None else list(result.region),
         },

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from napari_msunet.inference.outputs import SlideOutputs
 from napari_msunet.inference.tiling import TilePlan
+from napari_msunet.io.domain import DomainCheck
 from napari_msunet.progress import Progress
 
 __all__ = ["PYRAMID", "TILES", "PredictionResult", "TileProgress"]
@@ -57,7 +58,8 @@ class PredictionResult:
     ``[i dy, (i + 1) dy) x [j dx, (j + 1) dx)``. ``overhead`` is computed / kept pixels over
     the tiles computed. ``timings`` are in seconds (see :class:`~.pipeline.Timings`).
     ``region`` is the level-0 ``(y0, x0, h, w)`` window of a windowed run, ``None`` for the
-    whole slide.
+    whole slide. ``domain`` compares the slide's tissue with the model's training data
+    (:mod:`napari_msunet.io.domain`); ``None`` when the model records no statistics.
     """
 
     completed: bool
@@ -79,6 +81,7 @@ class PredictionResult:
     timings: dict[str, float]
     tissue_fraction: float | None
     region: tuple[int, int, int, int] | None = None
+    domain: DomainCheck | None = None
 
     @property
     def output_mpx_per_s(self) -> float:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch.utils.data import ConcatDataset, Dataset
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.training.augment import context_size
+from napari_msunet.training.domain_stats import images_domain
 from napari_msunet.training.folder_dataset import FolderDataset, find_pairs, stratified_split
 from napari_msunet.training.run_config import RunConfig
 
@@ -48,8 +51,15 @@ def build_datasets(run: RunConfig) -> tuple[Dataset, Dataset | None, dict]:
                 "split_seed": src.split_seed,
                 "noisy": src.noisy,
                 "val_stems": [p.stem for p in val_pairs],
+                "_train_pairs": train_pairs,  # measured below, not recorded
             }
         )
+    folder_images = [p.image for src in desc["folders"] for p in src.pop("_train_pairs")]
+    if folder_images:  # what predictions compare slides with (io.domain)
+        names = ", ".join(Path(f["path"]).name for f in desc["folders"])
+        domain = images_domain(folder_images, f"{names} ({len(folder_images)} images)")
+        if domain is not None:
+            desc["domain"] = domain.to_dict()
     if run.slides:
         from napari_msunet.training.slide_dataset import slide_datasets
 

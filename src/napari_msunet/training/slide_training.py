@@ -43,6 +43,7 @@ from napari_msunet.models.transfer import class_scheme, with_classes
 from napari_msunet.progress import Progress, Stop, eager, stopped
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.domain_stats import slides_domain
 from napari_msunet.training.held_out import (
     FRACTION,
     HeldOut,
@@ -213,6 +214,10 @@ def iter_train_version(
         warnings.warn(f"{target.name}: {held.reason}", FinetuneWarning, stacklevel=3)
     run_dir = run_dir_of(target)
     provenance = {**provenance, "held_out": held.to_dict()}
+    parent_training = read_header(parent).training if parent is not None else None
+    domain = slides_domain([*slides, *held_out_slides], cfg.mpp, parent_training)
+    if domain is not None:  # compared with each slide a prediction meets (io.domain)
+        provenance["domain"] = domain.to_dict()
     result = yield from iter_train(
         cfg, data, None, run_dir, init_model=init, provenance=provenance, stop=stop
     )
