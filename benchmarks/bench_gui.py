@@ -160,8 +160,8 @@ def bench_inference(session: Session, work: Path) -> None:
     import segment_case
     from qtpy.QtWidgets import QApplication
 
-    from napari_msunet._napari._predict_run import warm_up
     from napari_msunet._napari._segment import SegmentWidget
+    from napari_msunet._napari._warm_up import warm_up
 
     case = segment_case.make_case(work)
     viewer = session.viewer

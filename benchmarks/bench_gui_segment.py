@@ -85,8 +85,8 @@ def run_gui(slide: Path, model: Path, cache: Path, idle_s: float) -> tuple[float
 
     import napari
     from napari_msunet._napari import _cores
-    from napari_msunet._napari._predict_run import warm_up
     from napari_msunet._napari._segment import SegmentWidget
+    from napari_msunet._napari._warm_up import warm_up
     from napari_msunet._napari._workspace import workspace_dir
 
     os.environ["NAPARI_MSUNET_CACHE"] = str(cache)

@@ -25,8 +25,9 @@ from event_loop_probe import MAX_GAP_S, MAX_RAW_GAP_S, EventLoopProbe, StackSamp
 from qtpy.QtWidgets import QApplication
 from segment_case import make_case
 
-from napari_msunet._napari._predict_run import prediction_layers, warm_up
+from napari_msunet._napari._predict_run import prediction_layers
 from napari_msunet._napari._segment import SegmentWidget
+from napari_msunet._napari._warm_up import warm_up
 
 
 def test_gui_stays_responsive_during_inference(

@@ -16,7 +16,7 @@ Making the layer at the click, not when the first tiles finish, puts napari's ow
 new Labels layer (about a second on a busy two-core machine) where the user expects a
 reaction, instead of freezing the window at a random moment of the run. The first Labels
 layer of a session also compiles napari's colouring code (numba) and imports pandas:
-:func:`warm_up` does that in a background thread when the Segment widget opens.
+:func:`~._warm_up.warm_up` does that in a background thread at the plugin's first use.
 
 Where results go: ``<workspace>/predictions/<model>`` for a whole slide (see
 :func:`~napari_msunet._napari._workspace.workspace_dir`), with ``@<µm/px>um`` appended when
@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -151,43 +150,6 @@ class PredictionRun:
     reused: bool = False
     result: Any = None
     layer: Any = None
-
-
-# -------------------------------------------------------------------------- warm-up
-_warm = threading.Event()
-_warm_lock = threading.Lock()
-_warm_started = False
-
-
-def warm_up() -> threading.Event:
-    """Prepare napari's Labels machinery in a background thread (once per process).
-
-    With numba installed, napari colours a Labels layer with a class-colour dict through
-    code compiled the first time it runs (about 3 s on two busy cores), and the first Labels
-    layer imports pandas for its features table (about 1 s). Done here, off the GUI thread,
-    the first Run does not pay it. Returns an event set when done.
-    """
-    global _warm_started
-    with _warm_lock:
-        if _warm_started:
-            return _warm
-        _warm_started = True
-
-    def work() -> None:
-        try:
-            import numpy as np
-            import pandas  # noqa: F401
-            from napari.utils.colormaps import DirectLabelColormap
-
-            colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1, 0, 0, 1)}
-            DirectLabelColormap(color_dict=colours).map(np.zeros((2, 2), np.uint8))
-        except Exception:  # an optimisation only: napari does the same later if this fails
-            pass
-        finally:
-            _warm.set()
-
-    threading.Thread(target=work, name="msunet-warm-up", daemon=True).start()
-    return _warm
 
 
 # -------------------------------------------------------------------------- planning

@@ -17,7 +17,9 @@ from typing import Any
 from napari.utils.notifications import show_info
 
 from napari_msunet._napari._layer_info import LayerInfo
-from napari_msunet._napari._reader import geojson_layers, slide_layer
+from napari_msunet._napari._reader import _current_viewer, geojson_layers, slide_layer
+from napari_msunet._napari._responsive import wait_responsively
+from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._workspace import _cache_root
 
 __all__ = ["CREDIT", "sample_slide"]
@@ -37,11 +39,16 @@ def sample_slide() -> list[tuple[Any, dict[str, Any], str]]:
     from napari_msunet.demo import build_sample_slide
     from napari_msunet.io.slide import open_slide
 
-    files = build_sample_slide(_cache_root() / "sample")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        slide = open_slide(files.slide)
-    layers = [slide_layer(slide), *geojson_layers(files.annotation)]
+    prepare_viewer(_current_viewer())  # outlines, spinner check, short notifications
+
+    def build() -> list:
+        files = build_sample_slide(_cache_root() / "sample")  # written at the first use
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide = open_slide(files.slide)
+        return [slide_layer(slide), *geojson_layers(files.annotation)]
+
+    layers = wait_responsively("sample", build)  # the window draws meanwhile
     names = ["EBHI-Seg sample slide", "EBHI-Seg annotation"]
     for (_, kwargs, _), name in zip(layers, names, strict=False):
         kwargs["name"] = name

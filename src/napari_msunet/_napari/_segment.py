@@ -36,7 +36,6 @@ from napari_msunet._napari._predict_run import (
     prediction_layers,
     start_prediction,
     visible_region,
-    warm_up,
 )
 from napari_msunet._napari._scroll import make_scrollable
 from napari_msunet._napari._tasks import Task, TaskBar
@@ -188,7 +187,6 @@ class SegmentWidget(QWidget):
         self.slide_combo.currentIndexChanged.connect(self._slide_changed)
         self._refresh_slides()
         self._use_default_model()
-        warm_up()  # napari's first Labels layer is slow to make; prepare it in the background
         make_scrollable(self)  # stacked docks scroll instead of clipping
 
     # ------------------------------------------------------------------ inputs
