@@ -14,7 +14,9 @@ from typing import Any
 
 from napari_msunet._napari._annotation_layers import annotation_layers
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
+from napari_msunet._napari._responsive import wait_for
 from napari_msunet._napari._viewer_setup import prepare_viewer
+from napari_msunet._napari._warm_up import warm_up
 from napari_msunet.errors import MsunetError
 from napari_msunet.io.slide import Slide, open_slide
 
@@ -59,7 +61,13 @@ def napari_get_reader(path: str | list[str]):
     except Exception:  # never raise into napari
         log.exception("napari-msunet failed on %s", p)
         return None
-    return lambda _path: layers
+    needs = "labels" if any(kind == "labels" for *_, kind in layers) else "image"
+
+    def read(_path: Any) -> list[LayerData]:
+        wait_for(warm_up(needs))  # napari makes the layers at once: their one-off costs first
+        return layers
+
+    return read
 
 
 def _scale(slide: Slide | None) -> tuple[tuple[float, float], tuple[str, str] | None]:

@@ -20,7 +20,7 @@ from typing import TypeVar
 from qtpy.QtCore import QThread
 from qtpy.QtWidgets import QApplication
 
-__all__ = ["wait_responsively"]
+__all__ = ["wait_for", "wait_responsively"]
 
 T = TypeVar("T")
 
@@ -56,3 +56,14 @@ def wait_responsively(key: Hashable, work: Callable[[], T]) -> T:
         app.processEvents()
         time.sleep(POLL_S)
     return future.result()
+
+
+def wait_for(event: threading.Event) -> None:
+    """Return when ``event`` is set, turning the Qt event loop meanwhile (see the module)."""
+    app = QApplication.instance()
+    if app is None or QThread.currentThread() is not app.thread():
+        event.wait()
+        return
+    while not event.is_set():
+        app.processEvents()
+        time.sleep(POLL_S)

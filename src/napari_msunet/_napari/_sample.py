@@ -20,6 +20,7 @@ from napari_msunet._napari._layer_info import LayerInfo
 from napari_msunet._napari._reader import _current_viewer, geojson_layers, slide_layer
 from napari_msunet._napari._responsive import wait_responsively
 from napari_msunet._napari._viewer_setup import prepare_viewer
+from napari_msunet._napari._warm_up import warm_up
 from napari_msunet._napari._workspace import _cache_root
 
 __all__ = ["CREDIT", "sample_slide"]
@@ -46,7 +47,9 @@ def sample_slide() -> list[tuple[Any, dict[str, Any], str]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             slide = open_slide(files.slide)
-        return [slide_layer(slide), *geojson_layers(files.annotation)]
+        layers = [slide_layer(slide), *geojson_layers(files.annotation)]
+        warm_up().wait()  # napari makes a Labels layer next: its colouring compiled first
+        return layers
 
     layers = wait_responsively("sample", build)  # the window draws meanwhile
     names = ["EBHI-Seg sample slide", "EBHI-Seg annotation"]

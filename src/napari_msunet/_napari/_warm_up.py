@@ -9,11 +9,16 @@ GUI thread):
   first annotation or ``add_labels`` of the first prediction;
 - the first Labels layer imports pandas for its features table (about 1 s);
 - the first layer with units (µm) builds pint's unit registry: 0.16-0.46 s;
-- the first image layer imports ``scipy.ndimage`` for its thumbnail: 75 ms.
+- the first image layer imports ``scipy.ndimage`` for its thumbnail: 75 ms;
+- the first Shapes layer (Review's rectangle) compiles napari's triangulation: 60 ms.
 
 :func:`warm_up` does all of it off the GUI thread, once per process, started by
 :func:`~._viewer_setup.prepare_viewer` (any widget, the reader, the sample), so the actions
-after the first do not stall on it.
+after the first do not stall on it. The reader and the sample, whose layers napari makes as
+soon as they return, wait for what their layers need with the event loop turning
+(:func:`~._responsive.wait_for`): a first slide opened waits a fraction of a second for the
+units, a first annotation a second or two for the Labels colouring, with the window drawing
+instead of frozen.
 """
 
 from __future__ import annotations
@@ -22,34 +27,45 @@ import threading
 
 __all__ = ["warm_up"]
 
-_warm = threading.Event()
+_images = threading.Event()  # what the first image layer needs is ready
+_labels = threading.Event()  # ... and the first Labels layer (set last: everything is)
 _warm_lock = threading.Lock()
 _warm_started = False
 
 
 def _work() -> None:
     try:
-        import numpy as np
-        import pandas  # noqa: F401
         import scipy.ndimage  # noqa: F401
         from napari.utils._units import get_unit_registry
-        from napari.utils.colormaps import DirectLabelColormap
 
         get_unit_registry().um  # noqa: B018 - builds the registry
-        colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1, 0, 0, 1)}
-        DirectLabelColormap(color_dict=colours).map(np.zeros((2, 2), np.uint8))
     except Exception:  # an optimisation only: napari does the same later if this fails
         pass
     finally:
-        _warm.set()
+        _images.set()
+    try:
+        import numpy as np
+        import pandas  # noqa: F401
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1, 0, 0, 1)}
+        DirectLabelColormap(color_dict=colours).map(np.zeros((2, 2), np.uint8))
+        from napari.layers.shapes import _accelerated_triangulate_dispatch as shapes
+
+        shapes.warmup_numba_cache()  # napari runs it in the first Shapes layer (Review)
+    except Exception:
+        pass
+    finally:
+        _labels.set()
 
 
-def warm_up() -> threading.Event:
-    """Start the warm-up (once per process); return an event set when it is done."""
+def warm_up(kind: str = "labels") -> threading.Event:
+    """Start the warm-up (once per process); return an event set when what a layer of
+    ``kind`` needs is ready: ``"image"`` (units, thumbnails: a fraction of a second) or
+    ``"labels"`` (also the Labels colouring; set last, when all is done)."""
     global _warm_started
     with _warm_lock:
-        if _warm_started:
-            return _warm
-        _warm_started = True
-    threading.Thread(target=_work, name="msunet-warm-up", daemon=True).start()
-    return _warm
+        if not _warm_started:
+            _warm_started = True
+            threading.Thread(target=_work, name="msunet-warm-up", daemon=True).start()
+    return _images if kind == "image" else _labels
