@@ -16,7 +16,7 @@ Usage::
 
     python examples/record_model_domain.py src/napari_msunet/data/default_model.safetensors \\
         /tmp/default_model.safetensors --data ../shared/data/ebhi-seg \\
-        --description "EBHI-Seg colon biopsies (H&E), 1 µm/px" --calibrate
+        --description "EBHI-Seg colon biopsies (H&E)" --calibrate
 
 EBHI-Seg: Shi et al., Frontiers in Medicine 10:1114673 (2023), CC BY 4.0.
 """

@@ -100,7 +100,9 @@ def test_finetune_saves_a_new_version_and_repredicts_the_view(make_napari_viewer
     assert widget.predict_task.error is None
     models = [layer_info(ly).model for ly in prediction_layers(viewer)]
     assert new in models
-    assert widget.info.text() == "The current view is predicted with tiny-ft1.safetensors."
+    assert widget.info.text().startswith("Saved tiny-ft1.safetensors (6 steps).")
+    assert "Dice on the corrected regions it learnt from" in widget.info.text()  # stays in view
+    assert widget.info.text().endswith("The current view is predicted with tiny-ft1.safetensors.")
     # history: the parent and its version, with what their headers say
     assert widget.history_paths() == [case.parent, new]
     assert "6 steps" in widget.history.list.item(1).text()

@@ -457,9 +457,7 @@ class FinetuneWidget(QWidget):
                 f"Done: {result.steps} steps, last loss {self.plot.losses[-1]:.3f} "
                 f"(moving average {self.plot.smoothed[-1]:.3f})"
             )
-        text = f"Saved {result.model.name} ({result.steps} steps"
-        text += ", stopped early)." if result.stopped else ")."
-        text += "".join(f" {line}." for line in result.score_lines())
+        text = _saved_text(result)
         self.set_model_file(result.model)
         repredict = not result.stopped and self.repredict.isChecked()
         if repredict and self.predict(result.model) is not None:
@@ -487,7 +485,10 @@ class FinetuneWidget(QWidget):
             return
         self.refresh_history()
         if task.error is None and not task.cancelled:
-            self.info.setText(f"The current view is predicted with {model.name}.")
+            text = f"The current view is predicted with {model.name}."
+            if self.result is not None and self.result.model == model:  # keep its scores
+                text = f"{_saved_text(self.result)} {text}"
+            self.info.setText(text)
 
     # ------------------------------------------------------------------ history
     def refresh_history(self) -> None:
@@ -549,3 +550,10 @@ def _no_regions(path: Path) -> bool:
         return False  # the core reads it and names the problem
     features = data.get("features") if isinstance(data, dict) else data
     return isinstance(features, list) and not features
+
+
+def _saved_text(result: FinetuneResult) -> str:
+    """What the widget says of a saved version: name, steps, and its scores."""
+    text = f"Saved {result.model.name} ({result.steps} steps"
+    text += ", stopped early)." if result.stopped else ")."
+    return text + "".join(f" {line}." for line in result.score_lines())

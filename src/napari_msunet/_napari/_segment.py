@@ -265,7 +265,7 @@ class SegmentWidget(QWidget):
         )
         domain = DomainStats.from_training(header.training)
         if domain is not None and domain.description:
-            text += f"; on {domain.description}"
+            text += f" on {domain.description}"
         elif domain is None:
             text += "; its training data are not recorded (no domain check)"
         self.model_info.setText(text)

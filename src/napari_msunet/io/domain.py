@@ -113,7 +113,7 @@ class DomainStats:
     windows
         How many windows they come from.
     description
-        The training data in words ("EBHI-Seg colon biopsies, H&E, 1 µm/px"), shown to the
+        The training data in words ("EBHI-Seg colon biopsies (H&E)"), shown to the
         user beside the model's name.
     """
 

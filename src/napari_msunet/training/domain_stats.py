@@ -47,7 +47,7 @@ def slides_domain(
     names = ", ".join(s.slide.name for s in slides[:3]) + (" ..." if len(slides) > 3 else "")
     own = DomainStats.of(
         np.concatenate(rows) if rows else np.empty((0, 0)),
-        f"{len(slides)} slide(s) at {mpp:g} µm/px: {names}",
+        f"{len(slides)} slide{'s' if len(slides) > 1 else ''} ({names})",
     )
     parent = DomainStats.from_training(parent_training)
     if parent is None:
