@@ -14,7 +14,7 @@ from typing import Any
 
 from napari_msunet._napari._annotation_layers import annotation_layers
 from napari_msunet._napari._layer_info import Kind, LayerClass, LayerInfo, layer_info
-from napari_msunet._napari._responsive import wait_for
+from napari_msunet._napari._responsive import wait_for, wait_responsively
 from napari_msunet._napari._viewer_setup import prepare_viewer
 from napari_msunet._napari._warm_up import warm_up
 from napari_msunet.errors import MsunetError
@@ -46,15 +46,18 @@ def napari_get_reader(path: str | list[str]):
             return None
         path = path[0]
     p = Path(path)
-    try:
+
+    def build() -> list[LayerData]:
         if p.name.lower().endswith(_GEOJSON_SUFFIXES):
-            layers = geojson_layers(p)
-        elif p.name.lower().endswith(".zarr"):
-            layers = [mask_layer(p)]
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                layers = [slide_layer(open_slide(p))]
+            return geojson_layers(p)
+        if p.name.lower().endswith(".zarr"):
+            return [mask_layer(p)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [slide_layer(open_slide(p))]
+
+    try:  # parsing and rasterising in a thread; the window draws meanwhile
+        layers = wait_responsively(("read", str(p)), build)
     except MsunetError as exc:
         log.info("napari-msunet cannot read %s: %s", p, exc)
         return None
