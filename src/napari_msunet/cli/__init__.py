@@ -117,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discard an interrupted prediction in the out folder instead of resuming it",
     )
+    cluster = s.add_argument_group(
+        "many slides on dask.distributed (pip install 'napari-msunet[cluster]')"
+    )
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running dask scheduler (tcp://host:8786): one task per slide on its workers",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start a local cluster of N worker processes (one per GPU; on CPU the cores "
+        "are split between them)",
+    )
+    cluster.add_argument(
+        "--ship-model",
+        action="store_true",
+        help="send the model file's bytes to the workers (for workers that do not see it)",
+    )
 
     s = sub.add_parser(
         "demo",

@@ -42,6 +42,8 @@ def _predict(args: argparse.Namespace) -> int:
             settings[name] = value
     config = InferenceConfig(**settings)
     folders = _prediction_folders(args.slides, Path(args.out), args.per_slide)
+    if args.scheduler or args.workers:  # the cohort on dask.distributed: one task per slide
+        return _predict_cohort(args, folders, config)
     failures = 0
     for path, out in zip(args.slides, folders, strict=True):
         try:
@@ -70,6 +72,23 @@ def _predict(args: argparse.Namespace) -> int:
             f"{result.timings.get('total', 0):.1f} s on {result.device} -> {out}"
         )
     return 1 if failures else 0
+
+
+def _predict_cohort(args: argparse.Namespace, folders: list[Path], config: Any) -> int:
+    """``msunet predict ... --scheduler ADDRESS`` or ``--workers N``."""
+    from napari_msunet.distributed import iter_predict_cohort, write_cohort_report
+
+    gen = iter_predict_cohort(
+        args.slides, folders, args.model, config, scheduler=args.scheduler,
+        workers=args.workers, mpp=args.mpp, overwrite=args.overwrite, restart=args.restart,
+        ship_model=args.ship_model,
+    )  # fmt: skip
+    where = args.scheduler or f"{args.workers} local workers"
+    result = drive(gen, f"predict {len(args.slides)} slides on {where}")
+    print(result.table())
+    report = write_cohort_report(Path(args.out) / "cohort-report.csv", result)
+    print(f"cohort report: {report}")
+    return 0 if all(o.status in ("done", "skipped") for o in result.outcomes) else 1
 
 
 def _prediction_folders(slides: list[str], out: Path, per_slide: bool) -> list[Path]:

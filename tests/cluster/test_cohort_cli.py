@@ -1,0 +1,121 @@
+"""``msunet predict --scheduler``: a cohort over a real dask scheduler and two workers.
+
+The scheduler and the workers are the real ``dask scheduler`` / ``dask worker`` programs on
+127.0.0.1; the slides are real-format files (Aperio SVS, OME-TIFF, NDPI-like); the model is the
+bundled one. Each slide's labels must equal a one-process ``msunet predict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
+from napari_msunet.models.bundled import bundled_model_path
+
+pytest.importorskip("distributed")
+from cluster_case import start_cluster
+
+FORMATS = {"a.svs": "svs", "b.ome.tiff": "ome-tiff", "c.ndpi": "ndpi"}
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    paths = []
+    for k, (name, fmt) in enumerate(FORMATS.items()):
+        spec = SyntheticSlideSpec(1536, 1536, seed=10 + k, mpp=0.5)
+        paths.append(write_synthetic_slide(root / name, spec, fmt, tile=256))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = start_cluster(tmp_path_factory.mktemp("dask"), 2)
+    yield c
+    c.close()
+
+
+def _predict(slides, out, *extra):
+    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
+    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _labels(folder):
+    return np.asarray(zarr.open_group(folder / "labels.ome.zarr", mode="r")["0"])
+
+
+@pytest.fixture(scope="module")
+def baseline(slides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-process")
+    run = _predict(slides, out)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def _stem(path):
+    return path.name.split(".")[0]
+
+
+def test_a_cohort_on_two_workers_equals_the_one_process_run(slides, cluster, baseline, tmp_path):
+    out = tmp_path / "cohort"
+    run = _predict(slides, out, "--scheduler", cluster.address)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for slide in slides:
+        assert np.array_equal(_labels(out / _stem(slide)), _labels(baseline / _stem(slide)))
+        assert (out / _stem(slide) / "prediction.geojson").is_file()
+    rows = list(csv.DictReader((out / "cohort-report.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert {r["worker"] for r in rows} <= {"w0", "w1"}
+    assert "3 done, 0 skipped, 0 failed of 3 slides" in run.stdout
+    # the same command again: every slide is finished, nothing is recomputed
+    again = _predict(slides, out, "--scheduler", cluster.address)
+    assert again.returncode == 0, again.stderr
+    assert "0 done, 3 skipped, 0 failed" in again.stdout
+
+
+def test_an_unreadable_slide_fails_alone_and_is_named(slides, cluster, tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 64)  # a TIFF header and nothing else
+    out = tmp_path / "cohort"
+    run = _predict([slides[0], bad, slides[1]], out, "--scheduler", cluster.address)
+    assert run.returncode == 1
+    rows = {
+        r["slide"].rsplit("/", 1)[-1]: r for r in csv.DictReader((out / "cohort-report.csv").open())
+    }
+    assert rows["broken.svs"]["status"] == "failed"
+    assert "broken.svs" in rows["broken.svs"]["error"]
+    assert rows["a.svs"]["status"] == rows["b.ome.tiff"]["status"] == "done"
+    assert "broken.svs" in run.stdout
+
+
+def test_a_worker_killed_mid_run_loses_nothing(slides, baseline, tmp_path):
+    cluster = start_cluster(tmp_path / "dask", 2)
+    try:
+        out = tmp_path / "cohort"
+        cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
+        cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
+        cmd += ["--scheduler", cluster.address]
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = cluster.workers[0]
+        victim.send_signal(signal.SIGKILL)  # a worker lost while it writes a slide
+        victim.wait(timeout=30)
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stdout + stderr
+        for slide in slides:
+            assert np.array_equal(_labels(out / _stem(slide)), _labels(baseline / _stem(slide)))
+        rows = list(csv.DictReader((out / "cohort-report.csv").open()))
+        assert [r["status"] for r in rows] == ["done"] * 3
+    finally:
+        cluster.close()
