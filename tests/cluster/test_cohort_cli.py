@@ -119,3 +119,12 @@ def test_a_worker_killed_mid_run_loses_nothing(slides, baseline, tmp_path):
         assert [r["status"] for r in rows] == ["done"] * 3
     finally:
         cluster.close()
+
+
+def test_a_local_cluster_of_two_workers_gives_the_same_labels(slides, baseline, tmp_path):
+    out = tmp_path / "local"
+    run = _predict(slides[:2], out, "--workers", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for slide in slides[:2]:
+        assert np.array_equal(_labels(out / _stem(slide)), _labels(baseline / _stem(slide)))
+    assert "on 2 worker(s)" in run.stdout
