@@ -145,13 +145,20 @@ def _client(scheduler: str | None, workers: int | None, threads: int | None) -> 
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
             raise MsunetError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env={"OMP_NUM_THREADS": str(threads or 1)},
-    )
+    import dask
+
+    # distributed sets MALLOC_TRIM_THRESHOLD_ in its workers to hand memory back early; it
+    # also turns off glibc's adaptive mmap threshold, so every large tensor of a forward pass
+    # is mapped and faulted in afresh (see docs/scale-out.md for what it cost)
+    unset = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(unset):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"OMP_NUM_THREADS": str(threads or 1)},
+        )
     return Client(cluster), cluster
 
 

@@ -6,6 +6,9 @@ read like any model file): never as a pickled network, so a worker runs only wei
 the same safetensors loader as ``msunet predict``. Loaded models stay in a per-process cache
 keyed by that SHA-256.
 
+The slide's own dask work (building the pyramid) runs on the worker's threads, never as
+tasks of the cluster (see :func:`predict_slide_task`).
+
 On a machine with several GPUs each worker of a local cluster takes the GPU of its index
 (workers are named 0..N-1); on the CPU each worker uses the torch threads the client gives it
 (the cores split between workers).
@@ -100,6 +103,7 @@ def predict_slide_task(
     :class:`~napari_msunet.distributed.cohort.SlideOutcome`); errors propagate to the client,
     which reports them for this slide alone.
     """
+    import dask
     import torch
 
     from napari_msunet.inference.config import InferenceConfig
@@ -113,7 +117,10 @@ def predict_slide_task(
     settings = InferenceConfig.from_dict(config)
     settings = InferenceConfig.from_dict({**settings.to_dict(), "device": _device(settings.device)})
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    # the engine's own dask arrays (the pyramid) run on this process's threads, as in a
+    # one-process run: inside a worker dask would otherwise send them to the cluster as
+    # new tasks, which wait behind the slides and made every slide 3-5x slower
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the client checked the slides' warnings already
         with open_slide(slide) as opened:
             gen = iter_predict_slide(
