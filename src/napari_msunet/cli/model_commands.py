@@ -216,8 +216,14 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _train_slides(args: argparse.Namespace) -> int:
     """``msunet train --slides ... --annotations ... --out MODEL``: no YAML."""
+    from napari_msunet.training.ddp import Ranks
     from napari_msunet.training.slide_training import iter_train_slides
 
+    if Ranks.from_env().active:
+        raise MsunetError(
+            "training on several processes (torchrun) takes a run YAML for now: "
+            "msunet train --config RUN.yaml; --slides trains in one process"
+        )
     if not args.out:
         raise MsunetError("--out: give the new model file (e.g. --out lymph-node.safetensors)")
     specs, held_out_slides = _slide_specs(args)
@@ -298,6 +304,8 @@ def _epoch_line(rec) -> str | None:
 
 
 def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
+    from napari_msunet.progress import run_to_end
+    from napari_msunet.training.ddp import Ranks
     from napari_msunet.training.plots import plot_history
     from napari_msunet.training.trainer import iter_train
 
@@ -311,6 +319,9 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
         provenance={"data": desc, **({"domain": domain} if domain else {})},
         resume=not args.restart,
     )
+    if not Ranks.from_env().main:  # under torchrun rank 0 reports (training.ddp)
+        run_to_end(gen)
+        return 0
     # Ctrl-C closes the generator, which leaves a checkpoint to resume from; a resumed run's
     # bar starts at its step (records count steps of the whole run)
     result = drive(gen, Path(out).name, on_record=_epoch_line)

@@ -21,6 +21,7 @@ validation foreground Dice) and ``history.jsonl`` (one line per step and per val
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import time
@@ -43,6 +44,14 @@ from napari_msunet.models.device import select_device
 from napari_msunet.progress import Progress, Stop, eager, stopped
 from napari_msunet.training.augment import augment_batch
 from napari_msunet.training.config import TrainConfig
+from napari_msunet.training.ddp import (
+    Ranks,
+    device_for,
+    mean_over_ranks,
+    process_group,
+    stop_on_any,
+    wrap,
+)
 from napari_msunet.training.losses import (
     LossConfig,
     class_counts,
@@ -144,12 +153,29 @@ class TrainResult:
 
 
 class _EpochSampler(Sampler[int]):
-    """A permutation drawn from ``(seed, epoch)``, optionally starting part-way (resume)."""
+    """A permutation drawn from ``(seed, epoch)``, optionally starting part-way (resume).
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int, length: int) -> None:
+    ``share=(rank, world, batch)``: this process's ``batch`` items of every global batch of
+    ``batch x world`` items (``start`` and ``length`` then count global items; see
+    :mod:`.ddp`).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        epoch: int,
+        start: int,
+        length: int,
+        share: tuple[int, int, int] = (0, 1, 0),
+    ) -> None:
         self.order = np.random.default_rng((seed, epoch)).permutation(n)
         reps = math.ceil(length / max(n, 1))
         self.order = np.concatenate([self.order] * reps)[start:length]
+        rank, world, batch = share
+        if world > 1:
+            whole = len(self.order) // (batch * world) * batch * world
+            self.order = self.order[:whole].reshape(-1, world, batch)[:, rank].ravel()
 
     def __iter__(self):
         return iter(int(i) for i in self.order)
@@ -241,7 +267,9 @@ def iter_train(
     ConfigError
         Settings that do not fit the model (classes, patch size).
     """
-    with folder_lock(out_dir, "train.lock"):
+    # under torchrun only rank 0 writes the folder (training.ddp), so only it holds the lock
+    main = Ranks.from_env().main
+    with folder_lock(out_dir, "train.lock") if main else contextlib.nullcontext():
         return (
             yield from _iter_train_unlocked(
                 config,
@@ -270,7 +298,39 @@ def _iter_train_unlocked(
     """:func:`iter_train` without the folder lock (its caller holds it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = select_device(config.device)
+    ranks = Ranks.from_env()  # several processes under torchrun (training.ddp)
+    device = device_for(ranks, select_device(config.device))
+    with process_group(ranks, device):
+        return (
+            yield from _train_in_group(
+                config,
+                train_set,
+                val_set,
+                out,
+                ranks,
+                device,
+                init_model=init_model,
+                provenance=provenance,
+                resume=resume,
+                stop=stop,
+            )
+        )
+
+
+def _train_in_group(
+    config: TrainConfig,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    out: Path,
+    ranks: Ranks,
+    device: torch.device,
+    *,
+    init_model: str | Path | None,
+    provenance: Mapping[str, Any] | None,
+    resume: bool,
+    stop: Stop,
+) -> Generator[TrainStep | EpochEnd, None, TrainResult]:
+    """The training loop, in the process group when there is one (see :mod:`.ddp`)."""
     torch.manual_seed(config.seed)
     parent = None
     if init_model is not None:
@@ -299,7 +359,8 @@ def _iter_train_unlocked(
     weights = _class_weights(config, train_set)
     if weights is not None:
         loss_cfg = LossConfig(**{**loss_cfg.__dict__, "class_weights": weights})
-    steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
+    global_batch = config.batch_size * ranks.world  # batch_size is per process
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / global_batch)
     total_steps = steps_per_epoch * config.epochs
     progress: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best": None}
     history: list[dict[str, Any]] = []
@@ -312,11 +373,12 @@ def _iter_train_unlocked(
         progress = load_state(state_path, optimizer)
         if (out / "best.safetensors").exists() and progress["best"] is not None:
             best = out / "best.safetensors"
-    else:
+    elif ranks.main:
         # a new run (or --restart): the files of an earlier run here are not this run's; a
         # stale best.safetensors would be returned as this run's best without validation
         (out / "best.safetensors").unlink(missing_ok=True)
-    history = _start_history(out / "history.jsonl", progress)
+    history = _start_history(out / "history.jsonl", progress) if ranks.main else []
+    net = wrap(model, ranks, device)  # DDP under torchrun, else the model itself
 
     def provenance_dict() -> dict[str, Any]:
         return {
@@ -333,6 +395,8 @@ def _iter_train_unlocked(
     saved = {"step": progress["global_step"], "at": time.monotonic()}
 
     def checkpoint() -> Path:
+        if not ranks.main:  # rank 0 writes the run's files (training.ddp)
+            return last
         training = model.training
         save_model(last, model.eval(), _header(config, model, provenance_dict()), overwrite=True)
         save_state(state_path, optimizer, progress)
@@ -340,7 +404,8 @@ def _iter_train_unlocked(
         saved.update(step=progress["global_step"], at=time.monotonic())
         return last
 
-    log = (out / "history.jsonl").open("a", buffering=1)  # line by line: a kill loses none
+    # line by line: a kill loses none; only rank 0 logs under torchrun
+    log = (out / "history.jsonl").open("a", buffering=1) if ranks.main else io.StringIO()
     started = time.perf_counter()
     halted = False
     updating = False  # True while the weights and progress are between two consistent states
@@ -354,8 +419,9 @@ def _iter_train_unlocked(
                     len(train_set),
                     config.seed,
                     epoch,
-                    progress["step"] * config.batch_size,
-                    steps_per_epoch * config.batch_size,
+                    progress["step"] * global_batch,
+                    steps_per_epoch * global_batch,
+                    share=(ranks.rank, ranks.world, config.batch_size),
                 ),
                 num_workers=config.num_workers,
                 drop_last=True,
@@ -363,10 +429,10 @@ def _iter_train_unlocked(
             )
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
-            model.train()
+            net.train()
             it = iter(loader)
             while progress["step"] < steps_per_epoch:
-                if stopped(stop):
+                if stop_on_any(stopped(stop), ranks, device):
                     halted = True
                     break
                 t0 = time.perf_counter()
@@ -384,7 +450,7 @@ def _iter_train_unlocked(
                 mean = torch.tensor(config.norm_mean, device=device).view(1, 3, 1, 1)
                 std = torch.tensor(config.norm_std, device=device).view(1, 3, 1, 1)
                 with _autocast(device, config.amp):
-                    logits = model((images - mean) / std)
+                    logits = net((images - mean) / std)
                 terms = total_loss(
                     logits.float(),
                     masks,
@@ -402,7 +468,10 @@ def _iter_train_unlocked(
                 progress["step"] += 1
                 progress["global_step"] += 1
                 updating = False
-                loss = float(terms.total.detach())
+                loss, wce, bootstrap = mean_over_ranks(
+                    [float(terms.total.detach()), float(terms.wce.detach()),
+                     float(terms.bootstrap.detach())], ranks, device,
+                )  # fmt: skip
                 rec = TrainStep(
                     done=progress["global_step"],
                     total=total_steps,
@@ -412,8 +481,8 @@ def _iter_train_unlocked(
                     epoch=epoch,
                     step=progress["step"],
                     loss=loss,
-                    wce=float(terms.wce.detach()),
-                    bootstrap=float(terms.bootstrap.detach()),
+                    wce=wce,
+                    bootstrap=bootstrap,
                     data_wait_s=t1 - t0,
                     step_s=t2 - t0,
                 )
@@ -429,7 +498,8 @@ def _iter_train_unlocked(
             scores = None
             is_best = False
             ep = progress["epoch"]
-            if val_set is not None and (ep % config.validate_every == 0 or ep == config.epochs):
+            due = ep % config.validate_every == 0 or ep == config.epochs
+            if val_set is not None and due and ranks.main:
                 scores = validate(model, val_set, config, device)
                 score = scores.foreground_dice
                 if progress["best"] is None or score > progress["best"]:
@@ -438,7 +508,7 @@ def _iter_train_unlocked(
                 history.append({"epoch": ep, **scores.to_dict()})
             log.flush()
             path = checkpoint()
-            if is_best:
+            if is_best and ranks.main:
                 best = out / "best.safetensors"
                 save_model(best, model, _header(config, model, provenance_dict()), overwrite=True)
             text = f"epoch {ep} done"
