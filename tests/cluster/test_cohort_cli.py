@@ -86,7 +86,8 @@ def test_an_unreadable_slide_fails_alone_and_is_named(slides, cluster, tmp_path)
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"II*\x00" + b"\x00" * 64)  # a TIFF header and nothing else
     out = tmp_path / "cohort"
-    run = _predict([slides[0], bad, slides[1]], out, "--scheduler", cluster.address)
+    # the model's bytes shipped to the workers (for workers that do not see the client's files)
+    run = _predict([slides[0], bad, slides[1]], out, "--scheduler", cluster.address, "--ship-model")
     assert run.returncode == 1
     rows = {
         r["slide"].rsplit("/", 1)[-1]: r for r in csv.DictReader((out / "cohort-report.csv").open())
