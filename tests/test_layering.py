@@ -4,7 +4,7 @@
 _napari/      widgets, reader/writer hooks, sample data   (the only place that imports napari/Qt)
 cli/          `msunet` commands
 demo          the demo pipeline (build, predict, evaluate) shared by the CLI and the GUI
-distributed   cohorts on dask.distributed (to build)
+distributed   cohorts on dask.distributed: one task per slide (DDP training: training/ddp)
 inference/    tiling, engine, outputs
 training/     datasets, augmentation, losses, trainer
 evaluation/   IoU/Dice, TP/FP/FN maps, suspected missing annotations
