@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,25 @@ def test_the_lock_of_a_killed_program_is_taken_over(root):
     store = AnnotationStore.open(root)
     assert json.loads(lock_path(root).read_text())["pid"] == os.getpid()
     store.close()
+
+
+def test_the_lock_of_a_killed_program_not_yet_collected_is_taken_over(root):
+    # a zombie: killed, but its parent has not collected it (a dask worker killed under a
+    # nanny, in a container without an init process): its pid still exists
+    proc = _holder(root)
+    proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _state(proc.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _state(proc.pid) == "Z"
+    store = AnnotationStore.open(root)
+    assert json.loads(lock_path(root).read_text())["pid"] == os.getpid()
+    store.close()
+    proc.wait(timeout=60)
+
+
+def _state(pid):
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_one_process_may_open_a_store_twice(root):

@@ -264,24 +264,17 @@ def _is_stale(other: dict[str, Any]) -> bool:
 
 
 def _running(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
-        import ctypes
+    """Whether process ``pid`` runs. A zombie does not: a killed process whose parent has not
+    collected it yet (or never will, in a container without an init process) still has its
+    pid, and its lock must be taken over (a dask worker killed mid-slide left one)."""
+    import psutil
 
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        kernel32.CloseHandle(handle)
-        return bool(ok) and code.value == 259  # STILL_ACTIVE
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # exists, owned by someone else
-    return True
 
 
 def _remove_if_mine(path: Path) -> None:
