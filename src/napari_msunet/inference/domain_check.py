@@ -3,8 +3,10 @@
 Statistics and limits are :mod:`napari_msunet.io.domain`'s; this picks the windows. They are
 the centres of up to :data:`~napari_msunet.io.domain.CHECK_WINDOWS` of the tiles the run
 computes (tissue only, and inside the region of a current-view run), spread evenly over the
-plan, read at the working resolution the network sees. About 0.1 s on a CPU for 12 windows
-of 224².
+plan, read at the working resolution the network sees. Cost on the 2-core development VM,
+7168² EBHI-Seg mosaic SVS (JPEG tiles): 0.25 s cold, 0.12 s warm, against about 8 s for the
+prediction itself (measured with a throwaway script timing :func:`slide_domain`); that real
+slide passes (RMS 0.54).
 """
 
 from __future__ import annotations
