@@ -221,7 +221,7 @@ def iter_predict_cohort(
             todo.append(i)
     total = len(slides)
     client, cluster = _client(scheduler, workers, threads) if todo else (None, None)
-    n_workers = len(client.scheduler_info()["workers"]) if client is not None else 0
+    n_workers = len(client.nthreads()) if client is not None else 0  # every worker, not 5
     futures: dict[Any, int] = {}
     try:
         if todo:
