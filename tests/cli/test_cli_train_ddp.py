@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -93,3 +95,42 @@ def test_a_two_process_run_resumes_from_rank_0s_checkpoint(case):
     run = subprocess.run(cmd, cwd=case, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert len(_losses(case / "resume")) == 8  # 4 kept, 4 new: no step twice
+
+
+def test_a_run_resumes_only_with_the_processes_it_was_saved_with(case):
+    one = RUN.replace("OUT", "world").replace("BATCH", "2").replace("epochs: 2", "epochs: 1")
+    (case / "world.yaml").write_text(one)
+    single = [sys.executable, "-m", "napari_msunet.cli", "train", "--config", "world.yaml"]
+    run = subprocess.run(single, cwd=case, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    (case / "world.yaml").write_text(one.replace("epochs: 1", "epochs: 2"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "napari_msunet.cli", "train", "--config", "world.yaml"]
+    run = subprocess.run(cmd, cwd=case, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert "saved with 1 process(es) and resumed with 2" in run.stdout + run.stderr
+    assert len(_losses(case / "world")) == 4  # nothing trained, nothing lost
+
+
+def test_stopping_torchrun_checkpoints_every_rank_at_one_step(case):
+    long = RUN.replace("OUT", "stopped").replace("BATCH", "2").replace("epochs: 2", "epochs: 50")
+    (case / "stopped.yaml").write_text(long)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "napari_msunet.cli", "train", "--config", "stopped.yaml"]
+    proc = subprocess.Popen(cmd, cwd=case, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    history = case / "stopped" / "history.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if history.exists() and len(_losses(case / "stopped")) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what torchrun does to its processes on a Ctrl-C
+    proc.communicate(timeout=120)
+    done = len(_losses(case / "stopped"))
+    assert 3 <= done < 200
+    state = case / "stopped" / "last.state.safetensors"
+    assert state.exists()
+    assert not (case / "stopped" / "train.lock").exists()
+    from napari_msunet.models.checkpoint import read_header
+
+    assert read_header(case / "stopped" / "last.safetensors").training["steps"] == done

@@ -92,3 +92,17 @@ def test_a_header_without_usable_statistics_has_none(training):
 
 def test_round_trip_through_the_header_record(bundled_stats):
     assert DomainStats.from_training({"domain": bundled_stats.to_dict()}) == bundled_stats
+
+
+def test_a_thin_strip_at_the_image_edge_is_not_measured():
+    strip = np.full((1, 224, 3), 120, np.uint8)  # a tile clipped to one row
+    assert window_features(strip) is None
+
+
+def test_a_feature_constant_in_training_does_not_flag_every_slide(bundled_stats):
+    patches = _sample_patches()
+    dense = FEATURES.index("dense share")
+    std = list(bundled_stats.std)
+    std[dense] = 0.0  # e.g. pale training data: no densely stained pixel anywhere
+    stats = DomainStats(bundled_stats.mean, tuple(std), bundled_stats.windows)
+    assert not check_domain(stats, patches).far

@@ -304,12 +304,21 @@ def _epoch_line(rec) -> str | None:
 
 
 def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
+    import signal
+    import threading
+
     from napari_msunet.progress import run_to_end
     from napari_msunet.training.ddp import Ranks
     from napari_msunet.training.plots import plot_history
     from napari_msunet.training.trainer import iter_train
 
     domain = desc.pop("domain", None)  # the training data's statistics (io.domain)
+    stop = None
+    if Ranks.from_env().active:
+        # torchrun passes a Ctrl-C on to its processes as SIGTERM: every rank then stops at
+        # the same step (training.ddp) and rank 0 writes the checkpoint a rerun resumes
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     gen = iter_train(
         cfg,
         train_set,
@@ -318,6 +327,7 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
         init_model=init,
         provenance={"data": desc, **({"domain": domain} if domain else {})},
         resume=not args.restart,
+        stop=stop,
     )
     if not Ranks.from_env().main:  # under torchrun rank 0 reports (training.ddp)
         run_to_end(gen)
@@ -325,6 +335,9 @@ def _run_training(cfg, train_set, val_set, out, desc, args, init) -> int:
     # Ctrl-C closes the generator, which leaves a checkpoint to resume from; a resumed run's
     # bar starts at its step (records count steps of the whole run)
     result = drive(gen, Path(out).name, on_record=_epoch_line)
+    if result.stopped:
+        print(f"stopped at step {result.global_step}; run the same command to resume")
+        return 1
     curves = plot_history(out)
     print(
         f"best model: {result.best}  (val Dice {result.best_score})"

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import time
+from asyncio import CancelledError
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -229,7 +230,8 @@ def iter_predict_cohort(
 
             from napari_msunet.distributed.worker import predict_slide_task
 
-            ref: Any = client.scatter(data, broadcast=True) if ship_model else str(model_path)
+            model_ref = str(model_path.resolve())  # workers may run in another folder
+            ref: Any = client.scatter(data, broadcast=True) if ship_model else model_ref
             for i in todo:
                 future = client.submit(
                     predict_slide_task,
@@ -255,6 +257,9 @@ def iter_predict_cohort(
                 done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # none finished yet: look at `stop` again
                 continue
+            except CancelledError:  # cancelled elsewhere (scheduler restart, data lost)
+                done = {f for f in pending if f.cancelled()}
+                pending -= done
             for future in done:
                 i = futures[future]
                 outcomes[i] = _outcome(future, str(slides[i]), str(folders[i]))
@@ -277,9 +282,11 @@ def iter_predict_cohort(
 
 
 def _outcome(future: Any, slide: str, folder: str) -> SlideOutcome:
+    if future.cancelled():
+        return SlideOutcome(slide, folder, "failed", error="cancelled by the cluster")
     try:
         r = future.result()
-    except Exception as exc:  # the slide's own error, or its workers lost too often
+    except (Exception, CancelledError) as exc:  # its own error, or its workers lost too often
         text = str(exc) or type(exc).__name__
         return SlideOutcome(slide, folder, "failed", error=text)
     status = "done" if r["completed"] else "stopped"

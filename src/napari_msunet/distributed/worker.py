@@ -121,7 +121,7 @@ def predict_slide_task(
     # one-process run: inside a worker dask would otherwise send them to the cluster as
     # new tasks, which wait behind the slides and made every slide 3-5x slower
     with dask.config.set(scheduler="threads"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the client checked the slides' warnings already
+        warnings.simplefilter("ignore")  # a slide's warnings (µm/px source) stay on the worker
         with open_slide(slide) as opened:
             gen = iter_predict_slide(
                 opened, net, header, settings, folder, mpp=mpp, overwrite=overwrite,

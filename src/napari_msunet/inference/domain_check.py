@@ -23,6 +23,9 @@ from napari_msunet.progress import Progress
 
 __all__ = ["DOMAIN", "DomainProgress", "slide_domain"]
 
+#: Tiles narrower than this (working px) are not measured.
+MIN_SIDE = 32
+
 #: Stage of the one record a prediction yields when the slide is unlike the training data.
 DOMAIN = "domain"
 
@@ -42,12 +45,14 @@ def slide_domain(norm: Any, reader: WindowReader, plan: TilePlan) -> DomainCheck
     normalisation pair instead of a header) or no tile has enough tissue.
     """
     stats = DomainStats.from_training(getattr(norm, "training", None))
-    if stats is None or not plan.tiles:
+    # a tile clipped to a thin strip at the image's edge says little about the tissue
+    tiles = [t for t in plan.tiles if min(t.h, t.w) >= MIN_SIDE]
+    if stats is None or not tiles:
         return None
-    picks = np.unique(np.linspace(0, len(plan.tiles) - 1, CHECK_WINDOWS).round().astype(int))
+    picks = np.unique(np.linspace(0, len(tiles) - 1, CHECK_WINDOWS).round().astype(int))
     windows = []
     for i in picks:
-        t = plan.tiles[int(i)]
+        t = tiles[int(i)]
         h, w = min(WINDOW, t.h), min(WINDOW, t.w)
         windows.append(reader.read(t.y + (t.h - h) // 2, t.x + (t.w - w) // 2, h, w))
     return check_domain(stats, windows)

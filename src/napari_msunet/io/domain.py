@@ -64,6 +64,8 @@ MIN_TISSUE = 0.1
 CHECK_WINDOWS = 12
 #: Side of each window, in working pixels.
 WINDOW = 224
+#: Least SD of a feature, as a share of its mean (see :func:`check_domain`).
+STD_FLOOR = 0.05
 #: Limits of "unlike the training data": RMS of the z scores, or any one z score.
 FAR_RMS = 1.5
 FAR_Z = 2.5
@@ -83,6 +85,8 @@ _WORDS = {  # what a large positive / negative z score means, for a person
 def window_features(rgb: np.ndarray) -> np.ndarray | None:
     """The features of one ``(h, w, 3)`` uint8 window; ``None`` when it holds too little tissue."""
     f = np.asarray(rgb, dtype=np.float32)
+    if f.ndim != 3 or min(f.shape[:2]) < 2:  # no gradient across a 1-pixel strip
+        return None
     od = -np.log10((f + 1.0) / 256.0)
     total = od.sum(-1)
     tissue = total > TISSUE_OD
@@ -140,7 +144,7 @@ class DomainStats:
         the new slides); ``description`` replaces both descriptions when given."""
         if other is None:
             return self if description is None else _with(self, description)
-        n1, n2 = self.windows, other.windows
+        n1, n2 = max(self.windows, 1), max(other.windows, 1)
         m1, m2 = np.array(self.mean), np.array(other.mean)
         v1, v2 = np.array(self.std) ** 2, np.array(other.std) ** 2
         n = n1 + n2
@@ -255,7 +259,9 @@ def check_domain(stats: DomainStats, windows: Sequence[np.ndarray]) -> DomainChe
     if not len(features):
         return None
     median = np.median(features, axis=0)
-    std = np.maximum(np.array(stats.std), 1e-6)
+    # a feature that never varied in training (a constant share) would make any slide "far"
+    mean = np.abs(np.array(stats.mean))
+    std = np.maximum(np.array(stats.std), np.maximum(STD_FLOOR * mean, 1e-3))
     z = (median - np.array(stats.mean)) / std
     rms = float(math.sqrt(float((z**2).mean())))
     return DomainCheck(tuple(float(v) for v in z), rms, len(features), stats.description)

@@ -15,10 +15,15 @@ the trainer; each finds its rank in the environment torchrun sets (``RANK``, ``W
   averaged), up to float summation order; an epoch is ``len(data) / (batch_size x N)`` steps;
 - reports each step's loss averaged over the processes, and logs, checkpoints, validates and
   holds the run folder's lock **on rank 0 only**; every rank resumes from rank 0's checkpoint;
-- stops when any process is asked to (a Ctrl-C reaches them all), at the same step.
+- stops when any process is asked to, at the same step: torchrun passes a Ctrl-C on to its
+  processes as SIGTERM, which ``msunet train`` turns into the trainer's ``stop``; rank 0 then
+  writes the checkpoint a rerun resumes.
 
-Random augmentation is drawn per process from the step's seed: with augmentation on, the N
-processes see the same items as the one-process run, augmented differently.
+Random augmentation is drawn per process from the step's seed and the rank: with
+augmentation on, the N processes see the same items as the one-process run, augmented
+differently. Whether to resume is rank 0's decision (every rank must see the run folder); a
+run resumes only with the number of processes it was saved with (the data order depends on
+it).
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Ranks", "device_for", "mean_over_ranks", "process_group", "stop_on_any", "wrap"]
+__all__ = [
+    "Ranks",
+    "device_for",
+    "from_main",
+    "mean_over_ranks",
+    "process_group",
+    "stop_on_any",
+    "wrap",
+]
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,10 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # rank 0 validates alone while the others wait in the next step's all-reduce: a long
+    # validation must not trip the default 10-minute collective timeout
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=4))
     try:
         yield
     finally:
@@ -98,6 +115,15 @@ def mean_over_ranks(values: Sequence[float], ranks: Ranks, device: torch.device)
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return [float(v) / ranks.world for v in t.tolist()]
+
+
+def from_main(value: object, ranks: Ranks) -> object:
+    """Rank 0's ``value`` on every process (``value`` itself in one process)."""
+    if not ranks.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def stop_on_any(flag: bool, ranks: Ranks, device: torch.device) -> bool:

@@ -21,9 +21,9 @@ validation foreground Dice) and ``history.jsonl`` (one line per step and per val
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
+import os
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.ddp import (
     Ranks,
     device_for,
+    from_main,
     mean_over_ranks,
     process_group,
     stop_on_any,
@@ -362,15 +363,28 @@ def _train_in_group(
     global_batch = config.batch_size * ranks.world  # batch_size is per process
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / global_batch)
     total_steps = steps_per_epoch * config.epochs
-    progress: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "best": None}
+    progress: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "global_step": 0,
+        "best": None,
+        "world": ranks.world,  # processes of the run: a resume needs as many (training.ddp)
+    }
     history: list[dict[str, Any]] = []
     last, state_path, best = out / "last.safetensors", out / "last.state.safetensors", None
-    resuming = resume and last.exists() and state_path.exists()
+    resuming = bool(from_main(resume and last.exists() and state_path.exists(), ranks))
     if resuming:
         saved, _ = load_model(last, device="cpu")
         model.load_state_dict(saved.state_dict())
         model.to(device)
         progress = load_state(state_path, optimizer)
+        saved_world = int(progress.get("world", 1))
+        if saved_world != ranks.world:
+            raise ConfigError(
+                f"{out}: the run was saved with {saved_world} process(es) and resumed with "
+                f"{ranks.world}: the data order would change; resume it with "
+                f"{saved_world}, or start again with --restart"
+            )
         if (out / "best.safetensors").exists() and progress["best"] is not None:
             best = out / "best.safetensors"
     elif ranks.main:
@@ -405,7 +419,8 @@ def _train_in_group(
         return last
 
     # line by line: a kill loses none; only rank 0 logs under torchrun
-    log = (out / "history.jsonl").open("a", buffering=1) if ranks.main else io.StringIO()
+    log_path = out / "history.jsonl" if ranks.main else Path(os.devnull)
+    log = log_path.open("a", buffering=1)
     started = time.perf_counter()
     halted = False
     updating = False  # True while the weights and progress are between two consistent states
@@ -441,8 +456,8 @@ def _train_in_group(
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
-                gen = torch.Generator().manual_seed(
-                    config.seed * 1_000_003 + progress["global_step"]
+                gen = torch.Generator().manual_seed(  # rank 0 of 1: the one-process seed
+                    config.seed * 1_000_003 + progress["global_step"] + 7919 * ranks.rank
                 )
                 images = batch["image"].to(device, non_blocking=True)
                 masks = batch["mask"].to(device, non_blocking=True).long()
