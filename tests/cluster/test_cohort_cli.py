@@ -15,10 +15,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 from napari_msunet.models.bundled import bundled_model_path
+from napari_msunet.models.checkpoint import load_model, save_model
 
 pytest.importorskip("distributed")
 from cluster_case import start_cluster
@@ -80,6 +82,20 @@ def test_a_cohort_on_two_workers_equals_the_one_process_run(slides, cluster, bas
     again = _predict(slides, out, "--scheduler", cluster.address)
     assert again.returncode == 0, again.stderr
     assert "0 done, 3 skipped, 0 failed" in again.stdout
+    # another model into the same folders: refused slide by slide, nothing replaced
+    other = tmp_path / "other.safetensors"
+    model, header = load_model(bundled_model_path())
+    torch.nn.init.zeros_(next(model.parameters()))
+    save_model(other, model, header)
+    before = _labels(out / _stem(slides[0]))
+    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
+    cmd += ["--model", str(other), "--out", str(out), "--device", "cpu"]
+    cmd += ["--scheduler", cluster.address]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert "0 done, 0 skipped, 3 failed" in refused.stdout
+    assert "made with another model" in (out / "cohort-report.csv").read_text()
+    assert np.array_equal(_labels(out / _stem(slides[0])), before)
 
 
 def test_an_unreadable_slide_fails_alone_and_is_named(slides, cluster, tmp_path):

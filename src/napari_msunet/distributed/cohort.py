@@ -9,8 +9,9 @@ slide's outputs equal a one-process run's.
 
 - **One slide fails alone.** A slide whose task raises (unreadable, corrupt, no µm/px) is
   reported with its error; the other slides go on.
-- **Rerunning resumes.** A slide whose folder holds a finished prediction is skipped (unless
-  ``overwrite``); an interrupted one is resumed from its ``.partial`` stores by the engine.
+- **Rerunning resumes.** A slide whose folder holds a finished prediction of this model is
+  skipped (unless ``overwrite``); one made with another model is reported failed, as the
+  one-process run refuses it; an interrupted one is resumed from its ``.partial`` stores.
 - **A worker lost mid-run** (killed, out of memory, its machine gone): the scheduler gives its
   slide to another worker, which resumes the slide's tiles from the ``.partial`` stores (the
   dead process's folder lock is taken over, see
@@ -127,10 +128,27 @@ def write_cohort_report(path: str | os.PathLike[str], result: CohortResult) -> P
     return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=True)
 
 
-def _finished(folder: Path) -> bool:
+def _finished_with(folder: Path) -> str | None:
+    """The model fingerprint of the finished prediction in ``folder`` ("" when unreadable),
+    or ``None`` when there is none."""
+    import json
+
     from napari_msunet.inference.outputs import SlideOutputs
 
-    return SlideOutputs.in_dir(folder).manifest.is_file()
+    manifest = SlideOutputs.in_dir(folder).manifest
+    if not manifest.is_file():
+        return None
+    try:
+        return str(json.loads(manifest.read_text())["model"]["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _fingerprint(model: Path) -> str:
+    from napari_msunet.inference.outputs import model_fingerprint
+    from napari_msunet.models.checkpoint import load_model
+
+    return model_fingerprint(load_model(model)[0])
 
 
 def _client(scheduler: str | None, workers: int | None, threads: int | None) -> tuple[Any, Any]:
@@ -215,11 +233,19 @@ def iter_predict_cohort(
     t0 = time.perf_counter()
     outcomes: dict[int, SlideOutcome] = {}
     todo = []
+    fingerprint = None
     for i, (slide, folder) in enumerate(zip(slides, folders, strict=True)):
-        if not overwrite and not restart and _finished(Path(folder)):
-            outcomes[i] = SlideOutcome(str(slide), str(folder), "skipped")
-        else:
+        made_with = None if overwrite or restart else _finished_with(Path(folder))
+        if made_with is None:
             todo.append(i)
+            continue
+        fingerprint = fingerprint or _fingerprint(model_path)
+        if made_with == fingerprint:  # this model's finished prediction: a rerun skips it
+            outcomes[i] = SlideOutcome(str(slide), str(folder), "skipped")
+        else:  # as the one-process run refuses it: never silently kept as this model's
+            why = f"{folder}: holds a finished prediction made with another model"
+            why += "; --overwrite replaces it"
+            outcomes[i] = SlideOutcome(str(slide), str(folder), "failed", error=why)
     total = len(slides)
     client, cluster = _client(scheduler, workers, threads) if todo else (None, None)
     n_workers = len(client.nthreads()) if client is not None else 0  # every worker, not 5
