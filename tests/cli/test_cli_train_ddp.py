@@ -134,3 +134,19 @@ def test_stopping_torchrun_checkpoints_every_rank_at_one_step(case):
     from napari_msunet.models.checkpoint import read_header
 
     assert read_header(case / "stopped" / "last.safetensors").training["steps"] == done
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["finetune", "--model", "m.safetensors", "--slides", "s.svs", "--annotations", "a"],
+        ["train", "--slides", "s.svs", "--annotations", "a", "--out", "m.safetensors"],
+    ],
+)
+def test_slide_training_and_fine_tuning_refuse_several_processes(case, args):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    cmd = [sys.executable, "-m", "napari_msunet.cli", *args]
+    run = subprocess.run(cmd, cwd=case, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode != 0
+    assert "runs in one process" in run.stderr
+    assert "msunet train --config RUN.yaml" in run.stderr

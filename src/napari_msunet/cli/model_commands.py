@@ -188,8 +188,21 @@ def _check_train_out(out: Path, overwrite: bool) -> None:
 
 
 @command("finetune")
+def _one_process_only(command: str) -> None:
+    """Refuse ``command`` under torchrun: each process would score and write the version."""
+    from napari_msunet.training.ddp import Ranks
+
+    if Ranks.from_env().active:
+        raise MsunetError(
+            f"{command} runs in one process; training on several processes (torchrun) "
+            "takes a run YAML for now: msunet train --config RUN.yaml"
+        )
+
+
 def _finetune(args: argparse.Namespace) -> int:
     from napari_msunet.training.finetune import iter_finetune
+
+    _one_process_only("msunet finetune")
 
     specs, held_out_slides = _slide_specs(args)
     gen = iter_finetune(
@@ -216,14 +229,9 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _train_slides(args: argparse.Namespace) -> int:
     """``msunet train --slides ... --annotations ... --out MODEL``: no YAML."""
-    from napari_msunet.training.ddp import Ranks
     from napari_msunet.training.slide_training import iter_train_slides
 
-    if Ranks.from_env().active:
-        raise MsunetError(
-            "training on several processes (torchrun) takes a run YAML for now: "
-            "msunet train --config RUN.yaml; --slides trains in one process"
-        )
+    _one_process_only("msunet train --slides")
     if not args.out:
         raise MsunetError("--out: give the new model file (e.g. --out lymph-node.safetensors)")
     specs, held_out_slides = _slide_specs(args)
