@@ -187,7 +187,6 @@ def _check_train_out(out: Path, overwrite: bool) -> None:
         path.unlink()
 
 
-@command("finetune")
 def _one_process_only(command: str) -> None:
     """Refuse ``command`` under torchrun: each process would score and write the version."""
     from napari_msunet.training.ddp import Ranks
@@ -199,6 +198,7 @@ def _one_process_only(command: str) -> None:
         )
 
 
+@command("finetune")
 def _finetune(args: argparse.Namespace) -> int:
     from napari_msunet.training.finetune import iter_finetune
 
