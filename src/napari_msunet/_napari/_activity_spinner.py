@@ -17,7 +17,7 @@ import weakref
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QWidget
 
-__all__ = ["SPINNER_CHECK_S", "install_spinner_check", "stop_idle_spinners"]
+__all__ = ["SPINNER_CHECK_S", "app_timer", "install_spinner_check", "stop_idle_spinners"]
 
 #: Seconds between two checks for an activity spinner left running with nothing in progress.
 SPINNER_CHECK_S = 2.0
@@ -58,10 +58,18 @@ _timer: QTimer | None = None
 def install_spinner_check() -> None:
     """Start the check's timer once per application (call on the GUI thread)."""
     global _timer
+    if _timer is None:
+        _timer = app_timer(SPINNER_CHECK_S, stop_idle_spinners)
+
+
+def app_timer(interval_s: float, callback) -> QTimer | None:
+    """A repeating timer owned by the Qt application (``None`` without one): the plugin's
+    housekeeping that runs for the whole session (this check, notification expiry)."""
     app = QApplication.instance()
-    if _timer is not None or app is None:
-        return
-    _timer = QTimer(app)
-    _timer.setInterval(int(SPINNER_CHECK_S * 1000))
-    _timer.timeout.connect(stop_idle_spinners)
-    _timer.start()
+    if app is None:
+        return None
+    timer = QTimer(app)
+    timer.setInterval(int(interval_s * 1000))
+    timer.timeout.connect(callback)
+    timer.start()
+    return timer

@@ -15,7 +15,9 @@ import time
 import weakref
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication, QWidget
+from qtpy.QtWidgets import QWidget
+
+from napari_msunet._napari._activity_spinner import app_timer
 
 __all__ = ["LIFETIME_S", "expire_notifications", "install_notification_expiry"]
 
@@ -57,10 +59,5 @@ def expire_notifications(now: float | None = None) -> int:
 def install_notification_expiry(interval_s: float = 1.0) -> None:
     """Start the expiry timer once per application (call on the GUI thread)."""
     global _timer
-    app = QApplication.instance()
-    if _timer is not None or app is None:
-        return
-    _timer = QTimer(app)
-    _timer.setInterval(int(interval_s * 1000))
-    _timer.timeout.connect(expire_notifications)
-    _timer.start()
+    if _timer is None:
+        _timer = app_timer(interval_s, expire_notifications)
