@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
 import zarr
 from torch import nn
 
+from napari_msunet.errors import ConfigError
 from napari_msunet.inference.config import EXACT, InferenceConfig
 from napari_msunet.inference.device import (
     Normalization,
@@ -66,6 +67,7 @@ from napari_msunet.inference.pipeline import (
     run_batches,
 )
 from napari_msunet.inference.progress import PYRAMID, PredictionResult, make_progress
+from napari_msunet.inference.shares import ShareTiles
 from napari_msunet.inference.tiling import plan_tiles, resolve_tiling
 from napari_msunet.io.ome_zarr import OmeZarrWriter
 from napari_msunet.io.slide import Slide
@@ -90,6 +92,8 @@ def iter_predict_slide(
     stop: Stop = None,
     region: tuple[int, int, int, int] | None = None,
     exports: bool = False,
+    share: tuple[int, int] | None = None,
+    adopt: Sequence[str | os.PathLike[str]] = (),
 ) -> Generator[Progress, None, PredictionResult]:
     """Predict a whole slide into pyramidal OME-Zarr outputs, as a generator.
 
@@ -127,6 +131,13 @@ def iter_predict_slide(
     exports
         Also write ``prediction.geojson`` and ``prediction.png`` (``msunet predict`` does),
         before the manifest: see :func:`~napari_msunet.inference.outputs.iter_write_exports`.
+    share
+        ``(i, n)``: compute only the ``i``-th of ``n`` parts of the tiles and publish nothing;
+        the tiles stay in the ``.partial`` stores for the run that adopts them (see
+        :mod:`~napari_msunet.inference.shares`). Not with ``region`` or ``exports``.
+    adopt
+        Folders of share runs of this prediction: every tile one of them finished is copied
+        from it instead of computed (counted in ``tiles_adopted``); the rest are computed.
 
     Yields
     ------
@@ -182,6 +193,8 @@ def iter_predict_slide(
     """
     t0 = time.perf_counter()
     config = config or InferenceConfig()
+    if share is not None and (region is not None or exports or adopt):
+        raise ConfigError("a share of a slide has no region, exports or shares of its own")
     timings = Timings()
     n_classes = check_model(model)
     normalization = Normalization.of(norm)
@@ -220,10 +233,15 @@ def iter_predict_slide(
                 return mask.any_in(y0 * dy, x0 * dx, y1 * dy, x1 * dx)
 
         plan = plan_tiles(geometry.shape, tiling.tile, tiling.margin, tiling.alignment, keep)
+        # bf16 is checked on the slide's first tile, whatever part of it this run computes:
+        # so a window or a share of a slide decides as the whole-slide run does
+        amp_window = first_window(plan, reader) if settings.check_amp else None
         if region is not None:
             plan = plan.within(*working_window(geometry, region, slide.shape))
+        if share is not None:
+            plan = plan.part(*share)
         if settings.check_amp:  # bf16 chosen on a CPU: kept only if it agrees with float32
-            settings = confirm_amp(net, settings, normalization, first_window(plan, reader))
+            settings = confirm_amp(net, settings, normalization, amp_window)
         domain = slide_domain(norm, reader, plan)
         if domain is not None and domain.far:
             message = domain.message("the model")
@@ -247,41 +265,45 @@ def iter_predict_slide(
         }
         if region is not None:  # only then, so records of whole-slide runs stay as they were
             record["region"] = [int(v) for v in region]
+        if share is not None:
+            record["share"] = [int(v) for v in share]
         check_run_record(outputs, record, resume)
         # stores a killed run published are complete (checked by the run record just now):
         # kept, not recomputed; other files of an interrupted run of ours may be replaced
         published = outputs.published(config.save_probabilities) if resume else set()
         ours = overwrite or outputs.interrupted()
         write_json(outputs.run_record, record, overwrite=True)  # a resumed run rewrites it
-        common = {
-            "chunk": config.chunk,
-            "mpp": geometry.mpp,
-            "overwrite": ours,
-            "resume": resume,
-        }
-        labels_w = None
-        if outputs.labels not in published:
-            labels_w = OmeZarrWriter(
-                outputs.labels,
-                geometry.shape,
-                kind="labels",
-                class_names=names,
-                class_colors=[[0, 0, 0, 0]] + [[*c, 255] for c in colours[1:]],
-                **common,
-            )
-            writers.append(labels_w)
-        probs_w = None
-        if config.save_probabilities and outputs.probabilities not in published:
-            probs_w = OmeZarrWriter(
-                outputs.probabilities,
-                geometry.shape,
-                kind="probabilities",
-                n_channels=n_classes,
-                class_names=names,
-                class_colors=colours,
-                **common,
-            )
-            writers.append(probs_w)
+
+        def open_writers(
+            into: SlideOutputs, resume: bool = resume, ours: bool = ours
+        ) -> tuple[OmeZarrWriter | None, OmeZarrWriter | None]:
+            common = {"chunk": config.chunk, "mpp": geometry.mpp, "overwrite": ours}
+            labels_w = probs_w = None
+            if into.labels not in published:
+                labels_w = OmeZarrWriter(
+                    into.labels,
+                    geometry.shape,
+                    kind="labels",
+                    class_names=names,
+                    class_colors=[[0, 0, 0, 0]] + [[*c, 255] for c in colours[1:]],
+                    resume=resume,
+                    **common,
+                )
+            if config.save_probabilities and into.probabilities not in published:
+                probs_w = OmeZarrWriter(
+                    into.probabilities,
+                    geometry.shape,
+                    kind="probabilities",
+                    n_channels=n_classes,
+                    class_names=names,
+                    class_colors=colours,
+                    resume=resume,
+                    **common,
+                )
+            return labels_w, probs_w
+
+        labels_w, probs_w = open_writers(outputs)
+        writers.extend(w for w in (labels_w, probs_w) if w is not None)
         workers = config.write_workers if plan.conflict_free(config.chunk) else 1
         tile_writer = TileWriter(labels_w, probs_w, workers)
         # a store is published only once every tile is in both: none is left to compute
@@ -294,8 +316,33 @@ def iter_predict_slide(
         done, px = resumed, 0
         timings.setup = time.perf_counter() - t0 - timings.tissue
         yield make_progress(done, plan, resumed, t0, time.perf_counter(), 0, "starting")
-        tc = time.perf_counter()
         cancelled = False
+        adopted = 0
+        if adopt and todo:
+            shares = ShareTiles(
+                adopt,
+                record,
+                lambda into: open_writers(into, resume=True, ours=False),
+                config.save_probabilities,
+            )
+            try:
+                left = []
+                for t in todo:
+                    block = None if cancelled else shares.take(t)
+                    if block is None:
+                        left.append(t)
+                        continue
+                    tile_writer.submit(t.y, t.x, *block)
+                    adopted += 1
+                    if adopted % 16 == 0:
+                        msg = f"tile {done + adopted}/{len(plan.tiles)} (from the shares)"
+                        yield make_progress(done + adopted, plan, done + adopted, t0, t0, 0, msg)
+                        cancelled = stopped(stop)
+                tile_writer.drain()  # before the shares' stores close
+            finally:
+                shares.close()
+            todo, done, resumed = left, done + adopted, resumed + adopted
+        tc = time.perf_counter()
         batches = run_batches(
             todo,
             plan,
@@ -334,7 +381,8 @@ def iter_predict_slide(
             batches.close()
             tile_writer.close()
         computed = done - resumed
-        if not cancelled:
+        publish = not cancelled and share is None  # a share's tiles wait for the adopting run
+        if publish:
             yield Progress(0, 1, PYRAMID, "building the pyramid", time.perf_counter() - t0)
             tf = time.perf_counter()
             # publishing: from here a kill leaves published stores and no manifest, which a
@@ -369,7 +417,7 @@ def iter_predict_slide(
             level=geometry.level,
             tiles_total=plan.n_total,
             tiles_computed=computed,
-            tiles_resumed=resumed,
+            tiles_resumed=resumed - adopted,
             tiles_skipped=len(plan.skipped),
             tile=tiling.tile,
             margin=tiling.margin,
@@ -381,8 +429,9 @@ def iter_predict_slide(
             tissue_fraction=None if tissue is None else tissue.fraction,
             region=None if region is None else tuple(record["region"]),
             domain=domain,
+            tiles_adopted=adopted,
         )
-        if not cancelled:
+        if publish:
             remove_stale(outputs, config, tissue, overwrite, exports)
             write_manifest(outputs, overwrite, slide, geometry, config, tiling, settings, record,
                             tissue, norm, names, colours, result, exports)  # fmt: skip

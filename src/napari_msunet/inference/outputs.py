@@ -475,6 +475,7 @@ def write_manifest(
                 "computed": result.tiles_computed,
                 "resumed": result.tiles_resumed,
                 "skipped": result.tiles_skipped,
+                "adopted": result.tiles_adopted,
             },
             "overhead": result.overhead,
             "domain": None if result.domain is None else result.domain.to_dict(),

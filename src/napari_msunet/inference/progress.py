@@ -58,8 +58,10 @@ class PredictionResult:
     ``[i dy, (i + 1) dy) x [j dx, (j + 1) dx)``. ``overhead`` is computed / kept pixels over
     the tiles computed. ``timings`` are in seconds (see :class:`~.pipeline.Timings`).
     ``region`` is the level-0 ``(y0, x0, h, w)`` window of a windowed run, ``None`` for the
-    whole slide. ``domain`` compares the slide's tissue with the model's training data
-    (:mod:`napari_msunet.io.domain`); ``None`` when the model records no statistics.
+    whole slide. ``tiles_adopted`` were copied from shares of the slide (see
+    :mod:`~napari_msunet.inference.shares`), neither computed nor resumed. ``domain``
+    compares the slide's tissue with the model's training data (:mod:`napari_msunet.io.domain`);
+    ``None`` when the model records no statistics.
     """
 
     completed: bool
@@ -82,6 +84,7 @@ class PredictionResult:
     tissue_fraction: float | None
     region: tuple[int, int, int, int] | None = None
     domain: DomainCheck | None = None
+    tiles_adopted: int = 0
 
     @property
     def output_mpx_per_s(self) -> float:

@@ -149,6 +149,19 @@ class TilePlan:
             tuple(t for t in self.skipped if meets(t)),
         )
 
+    def part(self, index: int, count: int) -> TilePlan:
+        """The ``index``-th of ``count`` contiguous runs of the tiles to compute (row-major,
+        sizes differing by at most one): one share of a slide spread over several workers.
+
+        The tiles keep their place on the grid, as in :meth:`within`; the skipped tiles go
+        with none of the parts.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"part {index} of {count} does not exist")
+        n = len(self.tiles)
+        start, end = n * index // count, n * (index + 1) // count
+        return TilePlan(self.shape, self.tile, self.margin, self.tiles[start:end], ())
+
     def conflict_free(self, chunk: int) -> bool:
         """Whether no two tiles share an output chunk of side ``chunk`` (then tiles may be
         written from parallel threads)."""

@@ -20,6 +20,7 @@ rewriting the chunk).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -63,6 +64,28 @@ __all__ = ["OmeZarrWriter", "iter_write_ome_zarr", "write_ome_zarr"]
 
 _PARAMS_KEY = "napari_msunet"
 _DONE_LOG = "msunet-done.jsonl"
+
+
+async def _others_finished(timeout: float) -> None:
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    if others:
+        await asyncio.wait(others, timeout=timeout)
+
+
+def settle_zarr_io(timeout: float = 10.0) -> None:
+    """Wait until zarr's writes still in flight have ended (at most ``timeout`` s).
+
+    zarr writes a node's metadata files with ``asyncio.gather``, which raises at the first
+    failure (a full disk) and leaves the other writes running in zarr's threads. Removing the
+    half-made store under them would let a late write recreate its folder, and a process
+    that exits at once leaves their errors unread, which asyncio prints as a traceback after
+    the clean error message. Called before deleting a store after an error or a cancel.
+    """
+    from zarr.core.sync import sync
+
+    with contextlib.suppress(Exception):
+        sync(_others_finished(timeout))
 
 
 class OmeZarrWriter:
@@ -231,6 +254,7 @@ class OmeZarrWriter:
             group.attrs[_PARAMS_KEY] = self._params
             os.rename(tmp, self.partial_path)
         except BaseException:  # a full disk half-way: no half-made store is left behind
+            settle_zarr_io()
             with contextlib.suppress(OSError):
                 remove_path(tmp)
             raise
@@ -315,6 +339,20 @@ class OmeZarrWriter:
         """Return whether the level-0 region is entirely covered by blocks already written."""
         return self._done.covered(int(y), int(x), int(h), int(w))
 
+    def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Read back a level-0 block: ``(h, w)`` labels or ``(C, h, w)`` probabilities.
+
+        Meaningful where :meth:`is_done` says the block was written (elsewhere it holds the
+        fill value); used to take over the tiles another run of the same prediction wrote.
+        """
+        self._check_open()
+        index = (slice(int(y), int(y) + h), slice(int(x), int(x) + w))
+        lead = () if self.kind == "labels" else (slice(None),)
+        try:
+            return np.asarray(self._arrays[0][(*lead, *index)])
+        except Exception as exc:
+            raise WriterError(self.path, f"cannot read the block at (y={y}, x={x}): {exc}") from exc
+
     def done_regions(self) -> list[tuple[int, int, int, int]]:
         """Return the written level-0 blocks as ``(y, x, h, w)``, including resumed ones."""
         return self._done.regions()
@@ -397,6 +435,7 @@ class OmeZarrWriter:
     def discard(self) -> None:
         """Delete the partial output (a cancel that should not be resumed)."""
         self.close()
+        settle_zarr_io()
         remove_path(self.partial_path)
         self._finalized = True
 
