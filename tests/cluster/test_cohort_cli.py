@@ -8,6 +8,7 @@ bundled one. Each slide's labels must equal a one-process ``msunet predict``.
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -145,3 +146,68 @@ def test_a_local_cluster_of_two_workers_gives_the_same_labels(slides, baseline, 
     for slide in slides[:2]:
         assert np.array_equal(_labels(out / _stem(slide)), _labels(baseline / _stem(slide)))
     assert "on 2 worker(s)" in run.stdout
+
+
+def _probabilities(folder):
+    return np.asarray(zarr.open_group(folder / "probabilities.ome.zarr", mode="r")["0"])
+
+
+def test_a_slide_split_over_the_workers_equals_the_one_process_run(
+    slides, cluster, baseline, tmp_path
+):
+    out = tmp_path / "split"
+    run = _predict(slides[:2], out, "--scheduler", cluster.address, "--split", "3")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for slide in slides[:2]:
+        folder = out / _stem(slide)
+        assert np.array_equal(_labels(folder), _labels(baseline / _stem(slide)))
+        assert np.array_equal(_probabilities(folder), _probabilities(baseline / _stem(slide)))
+        assert not (folder / ".msunet-shares").exists()  # the shares are gone once published
+        tiles = json.loads((folder / "prediction.json").read_text())["tiles"]
+        assert tiles["adopted"] == tiles["total"] - tiles["skipped"]  # all from the shares
+        assert tiles["computed"] == 0
+    rows = list(csv.DictReader((out / "cohort-report.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 2
+    assert "2 done, 0 skipped, 0 failed of 2 slides" in run.stdout
+
+
+def test_split_without_a_cluster_is_refused(slides, tmp_path):
+    run = _predict(slides[:1], tmp_path / "x", "--split", "2")
+    assert run.returncode == 2
+    assert "--split" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_ctrl_c_stops_the_slides_running_on_the_workers(cluster, tmp_path):
+    # slides of a few dozen tiles each, so that a slide running on to its end is seen
+    big = [
+        write_synthetic_slide(
+            tmp_path / f"{n}.svs", SyntheticSlideSpec(6144, 6144, seed=k, mpp=0.5)
+        )
+        for k, n in enumerate(("p", "q"))
+    ]
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, big)]
+    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
+    cmd += ["--scheduler", cluster.address]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode != 0
+    assert "interrupted" in stderr, stdout + stderr
+    # the workers stop the slides they run, not only the client: their folders' locks go
+    # within a batch or two, and no slide runs on to its end
+    deadline = time.monotonic() + 60
+    while list(out.glob("*/prediction.lock")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(out.glob("*/prediction.lock"))
+    assert not list(out.glob("*/prediction.json"))
+    assert list(out.glob("*/labels.ome.zarr.partial"))
+    again = _predict(big, out, "--scheduler", cluster.address)  # resumes
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = list(csv.DictReader((out / "cohort-report.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 2
+    assert sum(int(r["resumed"]) for r in rows) > 0

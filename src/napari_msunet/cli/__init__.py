@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send the model file's bytes to the workers (for workers that do not see it)",
     )
+    cluster.add_argument(
+        "--split",
+        type=int,
+        default=1,
+        metavar="N",
+        help="spread each slide's tiles over N tasks, then publish it from them: for a few "
+        "large slides on more workers than slides (the result is the same)",
+    )
 
     s = sub.add_parser(
         "demo",

@@ -9,7 +9,7 @@ from typing import Any
 
 from napari_msunet.cli._drive import drive
 from napari_msunet.cli._registry import command, stem
-from napari_msunet.errors import MsunetError
+from napari_msunet.errors import ConfigError, MsunetError
 
 
 def _domain_warning(model: Path) -> Any:
@@ -44,6 +44,8 @@ def _predict(args: argparse.Namespace) -> int:
     folders = _prediction_folders(args.slides, Path(args.out), args.per_slide)
     if args.scheduler or args.workers:  # the cohort on dask.distributed: one task per slide
         return _predict_cohort(args, folders, config)
+    if args.split != 1:
+        raise ConfigError("--split spreads slides over dask workers: add --workers or --scheduler")
     failures = 0
     for path, out in zip(args.slides, folders, strict=True):
         try:
@@ -81,7 +83,7 @@ def _predict_cohort(args: argparse.Namespace, folders: list[Path], config: Any) 
     gen = iter_predict_cohort(
         args.slides, folders, args.model, config, scheduler=args.scheduler,
         workers=args.workers, mpp=args.mpp, overwrite=args.overwrite, restart=args.restart,
-        ship_model=args.ship_model,
+        ship_model=args.ship_model, split=args.split,
     )  # fmt: skip
     where = args.scheduler or f"{args.workers} local workers"
     result = drive(gen, f"predict {len(args.slides)} slides on {where}")

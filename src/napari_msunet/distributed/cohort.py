@@ -18,8 +18,11 @@ slide's outputs equal a one-process run's.
   :func:`~napari_msunet.inference.outputs.lock_folder`). A slide whose workers die
   ``distributed.scheduler.allowed-failures`` times (default 3) is reported failed.
 - **Progress** is per slide: stage ``"cohort"``, slides finished (done, skipped or failed) of
-  all, with an ETA from the slides finished so far. ``stop`` cancels the slides not finished
-  (their ``.partial`` stores stay for a rerun) and returns what finished.
+  all, with an ETA from the slides finished so far; while none finishes, the same record
+  every :data:`POLL_S`, so that a driver's stop (the CLI's Ctrl-C) is seen within it.
+  ``stop`` cancels the slides not finished (their ``.partial`` stores stay for a rerun; the
+  running ones stop at their next batch, see
+  :func:`~napari_msunet.distributed.worker.predict_slide_task`) and returns what finished.
 
 The outcome of every slide is a :class:`SlideOutcome`; :func:`write_cohort_report` writes
 them as CSV (``cohort-report.csv`` beside the outputs, from the CLI).
@@ -27,9 +30,11 @@ them as CSV (``cohort-report.csv`` beside the outputs, from the CLI).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import time
@@ -202,6 +207,7 @@ def iter_predict_cohort(
     overwrite: bool = False,
     restart: bool = False,
     ship_model: bool = False,
+    split: int = 1,
     stop: Stop = None,
 ) -> Generator[Progress, None, CohortResult]:
     """Predict ``slides`` into ``folders`` (one each) on dask.distributed; see the module.
@@ -214,9 +220,15 @@ def iter_predict_cohort(
     ship_model
         Send the model file's bytes to every worker (once) instead of its path: for workers
         that do not see the client's files.
+    split
+        Spread each slide's tiles over this many tasks (shares), then publish it in one more
+        task that takes their tiles (see :mod:`~napari_msunet.inference.shares`): for a few
+        large slides on more workers than slides. The result is the same.
     """
     if len(slides) != len(folders):
         raise ConfigError("one output folder per slide")
+    if split < 1:
+        raise ConfigError(f"split must be at least 1, not {split}")
     if scheduler and workers:
         raise ConfigError("give either a scheduler address or a number of local workers")
     config = config or InferenceConfig()
@@ -249,31 +261,56 @@ def iter_predict_cohort(
     total = len(slides)
     client, cluster = _client(scheduler, workers, threads) if todo else (None, None)
     n_workers = len(client.nthreads()) if client is not None else 0  # every worker, not 5
-    futures: dict[Any, int] = {}
+    futures: dict[Any, tuple[int, int | None]] = {}  # -> (slide, share or None)
+    shares_left: dict[int, set[Any]] = {}
+    share_results: dict[int, list[dict[str, Any] | None]] = {}
+    started: dict[int, float] = {}
+    # the shares of another model or other settings never share a folder name with these
+    settings = json.dumps([sha256, config.to_dict(), mpp], sort_keys=True)
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:10] + "-"
+    stop_event = None
     try:
         if todo:
-            from distributed import wait
+            from distributed import Event, wait
 
             from napari_msunet.distributed.worker import predict_slide_task
+            from napari_msunet.inference.shares import share_folders
 
             model_ref = str(model_path.resolve())  # workers may run in another folder
             ref: Any = client.scatter(data, broadcast=True) if ship_model else model_ref
-            for i in todo:
+            # set when the cohort stops: running slides stop at their next batch (see worker)
+            stop_event = Event(f"msunet-stop-{sha256[:8]}-{time.time_ns()}", client=client)
+
+            def submit(i: int, share: int | None = None, adopt: bool = False) -> Any:
+                folder = Path(folders[i]).resolve()
+                parts = [str(p) for p in share_folders(folder, split, tag)]
                 future = client.submit(
                     predict_slide_task,
                     str(Path(slides[i]).resolve()),
-                    str(Path(folders[i]).resolve()),
+                    str(folder) if share is None else parts[share],
                     ref,
                     sha256,
                     config.to_dict(),
                     mpp=mpp,
-                    overwrite=overwrite,
+                    overwrite=overwrite and share is None,
                     restart=restart,
                     threads=threads,
-                    key=f"msunet-predict-{i}-{sha256[:8]}-{time.time_ns()}",
+                    share=None if share is None else (share, split),
+                    adopt=parts if adopt else None,
+                    stop_event=stop_event.name,
+                    key=f"msunet-predict-{i}-{share}-{sha256[:8]}-{time.time_ns()}",
                     pure=False,
                 )
-                futures[future] = i
+                futures[future] = (i, share)
+                return future
+
+            for i in todo:
+                started[i] = time.perf_counter()
+                if split > 1:
+                    shares_left[i] = {submit(i, k) for k in range(split)}
+                    share_results[i] = []
+                else:
+                    submit(i)
         yield Progress(len(outcomes), total, COHORT, f"{len(outcomes)}/{total} slides", 0.0)
         pending = set(futures)
         while pending:
@@ -281,30 +318,79 @@ def iter_predict_cohort(
                 break
             try:
                 done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # none finished yet: look at `stop` again
+            except TimeoutError:  # none finished yet: a record all the same (see the module)
+                elapsed = time.perf_counter() - t0
+                n = len(outcomes)
+                yield Progress(n, total, COHORT, f"{n}/{total} slides", elapsed)
                 continue
             except CancelledError:  # cancelled elsewhere (scheduler restart, data lost)
                 done = {f for f in pending if f.cancelled()}
                 pending -= done
+            finished = False
             for future in done:
-                i = futures[future]
-                outcomes[i] = _outcome(future, str(slides[i]), str(folders[i]))
-            if done:
+                i, share = futures[future]
+                if share is not None:  # a share failed or lost: its tiles are computed later
+                    share_results[i].append(_task_result(future))
+                    shares_left[i].discard(future)
+                    if not shares_left[i]:  # all shares ended: one task publishes the slide
+                        pending.add(submit(i, adopt=True))
+                    continue
+                finished = True
+                outcome = _outcome(future, str(slides[i]), str(folders[i]))
+                if i in share_results:
+                    outcome = _split_outcome(outcome, share_results[i], started[i], split)
+                outcomes[i] = outcome
+            if finished:
                 elapsed = time.perf_counter() - t0
                 n = len(outcomes)
                 yield Progress(
                     n, total, COHORT, f"{n}/{total} slides{_eta(n, total, elapsed)}", elapsed
                 )
     finally:
-        for future, i in futures.items():
-            if i not in outcomes:
-                future.cancel()
-                outcomes[i] = SlideOutcome(str(slides[i]), str(folders[i]), "stopped")
+        unfinished = [(f, i) for f, (i, _) in futures.items() if i not in outcomes]
+        if unfinished and stop_event is not None:
+            with contextlib.suppress(Exception):  # a scheduler already gone stops them anyway
+                stop_event.set()
+        for future, i in unfinished:
+            future.cancel()
+            outcomes[i] = SlideOutcome(str(slides[i]), str(folders[i]), "stopped")
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     return CohortResult([outcomes[i] for i in range(total)], time.perf_counter() - t0, n_workers)
+
+
+def _task_result(future: Any) -> dict[str, Any] | None:
+    """A finished task's result, or ``None`` when it failed or was cancelled."""
+    try:
+        return None if future.cancelled() else future.result()
+    except (Exception, CancelledError):
+        return None
+
+
+def _split_outcome(
+    outcome: SlideOutcome, shares: list[dict[str, Any] | None], since: float, split: int
+) -> SlideOutcome:
+    """The outcome of a slide split over shares: its tiles and workers are all of its tasks',
+    its time the wall time from its shares' submission to its publishing."""
+    if outcome.status != "done":
+        return outcome
+    ran = [r for r in shares if r is not None]
+    seconds = time.perf_counter() - since
+    mpx = next((r["mpx"] for r in ran), 0.0)
+    workers = {str(r["worker"]) for r in ran} | {outcome.worker}
+    return SlideOutcome(
+        outcome.slide,
+        outcome.folder,
+        outcome.status,
+        tiles=outcome.tiles + sum(int(r["tiles"]) for r in ran),
+        resumed=outcome.resumed + sum(int(r["resumed"]) for r in ran),
+        seconds=seconds,
+        mpx_per_s=mpx / seconds if seconds > 0 and mpx else outcome.mpx_per_s,
+        worker=f"{split} shares on {len(workers)} workers" if len(workers) > 1 else outcome.worker,
+        domain_far=outcome.domain_far,
+    )
 
 
 def _outcome(future: Any, slide: str, folder: str) -> SlideOutcome:

@@ -85,6 +85,38 @@ def _device(device: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
+#: Seconds between two looks at the cohort's stop event (each one asks the scheduler).
+STOP_POLL_S = 1.0
+
+
+def _stop_flag(name: str | None) -> Any:
+    """The engine's ``stop`` for a task: whether the cohort's ``distributed.Event`` ``name``
+    is set, asked of the scheduler at most every :data:`STOP_POLL_S` (``None`` without one).
+
+    Cancelling a running future does not interrupt its thread; without this a stopped
+    cohort's slides ran on to their end, holding their folders' locks, and a rerun was
+    refused until they had finished.
+    """
+    if not name:
+        return None
+    from distributed import Event
+
+    event = Event(name)
+    state = {"at": 0.0, "set": False}
+
+    def stop() -> bool:
+        now = time.monotonic()
+        if not state["set"] and now - state["at"] >= STOP_POLL_S:
+            state["at"] = now
+            try:
+                state["set"] = bool(event.is_set())
+            except Exception:  # the scheduler gone: the worker goes with it anyway
+                state["set"] = False
+        return state["set"]
+
+    return stop
+
+
 def predict_slide_task(
     slide: str,
     folder: str,
@@ -96,8 +128,18 @@ def predict_slide_task(
     overwrite: bool = False,
     restart: bool = False,
     threads: int | None = None,
+    share: tuple[int, int] | None = None,
+    adopt: list[str] | None = None,
+    stop_event: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``slide`` into ``folder`` as ``msunet predict`` does (exports included).
+
+    With ``share`` only that part of the slide's tiles is computed, into ``folder`` (a
+    share's folder), and nothing is published; with ``adopt`` the shares' finished tiles are
+    taken, the rest computed, the prediction published and the shares' folder removed (see
+    :mod:`~napari_msunet.inference.shares`). ``stop_event`` names the cohort's
+    ``distributed.Event``: once it is set the slide stops at its next batch, its tiles kept
+    for a rerun.
 
     Returns the slide's outcome as plain values (see
     :class:`~napari_msunet.distributed.cohort.SlideOutcome`); errors propagate to the client,
@@ -108,7 +150,9 @@ def predict_slide_task(
 
     from napari_msunet.inference.config import InferenceConfig
     from napari_msunet.inference.engine import iter_predict_slide
+    from napari_msunet.inference.shares import SHARES
     from napari_msunet.io.slide import open_slide
+    from napari_msunet.io.writers import remove_path
     from napari_msunet.progress import run_to_end
 
     if threads:
@@ -125,13 +169,18 @@ def predict_slide_task(
         with open_slide(slide) as opened:
             gen = iter_predict_slide(
                 opened, net, header, settings, folder, mpp=mpp, overwrite=overwrite,
-                resume=not restart, exports=True,
+                resume=not restart, exports=share is None, share=share, adopt=adopt or (),
+                stop=_stop_flag(stop_event),
             )  # fmt: skip
             result = run_to_end(gen)
+    if adopt and result.completed:  # published: the shares have served
+        remove_path(Path(folder) / SHARES)
     return {
         "completed": bool(result.completed),
         "tiles": int(result.tiles_computed),
         "resumed": int(result.tiles_resumed),
+        "adopted": int(result.tiles_adopted),
+        "mpx": result.shape[0] * result.shape[1] / 1e6,
         "seconds": round(time.perf_counter() - t0, 3),
         "mpx_per_s": round(float(result.output_mpx_per_s), 4),
         "device": result.device,
