@@ -5,7 +5,9 @@ from the command's start to its end (cluster start-up included):
 
 - one process (the slides one after another, torch threads = cores);
 - ``--workers 1`` (a local dask.distributed cluster of one worker process, threads = cores);
-- ``--workers N`` (N worker processes, the cores split between them).
+- ``--workers N`` (N worker processes, the cores split between them);
+- with ``--split S``, also ``--workers N --split S`` (each slide's tiles over S tasks): the
+  case of a few large slides on more workers than slides.
 
 The slides are JPEG-tiled synthetic SVS slides (``napari_msunet.io.synthetic``) at 0.5 µm/px,
 predicted with the bundled model at its 1 µm/px. Throughput is working-resolution megapixels
@@ -16,6 +18,11 @@ Usage::
 
     python benchmarks/bench_cohort.py --workdir /tmp/msunet-cohort --slides 6 --size 6144 \
         --workers 2
+
+One large slide split over two workers::
+
+    python benchmarks/bench_cohort.py --workdir /tmp/msunet-split --slides 1 --size 12288 \
+        --workers 2 --split 2
 
 On a GPU machine, ``--device cuda --workers <number of GPUs>`` gives 1 vs N GPUs.
 """
@@ -39,7 +46,8 @@ from napari_msunet.models.bundled import bundled_model_path
 
 def _run(slides: list[Path], out: Path, device: str, extra: list[str]) -> float:
     cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
-    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", device, *extra]
+    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", device]
+    cmd += ["--per-slide", *extra]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=6144, help="level-0 side of each slide, px")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--split", type=int, default=1, help="also run --workers N --split S")
     args = ap.parse_args(argv)
     data = args.workdir / "slides"
     data.mkdir(parents=True, exist_ok=True)
@@ -73,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = [("one process", []), ("--workers 1", ["--workers", "1"])]
     runs.append((f"--workers {args.workers}", ["--workers", str(args.workers)]))
+    if args.split > 1:
+        split = ["--workers", str(args.workers), "--split", str(args.split)]
+        runs.append((" ".join(split), split))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; {args.slides} slides of {args.size}² px at "
           f"0.5 µm/px ({working_mpx:.1f} working Mpx in all), device {args.device}")  # fmt: skip

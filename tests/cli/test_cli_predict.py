@@ -174,3 +174,19 @@ def test_two_slides_with_one_name_are_refused_before_any_work(case, tmp_path, ca
     err = capsys.readouterr().err
     assert f"{first} and {second} would both write their prediction to {out / 'x'}" in err
     assert not out.exists()
+
+
+def test_without_a_model_the_bundled_one_is_used_and_named(tmp_path):
+    from napari_msunet.models.bundled import bundled_model_path
+
+    slide = write_synthetic_slide(
+        tmp_path / "small.svs", SyntheticSlideSpec(768, 768, seed=2, mpp=1.0), "svs"
+    )
+    out = tmp_path / "out"
+    proc = msunet("predict", slide, "--out", out, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert "bundled default model" in first
+    assert str(bundled_model_path()) in first
+    manifest = json.loads((out / "prediction.json").read_text())
+    assert manifest["class_names"] == ["Background", "Gland"]

@@ -266,7 +266,7 @@ def test_bad_inputs_name_the_file(tmp_path, files, monkeypatch):
     with pytest.raises(AnnotationError, match=r"garbage.geojson: is not valid JSON"):
         _bad(tmp_path, files, truth=garbage)
     rgb = tmp_path / "rgb.png"
-    Image.new("RGB", (8, 8)).save(rgb)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(rgb)  # a colour, not a grey mask as RGB
     with pytest.raises(AnnotationError, match=r"rgb.png: is a colour"):
         _bad(tmp_path, files, pred=rgb)
     with pytest.raises(AnnotationError, match=r"truth.geojson: is GeoJSON, but the prediction"):

@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment slides: OME-Zarr labels + probabilities, QuPath GeoJSON, preview PNG",
     )
     s.add_argument("slides", nargs="+", metavar="SLIDE")
-    s.add_argument("--model", required=True, help="model file (.safetensors)")
+    s.add_argument(
+        "--model",
+        default=None,
+        help="model file (.safetensors); default: the bundled model (EBHI-Seg colon glands)",
+    )
     s.add_argument("--out", required=True, help="output folder (one sub-folder per slide)")
     s.add_argument("--mpp", type=float, default=None, help="slide µm/px when the file lacks it")
     s.add_argument(
@@ -174,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for report.json, report.csv, overlay.png")
     s.add_argument("--slide", help="the slide (scale of a GeoJSON truth; overlay background)")
     s.add_argument("--ignore-label", type=int, default=None, help="truth label to leave out")
+    s.add_argument(
+        "--truth-class",
+        default=None,
+        metavar="NAME",
+        help="the model's class that a binary truth mask (0/1, 0/255) annotates "
+        "(default: the model's only class)",
+    )
     s.add_argument("--region", help="mask restricting where pixels count (e.g. tissue.png)")
     s.add_argument("--overwrite", action="store_true")
 

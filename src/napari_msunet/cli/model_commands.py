@@ -28,8 +28,12 @@ def _domain_warning(model: Path) -> Any:
 def _predict(args: argparse.Namespace) -> int:
     from napari_msunet.inference import InferenceConfig, iter_predict_slide
     from napari_msunet.io.slide import open_slide
+    from napari_msunet.models.bundled import bundled_model_path
     from napari_msunet.models.checkpoint import load_model
 
+    if args.model is None:
+        args.model = str(bundled_model_path())
+        print(f"model: the bundled default model ({args.model}); --model FILE for another")
     model, header = load_model(args.model)
     settings = {
         "target_mpp": args.target_mpp or header.input_um_per_px,
@@ -124,6 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         slide=args.slide,
         ignore_label=args.ignore_label,
+        truth_class=args.truth_class,
         region=args.region,
         overwrite=args.overwrite,
     )

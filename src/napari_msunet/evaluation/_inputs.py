@@ -32,11 +32,12 @@ from typing import Any
 import dask.array as da
 import zarr
 
-from napari_msunet.errors import AnnotationError
+from napari_msunet.errors import AnnotationError, ConfigError
 from napari_msunet.evaluation.matching import (
     ClassMatch,
     EvaluationWarning,
     match_classes,
+    match_truth,
     normalise_names,
     remap_labels,
 )
@@ -208,8 +209,12 @@ def load_truth(
     *,
     slide: Slide | None = None,
     ignore_label: int | None = None,
+    truth_class: str | None = None,
 ) -> Truth:
     """Open the truth (label mask or QuPath GeoJSON) on the prediction's grid.
+
+    An unnamed mask is matched by its values (:func:`~.matching.match_truth`): one foreground
+    value is one class, the prediction's only class or ``truth_class``.
 
     Raises
     ------
@@ -220,8 +225,10 @@ def load_truth(
     """
     p = Path(path)
     if is_geojson(p):
+        if truth_class is not None:
+            raise ConfigError(f"{p}: a GeoJSON names its classes; a truth class is for masks")
         return _truth_from_geojson(p, pred, slide, ignore_label)
-    return _truth_from_mask(p, pred, ignore_label)
+    return _truth_from_mask(p, pred, ignore_label, truth_class)
 
 
 def _truth_from_geojson(
@@ -266,7 +273,9 @@ def _truth_from_geojson(
     return Truth(path, "geojson", tuple(levels), match, rasters[0], {}, details)
 
 
-def _truth_from_mask(path: Path, pred: Prediction, ignore_label: int | None) -> Truth:
+def _truth_from_mask(
+    path: Path, pred: Prediction, ignore_label: int | None, truth_class: str | None = None
+) -> Truth:
     mask: LabelMask = open_mask(path)
     shapes = [tuple(int(s) for s in lv.shape) for lv in mask.levels]
     if pred.shape not in shapes:
@@ -294,10 +303,14 @@ def _truth_from_mask(path: Path, pred: Prediction, ignore_label: int | None) -> 
                 stacklevel=3,
             )
     truth_names = {c.label: c.name for c in mask.classes}
-    match = match_classes(
-        pred.names, truth_names, ignore_label=ignore_label, truth_source=str(path)
-    )
     levels = tuple(mask.levels[j:])
+    try:
+        match = match_truth(
+            pred.names, truth_names, levels, truth_class=truth_class,
+            ignore_label=ignore_label, truth_source=str(path),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     relabel = {} if match.identity else dict(match.truth_to_eval)
     if relabel:
         levels = tuple(remap_labels(lv, relabel) for lv in levels)

@@ -39,7 +39,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from napari_msunet.errors import MsunetError
+from napari_msunet.errors import ConfigError, MsunetError
 from napari_msunet.evaluation._counting import (
     check_ignore_label,
     iter_count,
@@ -51,7 +51,7 @@ from napari_msunet.evaluation._inputs import Prediction, is_geojson, load_region
 from napari_msunet.evaluation._windows import check_label_array
 from napari_msunet.evaluation.matching import (
     ClassMatch,
-    match_classes,
+    match_truth,
     normalise_names,
     remap_labels,
 )
@@ -271,7 +271,7 @@ def _check_extent(truth: LabelPyramid, pred: LabelPyramid, f: float) -> None:
 
 
 def _truth_from_arrays(
-    truth: LabelPyramid, pred: LabelPyramid, ignore_label: int | None
+    truth: LabelPyramid, pred: LabelPyramid, ignore_label: int | None, truth_class: str | None
 ) -> tuple[tuple[da.Array, ...], Any, ClassMatch, dict[int, int], dict[str, Any]]:
     """The truth on the prediction's grid: (levels for the overlay, counting source, match,
     relabel, details)."""
@@ -297,9 +297,13 @@ def _truth_from_arrays(
             f"and the µm/px of {unknown} is unknown, so they cannot be aligned: compare "
             "layers of the same size, or layers scaled in µm"
         )
-    match = match_classes(
-        pred.names, truth.names, ignore_label=ignore_label, truth_source=truth.name
-    )
+    try:
+        match = match_truth(
+            pred.names, truth.names, levels, truth_class=truth_class,
+            ignore_label=ignore_label, truth_source=truth.name,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     relabel = {} if match.identity else dict(match.truth_to_eval)
     if relabel:
         levels = [remap_labels(lv, relabel) for lv in levels]
@@ -314,6 +318,7 @@ def iter_compare(
     slide: Any = None,
     region: Any = None,
     ignore_label: int | None = None,
+    truth_class: str | None = None,
     stop: Stop = None,
     workers: int = 2,
 ) -> Generator[Progress, None, Comparison | None]:
@@ -335,6 +340,9 @@ def iter_compare(
         any other scale of it with the same aspect ratio.
     ignore_label
         Truth value left out of every count (e.g. 255 for "not annotated").
+    truth_class
+        The prediction's class that an unnamed binary truth mask (0/1, 0/255) annotates;
+        by default its only class (see :func:`~napari_msunet.evaluation.matching.match_values`).
     stop
         Checked before every window (see :mod:`napari_msunet.progress`); when it asks to
         stop, the comparison returns ``None``: metrics of part of a slide would read as the
@@ -363,13 +371,17 @@ def iter_compare(
     check_ignore_label(ignore_label)
     pred_levels = tuple(_as_dask(lv) for lv in pred.levels)
     if isinstance(truth, LabelPyramid):
-        t_levels, t_source, match, relabel, details = _truth_from_arrays(truth, pred, ignore_label)
+        t_levels, t_source, match, relabel, details = _truth_from_arrays(
+            truth, pred, ignore_label, truth_class
+        )
         truth_name = truth.name
     elif is_geojson(truth):
         prediction = Prediction(
             Path(pred.name), pred_levels, pred.mpp, dict(pred.names), pred.levels[0]
         )
-        t = load_truth(truth, prediction, slide=slide, ignore_label=ignore_label)
+        t = load_truth(
+            truth, prediction, slide=slide, ignore_label=ignore_label, truth_class=truth_class
+        )
         t_levels, t_source, match, relabel, details = (
             t.levels,
             t.source,
@@ -386,7 +398,7 @@ def iter_compare(
             mask.levels, mask.mpp, {c.label: c.name for c in mask.classes}, str(truth)
         )
         t_levels, t_source, match, relabel, details = _truth_from_arrays(
-            as_arrays, pred, ignore_label
+            as_arrays, pred, ignore_label, truth_class
         )
         truth_name = str(truth)
     region_src = load_region(region, pred.shape)

@@ -142,6 +142,7 @@ def iter_evaluate(
     slide: str | os.PathLike[str] | None = None,
     class_names: Mapping[int, str] | Sequence[str] | None = None,
     ignore_label: int | None = None,
+    truth_class: str | None = None,
     region: Any = None,
     overwrite: bool = False,
     overlay_max_side: int = 1024,
@@ -175,6 +176,11 @@ def iter_evaluate(
         name (see :mod:`napari_msunet.evaluation.matching`).
     ignore_label
         Truth value left out of every count (e.g. 255 for "not annotated").
+    truth_class
+        The prediction's class that an unnamed binary truth mask (0/1, 0/255, any one
+        value) annotates; by default its only class. A mask with values the prediction has
+        no class for is warned about and the report's ``unmatched_truth`` names them (see
+        :func:`~napari_msunet.evaluation.matching.match_values`).
     region
         Optional mask (path or array; non-zero = counted), e.g. a tissue mask, at the
         prediction's shape or any other scale of it.
@@ -226,7 +232,10 @@ def iter_evaluate(
         with _open_slide(slide) as the_slide:
             # a prediction that does not fit its slide is refused whatever the truth is
             d_slide = None if the_slide is None else slide_downsample(prediction, the_slide)
-            truth_ = load_truth(truth, prediction, slide=the_slide, ignore_label=ignore_label)
+            truth_ = load_truth(
+                truth, prediction, slide=the_slide, ignore_label=ignore_label,
+                truth_class=truth_class,
+            )  # fmt: skip
             region_src = load_region(region, prediction.shape)
             preview = _Preview(
                 prediction.shape,

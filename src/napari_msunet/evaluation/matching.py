@@ -35,7 +35,10 @@ import numpy as np
 __all__ = [
     "ClassMatch",
     "EvaluationWarning",
+    "mask_values",
     "match_classes",
+    "match_truth",
+    "match_values",
     "normalise_names",
     "remap_block",
     "remap_labels",
@@ -231,3 +234,101 @@ def remap_labels(labels: Any, mapping: Mapping[int, int]) -> da.Array:
     if not pairs:
         return arr
     return arr.map_blocks(_remap, pairs, dtype, dtype=dtype)
+
+
+#: Largest side of the pyramid level whose values :func:`mask_values` reads.
+VALUES_MAX_SIDE = 4096
+
+
+def mask_values(levels: Sequence[Any], ignore_label: int | None = None) -> list[int]:
+    """The foreground values (not 0, not ``ignore_label``) of a label pyramid.
+
+    Read on its first level whose sides are at most :data:`VALUES_MAX_SIDE` (the last level
+    when none is): enough to tell a binary mask from a multi-class one without reading a
+    whole-slide mask twice. A value present only in a few pixels of level 0 may be missed;
+    it is then compared as a label, as before.
+    """
+    level = next((lv for lv in levels if max(lv.shape) <= VALUES_MAX_SIDE), levels[-1])
+    values = np.unique(np.asarray(level))
+    return [int(v) for v in values if v != 0 and v != ignore_label]
+
+
+def match_truth(
+    pred_names: Mapping[int, str],
+    truth_names: Mapping[int, str],
+    truth_levels: Sequence[Any],
+    *,
+    truth_class: str | None = None,
+    ignore_label: int | None = None,
+    truth_source: str = "the truth",
+) -> ClassMatch:
+    """Match a truth to the prediction: by name when the truth names its classes
+    (:func:`match_classes`), else by the values of an unnamed mask (:func:`match_values`)."""
+    if truth_names or not pred_names:
+        if truth_class is not None:
+            raise ValueError(
+                f"{truth_source}: names its classes itself; a truth class only names the "
+                "foreground of an unnamed binary mask"
+            )
+        return match_classes(
+            pred_names, truth_names, ignore_label=ignore_label, truth_source=truth_source
+        )
+    values = mask_values(truth_levels, ignore_label)
+    return match_values(pred_names, values, truth_class=truth_class, truth_source=truth_source)
+
+
+def match_values(
+    pred_names: Mapping[int, str],
+    values: Sequence[int],
+    *,
+    truth_class: str | None = None,
+    truth_source: str = "the truth",
+) -> ClassMatch:
+    """Match the foreground values of an unnamed mask to the prediction's classes.
+
+    - **One foreground value** (0/1, 0/255, any): the mask is one class, compared with the
+      class named ``truth_class``, else with the prediction's only class. The commonest
+      binary mask (255 = foreground) then scores the model's class, not a "class 255".
+    - Otherwise values are compared as labels. Values the prediction has no class for are
+      reported as classes of their own ("value 255"), all false negatives, listed in
+      ``unmatched_truth`` and warned about.
+
+    Raises
+    ------
+    ValueError
+        ``truth_class`` names no class of the prediction, or the mask has several values.
+    """
+    pred_names = dict(pred_names)
+    values = sorted(int(v) for v in values)
+    if truth_class is not None:
+        by_key = {_key(n): lab for lab, n in pred_names.items()}
+        target = by_key.get(_key(truth_class))
+        if target is None:
+            raise ValueError(
+                f"truth class {truth_class!r} is not a class of the prediction "
+                f"({', '.join(sorted(pred_names.values()))})"
+            )
+        if len(values) > 1:
+            raise ValueError(
+                f"{truth_source}: has {len(values)} foreground values {values}; a truth "
+                "class names the only foreground value of a binary mask"
+            )
+        mapping = {values[0]: target} if values and values[0] != target else {}
+        return ClassMatch("single", mapping, pred_names)
+    if len(values) == 1 and len(pred_names) == 1:
+        target = next(iter(pred_names))
+        mapping = {values[0]: target} if values[0] != target else {}
+        return ClassMatch("single", mapping, pred_names)
+    unknown = [v for v in values if v not in pred_names]
+    names = {**pred_names, **{v: f"value {v}" for v in unknown}}
+    if unknown:
+        warnings.warn(
+            f"{truth_source}: values {unknown} have no class in the prediction "
+            f"({_describe(pred_names)}); they are reported as classes of their own, all "
+            "false negatives. A binary mask's class can be named (--truth-class NAME)",
+            EvaluationWarning,
+            stacklevel=3,
+        )
+    found = {pred_names[v] for v in values if v in pred_names}
+    unmatched_pred = tuple(n for lab, n in sorted(pred_names.items()) if n not in found)
+    return ClassMatch("label", {}, names, tuple(names[v] for v in unknown), unmatched_pred)

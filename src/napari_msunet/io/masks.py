@@ -203,13 +203,26 @@ def _open_plain(path: Path) -> LabelMask:
 
     check_plain_image(path, path.suffix.lstrip(".").lower(), AnnotationError)
     with Image.open(path) as img:
-        if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        if img.mode in ("RGB", "RGBA"):  # a grey mask saved as RGB (many tools do): one channel
+            rgb = np.asarray(img)[..., :3]
+            if not (
+                np.array_equal(rgb[..., 0], rgb[..., 1])
+                and np.array_equal(rgb[..., 0], rgb[..., 2])
+            ):
+                raise AnnotationError(
+                    path,
+                    f"is a colour ({img.mode}) image, not a label mask: save one label value "
+                    "per pixel (mode L, P or 1; a grey mask saved as RGB is read too)",
+                )
+            arr = np.ascontiguousarray(rgb[..., 0])
+        elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             raise AnnotationError(
                 path,
                 f"is a colour ({img.mode}) image, not a label mask: save one label value per "
                 f"pixel (mode L, P or 1)",
             )
-        arr = np.asarray(img)
+        else:
+            arr = np.asarray(img)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind == "i" and arr.min(initial=0) >= 0:
