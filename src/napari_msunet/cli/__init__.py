@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from napari_msunet import __version__
-from napari_msunet.cli import io_commands, model_commands  # noqa: F401 - they register
+from napari_msunet.cli import io_commands, model_commands, model_files  # noqa: F401 - they register
 from napari_msunet.cli._registry import COMMANDS, add_parsers
 from napari_msunet.errors import MsunetError
 
@@ -168,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace sample files and prediction/ or evaluation/ folders the demo did not make",
     )
+
+    s = sub.add_parser(
+        "export-model",
+        help="a model for other tools: bioimage.io package, ONNX or TorchScript (checked)",
+    )
+    s.add_argument("model", nargs="?", default=None, help="model file (default: the bundled)")
+    s.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
+    s.add_argument("--out", required=True, help="file to write (.zip, .onnx, .pt)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+    s = sub.add_parser(
+        "import-model", help="the model file inside a bioimage.io package this tool exported"
+    )
+    s.add_argument("package", metavar="PACKAGE", help="bioimage.io package (.zip)")
+    s.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     s = sub.add_parser(
         "evaluate",

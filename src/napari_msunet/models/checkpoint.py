@@ -342,9 +342,14 @@ def load_model(
     anything that is not a complete model file of ours: missing, empty, random bytes, pickle
     checkpoints, truncated files, plain safetensors without our header, invalid headers, and
     weights whose names, shapes or values (NaN/inf) do not fit the architecture the header
-    names. Never unpickles.
+    names. Never unpickles. A bioimage.io package this tool exported is read through the
+    model file it carries (:func:`~napari_msunet.models.bioimageio.extract_model_file`).
     """
     path = Path(path)
+    from napari_msunet.models.bioimageio import extract_model_file, is_package
+
+    if is_package(path):
+        path = extract_model_file(path)
     with _open(path) as handle:
         header = _parse_header(path, handle)
         try:
