@@ -226,7 +226,7 @@ def test_png_renamed_svs(tmp_path):
 
 
 def test_not_an_image(tmp_path):
-    path = tmp_path / "slide.mrxs"
+    path = tmp_path / "slide.czi"  # (a .mrxs goes to OpenSlide: test_openslide_backend.py)
     path.write_bytes(b"this is not a slide at all" * 10)
     _assert_slide_error(path, "not a supported slide format")
 

@@ -35,6 +35,12 @@ _SLIDE_SUFFIXES = (
     ".png",
     ".jpg",
     ".jpeg",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".dcm",
 )
 
 

@@ -71,8 +71,9 @@ def sniff(path: Path) -> str:
         raise SlideError(
             path,
             "not a supported slide format: expected a TIFF-based slide (SVS, NDPI, OME-TIFF, "
-            "TIFF), PNG or JPEG; convert other formats (MRXS, CZI, VSI, ...) to OME-TIFF, "
-            "e.g. with QuPath or bfconvert",
+            "TIFF), PNG or JPEG, or a format OpenSlide reads (MRXS, SCN, BIF, VMS, DICOM; "
+            "pip install 'napari-msunet[openslide]'); convert others (CZI, VSI, ...) to "
+            "OME-TIFF, e.g. with QuPath or bfconvert",
         )
     suffix = path.suffix.lower()
     expected = "tiff" if suffix in _TIFF_SUFFIXES else _PLAIN_SUFFIXES.get(suffix)

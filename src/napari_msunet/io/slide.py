@@ -214,9 +214,12 @@ def open_slide(path: str | Path) -> Slide:
     Parameters
     ----------
     path
-        An SVS, NDPI, (OME-)TIFF, PNG or JPEG file. The format is recognised from the file's
-        content; an extension that contradicts the content is an error, since it usually
-        means a mix-up of files.
+        An SVS, NDPI, (OME-)TIFF, PNG or JPEG file, read with tifffile. The format is
+        recognised from the file's content; an extension that contradicts the content is an
+        error, since it usually means a mix-up of files. MIRAX (``.mrxs``), Leica SCN,
+        Ventana BIF, Hamamatsu VMS/VMU and DICOM WSI (``.dcm``), and any other file
+        tifffile cannot read but OpenSlide can, are read through OpenSlide when it is
+        installed (:mod:`napari_msunet.io._openslide_backend`).
 
     Raises
     ------
@@ -224,8 +227,18 @@ def open_slide(path: str | Path) -> Slide:
         When the file is missing, empty, truncated, corrupt, of an unsupported kind or with no
         8-bit RGB/grayscale image. The message names the file and the reason.
     """
+    from napari_msunet.io import _openslide_backend as osb
+
     path = Path(path)
-    kind = fmt.sniff(path)
+    if path.suffix.lower() in osb.OPENSLIDE_SUFFIXES:
+        return osb.open_with_openslide(path)
+    try:
+        kind = fmt.sniff(path)
+    except SlideError:
+        # a format of OpenSlide's under another name (an SVSlide, a DICOM file without .dcm)
+        if path.is_file() and osb.openslide_can_open(path):
+            return osb.open_with_openslide(path)
+        raise
     if kind == "tiff":
         return _open_tiff(path)
     return _open_plain_image(path, kind)
