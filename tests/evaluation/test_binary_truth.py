@@ -121,3 +121,21 @@ def test_match_values_rules():
         assert match_values({1: "A", 2: "B"}, [9], truth_class="b").truth_to_eval == {9: 2}
     with pytest.raises(ValueError, match="2 foreground values"):
         match_values({1: "A", 2: "B"}, [1, 2], truth_class="A")
+
+
+def test_compare_in_napari_matches_a_binary_layer_the_same_way():
+    from napari_msunet.evaluation import LabelPyramid, compare
+
+    p = np.zeros((H, W), np.uint8)
+    p[50:150, 50:250] = 1
+    pred = LabelPyramid((p,), 1.0, {1: "Gland"}, "prediction")
+    truth = LabelPyramid(((_truth() * 255).astype(np.uint8),), 1.0, None, "mask.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the binary case needs no warning
+        result = compare(pred, truth)
+    rows = {c.name: c for c in result.metrics.classes}
+    t = _truth()
+    assert rows["Gland"].iou == pytest.approx(
+        (p.astype(bool) & t).sum() / (p.astype(bool) | t).sum()
+    )
+    assert result.matching.unmatched_truth == ()
