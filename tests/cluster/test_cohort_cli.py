@@ -115,17 +115,23 @@ def test_an_unreadable_slide_fails_alone_and_is_named(slides, cluster, tmp_path)
     assert "broken.svs" in run.stdout
 
 
+def _started(slides, out, address):
+    """``msunet predict --scheduler`` running, once the first slide's stores exist."""
+    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
+    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
+    cmd += ["--scheduler", address]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return run
+
+
 def test_a_worker_killed_mid_run_loses_nothing(slides, baseline, tmp_path):
     cluster = start_cluster(tmp_path / "dask", 2)
     try:
         out = tmp_path / "cohort"
-        cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
-        cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
-        cmd += ["--scheduler", cluster.address]
-        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        run = _started(slides, out, cluster.address)
         victim = cluster.workers[0]
         victim.send_signal(signal.SIGKILL)  # a worker lost while it writes a slide
         victim.wait(timeout=30)
@@ -187,13 +193,7 @@ def test_ctrl_c_stops_the_slides_running_on_the_workers(cluster, tmp_path):
         for k, n in enumerate(("p", "q"))
     ]
     out = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, big)]
-    cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
-    cmd += ["--scheduler", cluster.address]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    run = _started(big, out, cluster.address)
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode != 0

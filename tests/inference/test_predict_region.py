@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pytest
 import zarr
-from inference_helpers import header_for, make_model
 
 from napari_msunet.errors import ConfigError, MsunetError
 from napari_msunet.inference import InferenceConfig, iter_predict_slide
 from napari_msunet.io.slide import open_slide
-from napari_msunet.io.working_image import SlideReader, working_geometry
 
 # tissue detection off, so every tile of the grid counts and "not computed" is unambiguous
 CFG = InferenceConfig(tile=256, device="cpu", chunk=256, tissue=False)
@@ -31,19 +29,6 @@ def _drive(gen):
 
 def _level0(path):
     return zarr.open_group(path, mode="r")["0"][...]
-
-
-@pytest.fixture(scope="module")
-def model(slide_path):
-    # calibrated on the working image, so that both classes occur (random heads pick one)
-    with open_slide(slide_path) as slide:
-        image = SlideReader(slide, working_geometry(slide, 1.0)).read(0, 0, 1024, 1024)
-    return make_model("unet", seed=3, calibrate=image)
-
-
-@pytest.fixture(scope="module")
-def header(model):
-    return header_for(model)
 
 
 @pytest.fixture(scope="module")

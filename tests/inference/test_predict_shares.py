@@ -10,31 +10,17 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from inference_helpers import header_for, make_model
 
 from napari_msunet.errors import ConfigError
 from napari_msunet.inference import InferenceConfig, iter_predict_slide
 from napari_msunet.inference.outputs import SlideOutputs, lock_folder, unlock_folder
 from napari_msunet.inference.shares import share_folders
 from napari_msunet.io.slide import open_slide
-from napari_msunet.io.working_image import SlideReader, working_geometry
 from napari_msunet.progress import run_to_end
 
 # tile 256 at 1 µm/px on a 1024² working image: 16 tiles, all with tissue detection off;
 # chunk 128 so that tiles of different shares fill whole chunks, as on a real slide
 CFG = InferenceConfig(tile=256, device="cpu", chunk=128, tissue=False)
-
-
-@pytest.fixture(scope="module")
-def model(slide_path):
-    with open_slide(slide_path) as slide:
-        image = SlideReader(slide, working_geometry(slide, 1.0)).read(0, 0, 1024, 1024)
-    return make_model("unet", seed=3, calibrate=image)
-
-
-@pytest.fixture(scope="module")
-def header(model):
-    return header_for(model)
 
 
 def _run(slide_path, model, header, out, config=CFG, **kw):
