@@ -1,5 +1,5 @@
-"""open_slide through OpenSlide: a DICOM WSI (written here with pydicom) and an Aperio SVS,
-pixels equal to OpenSlide's own reading, µm/px right, the engine and the CLI on top."""
+"""open_slide through OpenSlide: a DICOM WSI and a Hamamatsu VMS (both written here), and an
+Aperio SVS; pixels equal to OpenSlide's own reading, µm/px right, the engine and the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from napari_msunet.io.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
 openslide = pytest.importorskip("openslide")
 pytest.importorskip("pydicom")
-from dicom_wsi import write_dicom_wsi  # noqa: E402
+from openslide_formats import write_dicom_wsi, write_vms  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,23 @@ def test_a_dicom_wsi_opens_lazily_with_its_scale_and_pixels(dicom, tissue):
             )
         region = slide.read_region(1, 400, 600, 100, 120)  # level-0 corner, level-1 size
         np.testing.assert_array_equal(region, _openslide_level(dicom, 1)[200:300, 300:420])
+
+
+def test_a_hamamatsu_vms_opens_with_its_scale_and_pixels(tmp_path, tissue):
+    from PIL import Image
+
+    image = np.ascontiguousarray(tissue[:1024, :1536])
+    vms = write_vms(tmp_path / "vms", image, mpp=0.5)
+    with open_slide(vms) as slide:
+        assert slide.format == "openslide-hamamatsu"
+        assert slide.mpp == pytest.approx(0.5)
+        assert slide.magnification == 20
+        assert slide.shape == (1024, 1536)
+        assert min(slide.levels[0].chunksize[:2]) >= 256  # not the 8-px MCU rows
+        level0 = np.asarray(slide.levels[0])
+        np.testing.assert_array_equal(level0, _openslide_level(vms, 0))
+        decoded = np.asarray(Image.open(vms.parent / "image.jpg").convert("RGB"))
+        np.testing.assert_array_equal(level0, decoded)  # the JPEG's own pixels
 
 
 def test_where_tifffile_reads_the_file_it_stays_the_reader_and_both_agree(tmp_path):

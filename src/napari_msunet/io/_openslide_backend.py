@@ -36,6 +36,8 @@ OPENSLIDE_SUFFIXES = {
 }
 #: Chunk side when the file does not state its tile size.
 DEFAULT_TILE = 512
+#: Smallest chunk side: files with tiny tiles are read a few tiles at a time.
+MIN_CHUNK = 256
 
 
 def _module(path: Path) -> Any:
@@ -84,9 +86,13 @@ class OpenSlideLevel:
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
         props = handle.properties
-        tw = props.get(f"openslide.level[{level}].tile-width")
-        th = props.get(f"openslide.level[{level}].tile-height")
-        self.tile = (int(th or DEFAULT_TILE), int(tw or DEFAULT_TILE))
+        th = int(props.get(f"openslide.level[{level}].tile-height") or DEFAULT_TILE)
+        tw = int(props.get(f"openslide.level[{level}].tile-width") or DEFAULT_TILE)
+        # whole tiles of at least MIN_CHUNK (a VMS "tile" is one 8-px row of JPEG blocks)
+        self.tile = (
+            min(th * -(-MIN_CHUNK // th), int(h)),
+            min(tw * -(-MIN_CHUNK // tw), int(w)),
+        )
         self.downsample = float(handle.level_downsamples[level])
 
     def __getitem__(self, key: Any) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Write a small DICOM whole-slide image (VL Whole Slide Microscopy, TILED_FULL, uncompressed
-RGB), one file per pyramid level in one folder, with pydicom: the real format that OpenSlide
-4 reads, made here so that no test depends on a download."""
+"""Small slides in formats only OpenSlide reads, written here so that no test depends on a
+download: a DICOM whole-slide image (VL Whole Slide Microscopy, TILED_FULL, uncompressed RGB,
+one file per pyramid level, with pydicom) and a Hamamatsu VMS (an index file, a JPEG with a
+restart marker after every MCU row, and its map image, with Pillow)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,28 @@ def _write_level(path: Path, image: np.ndarray, tile: int, mpp: float, uids: dic
     ds.TotalPixelMatrixOriginSequence = Sequence([origin])
     ds.PixelData = b"".join(frames)
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_vms(folder: Path, image: np.ndarray, mpp: float) -> Path:
+    """Write ``image`` (RGB uint8; sides multiples of 8) as a Hamamatsu VMS; return the .vms.
+
+    OpenSlide reads a VMS JPEG by its restart intervals, which must not be longer than one
+    row of MCUs: so 4:4:4 (8 x 8 MCUs) with a restart marker after every MCU row. The
+    physical size is in nanometres; OpenSlide derives µm/px from it.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"quality": 95, "subsampling": 0, "restart_marker_rows": 1}
+    Image.fromarray(image).save(folder / "image.jpg", **options)
+    Image.fromarray(np.ascontiguousarray(image[::8, ::8])).save(folder / "map.jpg", **options)
+    h, w = image.shape[:2]
+    index = folder / "slide.vms"
+    index.write_text(
+        "[Virtual Microscope Specimen]\n"
+        "NoLayers=1\nNoJpegColumns=1\nNoJpegRows=1\n"
+        "ImageFile=image.jpg\nMapFile=map.jpg\n"
+        f"PhysicalWidth={round(w * mpp * 1000)}\nPhysicalHeight={round(h * mpp * 1000)}\n"
+        "SourceLens=20\n"
+    )
+    return index
