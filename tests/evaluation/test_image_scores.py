@@ -1,0 +1,92 @@
+"""Per-image, object and boundary scores, constant baselines and paired bootstrap CIs, on
+cases whose answer can be worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_msunet.evaluation.image_scores import (
+    boundary_f1,
+    constant_baselines,
+    dice,
+    object_scores,
+    score_image,
+)
+from napari_msunet.evaluation.paired import paired_bootstrap
+
+
+def _boxes(shape, *boxes):
+    m = np.zeros(shape, bool)
+    for y0, x0, y1, x1 in boxes:
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_a_perfect_segmentation_scores_perfectly():
+    t = _boxes((64, 64), (5, 5, 20, 20), (30, 30, 50, 60))
+    s = score_image(t, t)
+    assert (s.dice, s.minority_dice, s.object_f1, s.object_dice) == (1.0, 1.0, 1.0, 1.0)
+    assert s.object_hausdorff == 0.0
+    assert s.boundary_f1 == 1.0
+
+
+def test_object_f1_counts_objects_covering_more_than_half():
+    truth = _boxes((60, 100), (0, 0, 10, 10), (0, 30, 10, 40), (0, 60, 10, 70))
+    # covers all of object 1, 60 % of object 2, 40 % of object 3, plus a false object
+    pred = _boxes((60, 100), (0, 0, 10, 10), (0, 30, 10, 36), (0, 60, 10, 64), (40, 40, 50, 50))
+    f1, _, _ = object_scores(pred, truth)
+    # TP = 2 (objects 1 and 2), 4 predicted and 3 true objects: F1 = 2 * 2 / (4 + 3)
+    assert f1 == pytest.approx(4 / 7)
+
+
+def test_object_dice_and_hausdorff_weight_objects_by_area():
+    truth = _boxes((40, 40), (0, 0, 10, 10))  # one object of 100 px
+    pred = _boxes((40, 40), (0, 0, 10, 5))  # half of it
+    f1, odice, haus = object_scores(pred, truth)
+    assert f1 == 0.0  # covers exactly half: not more than half
+    assert odice == pytest.approx(2 * 50 / 150)  # one pair, both directions the same
+    assert haus == pytest.approx(5.0)  # the truth's right column is 5 px from the prediction
+
+
+def test_empty_sides_have_defined_scores():
+    empty, some = np.zeros((20, 20), bool), _boxes((20, 20), (2, 2, 6, 6))
+    assert object_scores(empty, empty) == (1.0, 1.0, 0.0)
+    f1, odice, haus = object_scores(empty, some)
+    assert (f1, odice) == (0.0, 0.0)
+    assert haus == pytest.approx(np.hypot(20, 20))
+    assert dice(empty, empty) == 1.0
+    assert boundary_f1(empty, some) == 0.0
+
+
+def test_boundary_f1_tolerates_small_shifts_only():
+    truth = _boxes((80, 80), (20, 20, 60, 60))
+    shifted = _boxes((80, 80), (22, 22, 62, 62))  # 2 px off
+    assert boundary_f1(shifted, truth, tolerance=3) == 1.0
+    assert boundary_f1(shifted, truth, tolerance=1) < 0.2
+
+
+def test_constant_baselines_show_what_a_trivial_model_scores():
+    truths = [_boxes((50, 50), (0, 0, 40, 50)), _boxes((50, 50), (10, 10, 30, 30))]
+    base = constant_baselines(truths)
+    fg = base["all foreground"]
+    assert fg["dice"] == pytest.approx(np.mean([2 * 2000 / 4500, 2 * 400 / 2900]))
+    assert fg["minority_dice"] == 0.0
+    assert base["all background"]["dice"] == 0.0
+
+
+def test_paired_bootstrap_finds_a_consistent_gain_and_not_noise():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.6, 0.9, 200)
+    better = paired_bootstrap(a, a + 0.02 + rng.normal(0, 0.01, 200))
+    assert better.significant
+    assert 0.015 < better.low < better.mean < better.high < 0.025
+    noise = paired_bootstrap(a, a + rng.normal(0, 0.05, 200))
+    assert not noise.significant
+    assert noise.low < 0 < noise.high
+    # grouped resampling (the same image under several seeds) gives a wider interval
+    groups = np.repeat(np.arange(40), 5)
+    b = a + np.repeat(rng.normal(0.01, 0.05, 40), 5)
+    pairs, grouped = paired_bootstrap(a, b), paired_bootstrap(a, b, groups=groups)
+    assert grouped.high - grouped.low > pairs.high - pairs.low
+    assert "*" in better.text()
