@@ -269,3 +269,37 @@ def test_an_error_mid_epoch_keeps_the_steps_done_for_the_rerun(tmp_path):
     records, result = run(iter_train(cfg, data, None, tmp_path / "run"))
     assert next(r.done for r in records if isinstance(r, TrainStep)) == len(done) + 1
     assert result.global_step == 8
+
+
+def test_cosine_schedule_resumes_on_the_same_curve(tmp_path):
+    cfg = config(lr_schedule="cosine", warmup_steps=2)
+    assert [round(cfg.lr_at(s, 8) / cfg.lr, 4) for s in (0, 1, 2, 5, 8)] == [
+        0.5, 1.0, 1.0, round(0.5 * (1 + np.cos(np.pi * 3 / 6)), 4), 0.0,
+    ]  # fmt: skip
+    assert cfg.to_dict()["lr_schedule"] == "cosine"
+    assert "lr_schedule" not in config().to_dict()  # old run records keep their keys
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        config(lr_schedule="step")
+    pairs = make_blobs(tmp_path / "data")
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    _, full = run(iter_train(cfg, ds, None, tmp_path / "a"))
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    _, constant = run(iter_train(config(), ds, None, tmp_path / "c"))
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    gen = iter_train(cfg, ds, None, tmp_path / "b")
+    for _ in range(6):
+        next(gen)
+    gen.close()
+    ds = FolderDataset(pairs, context_size(cfg.patch), seed=0)
+    _, resumed = run(iter_train(cfg, ds, None, tmp_path / "b"))
+    a, _ = load_model(full.last)
+    b, _ = load_model(resumed.last)
+    c, _ = load_model(constant.last)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)
+    changed = [
+        k for (k, va), vc in zip(a.state_dict().items(), c.state_dict().values(), strict=True)
+        if va.is_floating_point() and not torch.equal(va, vc)
+    ]  # fmt: skip
+    assert changed  # the schedule took effect

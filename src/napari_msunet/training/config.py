@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -31,6 +32,12 @@ class TrainConfig:
         ``steps_per_epoch=None`` runs through the training set once per epoch.
     lr
         Adam learning rate (paper: 1e-3).
+    lr_schedule, warmup_steps
+        ``"constant"`` (the paper's; default) or ``"cosine"``: after ``warmup_steps`` of
+        linear warm-up the rate falls along a half cosine to 0 at the last step, so that the
+        last epochs settle instead of swinging. A function of the step, so a resumed run
+        continues on the same curve. Left out of :meth:`to_dict` at their defaults, so the
+        records of runs made before they existed still match.
     class_weights
         ``"auto"`` (inverse class frequency over the training masks), ``None`` (all 1) or a
         list, one per class.
@@ -63,6 +70,8 @@ class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int | None = None
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     class_weights: str | tuple[float, ...] | None = "auto"
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -95,6 +104,12 @@ class TrainConfig:
             raise ConfigError("steps_per_epoch must be a positive integer or null")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(
+                f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}"
+            )
         cw = self.class_weights
         if isinstance(cw, str):
             if cw != "auto":
@@ -126,10 +141,23 @@ class TrainConfig:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimisation step ``step`` (0-based) of ``total_steps``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(total_steps - self.warmup_steps, 1)
+        done = min(max(step - self.warmup_steps, 0), span)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * done / span))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["loss"] = asdict(self.loss)
         d["augment"] = asdict(self.augment)
+        for name, default in (("lr_schedule", "constant"), ("warmup_steps", 0)):
+            if d[name] == default:  # see the class docstring: old run records still match
+                del d[name]
         return _plain(d)
 
     @classmethod

@@ -475,6 +475,8 @@ def _train_in_group(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
+                for group in optimizer.param_groups:  # the schedule's rate for this step
+                    group["lr"] = config.lr_at(progress["global_step"], total_steps)
                 updating = True
                 optimizer.step()
                 if device.type == "cuda":
