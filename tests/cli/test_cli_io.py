@@ -104,7 +104,9 @@ def test_rasterize_refuses_to_overwrite_and_bad_mask(synthetic, tmp_path):
     rgb = tmp_path / "rgb.png"
     from PIL import Image
 
-    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(rgb)
+    colour = np.zeros((10, 10, 3), np.uint8)
+    colour[2:5, 2:5] = (200, 30, 30)  # a colour-coded mask (a grey one saved as RGB is read)
+    Image.fromarray(colour).save(rgb)
     proc = msunet("export-geojson", rgb, "--out", tmp_path / "x.geojson", check=False)
     assert proc.returncode == 2
     assert "not a label mask" in proc.stderr
