@@ -66,3 +66,30 @@ def test_bad_settings_are_refused():
         LabelNoise(drop_fraction=1.0)
     with pytest.raises(ValueError, match="2D integer"):
         corrupt_mask(np.zeros((4, 4), float), LabelNoise(), 0)
+
+
+def test_systematic_under_segmentation_only_erodes():
+    mask = _discs()
+    out, rep = corrupt_mask(mask, LabelNoise((2, 4), 0, 0.0, erode_only=True), 5)
+    assert not (out.astype(bool) & ~mask.astype(bool)).any()  # nothing outside the truth
+    assert out.astype(bool).sum() < mask.astype(bool).sum()
+    assert rep.dropped == 0
+    mixed, _ = corrupt_mask(mask, LabelNoise((2, 4), 0, 0.0), 5)
+    assert (mixed.astype(bool) & ~mask.astype(bool)).any()  # the mixed arm also dilates
+
+
+def test_a_partly_annotated_image_marks_the_rest_not_annotated():
+    mask = _discs()
+    noise = LabelNoise((0, 0), 0, 0.3, partial_fraction=1.0)
+    out, rep = corrupt_mask(mask, noise, 2)
+    assert rep.dropped > 0
+    assert set(np.unique(out)) == {1, 255}  # no background left: nothing said "no gland"
+    kept = out == 1
+    assert np.array_equal(kept, mask.astype(bool) & kept)
+    # the defaults add no draw: masks corrupted before these options existed stay the same
+    plain, _ = corrupt_mask(mask, LabelNoise((0, 0), 0, 0.3), 2)
+    assert np.array_equal(plain == 1, kept)
+    assert "partial_fraction" not in LabelNoise().to_dict()
+    assert LabelNoise(partial_fraction=0.5).to_dict()["partial_fraction"] == 0.5
+    with pytest.raises(ConfigError, match="partial_fraction"):
+        LabelNoise(partial_fraction=1.5)

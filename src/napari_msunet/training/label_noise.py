@@ -46,11 +46,26 @@ class LabelNoise:
     drop_fraction
         Probability that a region is removed (annotated as background), drawn independently
         per region, so over a dataset about this fraction of regions goes missing.
+    erode_only
+        Systematic under-segmentation: every boundary move is an erosion (the annotator
+        always draws inside the gland), instead of erosion or dilation at equal odds.
+    partial_fraction
+        Probability that an image is annotated only partly: its kept regions stay, and
+        everything else (background and the regions left out) becomes ``ignore_label``,
+        so the image teaches nothing about where regions are *not*.
+    ignore_label
+        The value of "not annotated" in a partly annotated image (the loss's ignore label).
+
+    The last three are left out of :meth:`to_dict` at their defaults (as are their draws
+    from the random stream), so masks corrupted before they existed stay the same.
     """
 
     boundary_px: tuple[int, int] = (2, 8)
     simplify_px: float = 4.0
     drop_fraction: float = 0.3
+    erode_only: bool = False
+    partial_fraction: float = 0.0
+    ignore_label: int = 255
 
     def __post_init__(self) -> None:
         lo, hi = (int(v) for v in self.boundary_px)
@@ -61,10 +76,18 @@ class LabelNoise:
             raise ConfigError(f"simplify_px must be >= 0, got {self.simplify_px}")
         if not 0 <= self.drop_fraction < 1:
             raise ConfigError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if not 0 <= self.partial_fraction <= 1:
+            raise ConfigError(f"partial_fraction must be in [0, 1], got {self.partial_fraction}")
+        if not 0 < int(self.ignore_label) < 65536:
+            raise ConfigError(f"ignore_label must be a label value > 0, got {self.ignore_label}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["boundary_px"] = list(self.boundary_px)
+        for name, default in (("erode_only", False), ("partial_fraction", 0.0),
+                              ("ignore_label", 255)):  # fmt: skip
+            if d[name] == default:
+                del d[name]
         return d
 
 
@@ -104,7 +127,7 @@ def corrupt_mask(
     for i, region in enumerate(regions):
         # draw for every region, dropped or not, so the draws do not depend on the drop set
         r = int(rng.integers(lo, hi + 1))
-        sign = 1 if rng.random() < 0.5 else -1
+        sign = 1 if rng.random() < 0.5 and not noise.erode_only else -1
         if i in dropped:
             continue
         geom = region.geometry
@@ -124,6 +147,11 @@ def corrupt_mask(
         raster = rasterise_array(kept, mask.shape, labels=table, dtype=mask.dtype)
         # later regions paint over earlier ones; background stays where nothing was drawn
         out = raster.astype(mask.dtype)
+    # drawn after the regions' draws, and only when asked: earlier corruptions stay the same
+    if noise.partial_fraction and rng.random() < noise.partial_fraction:
+        if np.iinfo(out.dtype).max < noise.ignore_label:
+            out = out.astype(np.uint16)
+        out = np.where(out > 0, out, noise.ignore_label).astype(out.dtype)
     return out, NoiseReport(n, len(dropped), vanished, int((out != mask).sum()))
 
 
