@@ -44,6 +44,9 @@ import yaml
 from PIL import Image
 
 from napari_msunet._atomic import atomic_write_bytes
+from napari_msunet.evaluation.image_scores import constant_baselines, score_image
+from napari_msunet.evaluation.paired import paired_bootstrap
+from napari_msunet.models.checkpoint import load_model
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
 from napari_msunet.training.folder_dataset import (
@@ -54,6 +57,7 @@ from napari_msunet.training.folder_dataset import (
 )
 from napari_msunet.training.label_noise import LabelNoise, corrupt_mask
 from napari_msunet.training.trainer import EpochEnd, iter_train
+from napari_msunet.training.validation import iter_predictions
 
 CREDIT = (
     "EBHI-Seg (Shi et al., Frontiers in Medicine 2023, doi:10.3389/fmed.2023.1114673), CC BY 4.0"
@@ -92,7 +96,7 @@ def run_key(exp: dict, arm: dict, config: TrainConfig) -> str:
         "config": config.to_dict(),
         "split": exp["split"],
         "labels": arm["labels"],
-        "noise": exp.get("noise") if arm["labels"] == "noisy" else None,
+        "noise": noise_of(exp, arm) if arm["labels"] == "noisy" else None,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -133,9 +137,14 @@ def fixed_split(data: Path, out: Path, val_fraction: float, seed: int):
     return train, val
 
 
-def noisy_pairs(train: list[ImagePair], exp: dict, out: Path) -> list[ImagePair]:
+def noise_of(exp: dict, arm: dict) -> dict | None:
+    """The label noise of an arm: its own ``noise`` block, else the experiment's."""
+    return arm.get("noise", exp.get("noise"))
+
+
+def noisy_pairs(train: list[ImagePair], noise_cfg: dict, out: Path) -> list[ImagePair]:
     """Training pairs whose masks are the seeded corruption, written once under ``out``."""
-    cfg = dict(exp["noise"])
+    cfg = dict(noise_cfg)
     seed = int(cfg.pop("seed", 0))
     noise = LabelNoise(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     tag = hashlib.sha256(json.dumps([noise.to_dict(), seed], sort_keys=True).encode()).hexdigest()
@@ -180,7 +189,8 @@ def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
     result_path = run_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    pairs = noisy_pairs(train_pairs, exp, out) if arm["labels"] == "noisy" else train_pairs
+    noisy = arm["labels"] == "noisy"
+    pairs = noisy_pairs(train_pairs, noise_of(exp, arm), out) if noisy else train_pairs
     size = context_size(config.patch) if config.augment.rotate else config.patch
     train_set = FolderDataset(pairs, size, noisy=arm["labels"] == "noisy", seed=seed)
     val_set = FolderDataset(val_pairs, None)
@@ -217,8 +227,31 @@ def run_one(exp, arm, seed, train_pairs, val_pairs, out: Path, log) -> dict:
         "config": config.to_dict(),
     }
     if not res.stopped:
+        log("  scoring the final model image by image")
+        result["per_image"] = per_image_scores(
+            res.last, val_set, config, [p.stem for p in val_pairs]
+        )
+    if not res.stopped:
         atomic_write_bytes(result_path, json.dumps(result, indent=2).encode(), overwrite=True)
     return result
+
+
+def per_image_scores(model_path, val_set, config, stems) -> dict[str, dict]:
+    """Every image's scores (:mod:`napari_msunet.evaluation.image_scores`) for the model at
+    ``model_path``: foreground = every class but background; ignored pixels count as
+    background on both sides."""
+    model, _ = load_model(model_path)
+    device = torch.device(
+        "cuda" if config.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    )
+    model.to(device)
+    out = {}
+    for i, pred, target in iter_predictions(model, val_set, config, device):
+        ignored = target == config.loss.ignore_index
+        p = ((pred > 0) & ~ignored).cpu().numpy()
+        t = ((target > 0) & ~ignored).cpu().numpy()
+        out[stems[i]] = score_image(p, t).to_dict()
+    return out
 
 
 def _machine() -> str:
@@ -265,6 +298,85 @@ def table(exp, results: list[dict]) -> str:
             f"{_mean_sd([r['final_dice'] for r in rs])} | {_mean_sd([r['final_iou'] for r in rs])} "
             f"| {_mean_sd([r['best_dice'] for r in rs])} |"
         )
+    return "\n".join(lines)
+
+
+SCORES = {
+    "dice": "per-image Dice",
+    "minority_dice": "background Dice",
+    "object_f1": "object F1",
+    "object_dice": "object Dice",
+    "object_hausdorff": "object Hausdorff px",
+    "boundary_f1": "boundary F1 (3 px)",
+}
+
+
+def _cells(rs: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, seeds, images) of one metric over every seed x image of an arm's runs."""
+    vals, seeds, images = [], [], []
+    for r in rs:
+        for stem, sc in r.get("per_image", {}).items():
+            vals.append(sc[metric])
+            seeds.append(r["seed"])
+            images.append(stem)
+    return np.asarray(vals, float), np.asarray(seeds), np.asarray(images)
+
+
+def image_table(exp, results: list[dict], truths: list[np.ndarray]) -> str:
+    """Per-image and object scores of each arm (mean over seeds x images, bootstrap 95 % CI
+    resampling images), the constant predictions' scores, and every arm's paired difference
+    from the reference arm (the experiment's ``reference``, else its first arm)."""
+    head = "| arm | seeds | " + " | ".join(SCORES.values()) + " |"
+    title = f"**{exp.get('title', exp['name'])}: image and object scores of the final model**"
+    lines = [title, "", head, "|" + " --- |" * (2 + len(SCORES))]
+    for arm in exp["arms"]:
+        rs = [r for r in results if r["arm"] == arm["name"] and r.get("per_image")]
+        cells = []
+        for m in SCORES:
+            v, _, img = _cells(rs, m)
+            if not v.size:
+                cells.append("—")
+                continue
+            ci = paired_bootstrap(np.zeros_like(v), v, groups=img, n_resamples=2000)
+            cells.append(f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
+        seeds = ", ".join(str(r["seed"]) for r in rs) or "none scored"
+        lines.append(f"| {arm['name']} | {seeds} | " + " | ".join(cells) + " |")
+    for name, scores in constant_baselines(truths).items():
+        lines.append(
+            f"| constant: {name} | — | " + " | ".join(f"{scores[m]:.3f}" for m in SCORES) + " |"
+        )
+    ref_name = exp.get("reference", exp["arms"][0]["name"])
+    ref = [r for r in results if r["arm"] == ref_name and r.get("per_image")]
+    if not ref:
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"Paired difference from **{ref_name}** (same seeds and images; mean [95 % CI], "
+        "* = the interval excludes 0):",
+        "",
+        "| arm | " + " | ".join(SCORES.values()) + " |",
+        "|" + " --- |" * (1 + len(SCORES)),
+    ]
+    for arm in exp["arms"]:
+        if arm["name"] == ref_name:
+            continue
+        rs = [r for r in results if r["arm"] == arm["name"] and r.get("per_image")]
+        cells = []
+        for m in SCORES:
+            a_v, a_s, a_i = _cells(ref, m)
+            b_v, b_s, b_i = _cells(rs, m)
+            key_b = {(s, i): v for v, s, i in zip(b_v, b_s, b_i, strict=True)}
+            pairs = [
+                (v, key_b[(s, i)], i)
+                for v, s, i in zip(a_v, a_s, a_i, strict=True)
+                if (s, i) in key_b
+            ]
+            if not pairs:
+                cells.append("—")
+                continue
+            a, b, g = (np.asarray(x) for x in zip(*pairs, strict=True))
+            cells.append(paired_bootstrap(a, b, groups=g, n_resamples=2000).text())
+        lines.append(f"| {arm['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -349,6 +461,9 @@ def main(argv=None) -> int:
         for e in exps:
             res = runs_of(e, args.out)
             parts.append(table(e, res))
+            if any(r.get("per_image") for r in res):
+                truths = [np.asarray(Image.open(p.mask)) > 0 for p in val_pairs]
+                parts.append(image_table(e, res, truths))
             if args.images:
                 img = plot(e, res, args.images / f"results_{e['name']}.png")
                 parts.append(f"\n![{e['name']} validation curves](images/{img.name})")
@@ -359,8 +474,9 @@ def main(argv=None) -> int:
     log(f"split: {len(train_pairs)} train / {len(val_pairs)} val ({args.out / 'split.csv'})")
     if args.prepare_only:
         for e in exps:
-            if any(a["labels"] == "noisy" for a in e["arms"]):
-                noisy_pairs(train_pairs, e, args.out)
+            for a in e["arms"]:
+                if a["labels"] == "noisy":
+                    noisy_pairs(train_pairs, noise_of(e, a), args.out)
         return 0
     # seed by seed, so a stopped suite leaves whole seeds of every arm; an arm shared by two
     # experiments (same settings, same key) runs once

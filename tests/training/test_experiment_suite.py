@@ -45,6 +45,18 @@ def _experiment(path: Path) -> Path:
         "arms": [
             {"name": "CE", "labels": "clean", "train": {}},
             {"name": "FB+BS", "labels": "noisy", "train": {"loss": {"bootstrap_after": 1}}},
+            {  # an arm with its own noise: partly annotated images, the rest ignored
+                "name": "partial",
+                "labels": "noisy",
+                "noise": {
+                    "boundary_px": [0, 0],
+                    "simplify_px": 0,
+                    "drop_fraction": 0.3,
+                    "partial_fraction": 0.5,
+                    "seed": 0,
+                },
+                "train": {"lr_schedule": "cosine"},
+            },
         ],
     }
     path.write_text(yaml.safe_dump(exp))
@@ -62,16 +74,20 @@ def test_suite_runs_skips_finished_runs_and_reports(tmp_path):
     suite = _suite()
     assert suite.main([str(exp), "--data", str(data), "--out", str(out)]) == 0
     results = sorted(out.glob("runs/*/result.json"))
-    assert len(results) == 4  # 2 arms x 2 seeds
+    assert len(results) == 6  # 3 arms x 2 seeds
     first = {p: p.stat().st_mtime_ns for p in results}
     for p in results:
         r = json.loads(p.read_text())
         assert r["steps"] == 6
         assert len(r["history"]) == 2  # validated after each epoch, on clean masks
+        assert len(r["per_image"]) == 2  # every validation image scored by the final model
+        for scores in r["per_image"].values():
+            assert set(scores) >= {"dice", "object_f1", "boundary_f1", "minority_dice"}
     # the split is saved, the noisy masks are written once with a report of the damage
     assert (out / "split.csv").read_text().startswith("stem,diagnosis,split")
-    (report,) = out.glob("noisy-masks-*/report.json")
-    assert json.loads(report.read_text())["images"] == 6
+    reports = sorted(out.glob("noisy-masks-*/report.json"))  # one per noise setting
+    assert len(reports) == 2
+    assert all(json.loads(r.read_text())["images"] == 6 for r in reports)
     # a second call finds every run finished and trains nothing
     assert suite.main([str(exp), "--data", str(data), "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in results} == first
@@ -83,3 +99,7 @@ def test_suite_runs_skips_finished_runs_and_reports(tmp_path):
     assert "| CE | clean | 0, 1 |" in text
     assert "| FB+BS | noisy | 0, 1 |" in text
     assert (tmp_path / "img" / "results_tiny.png").stat().st_size > 0
+    assert "image and object scores of the final model" in text
+    assert "| constant: all foreground | — |" in text
+    assert "Paired difference from **CE**" in text
+    assert "| partial |" in text

@@ -6,6 +6,7 @@ pixels), so a large image weighs more than a small one, and the ignore label is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,22 +61,33 @@ def scores_from_confusion(cm: np.ndarray) -> ValScores:
 
 
 @torch.inference_mode()
-def validate(model, dataset, config: TrainConfig, device: torch.device) -> ValScores:
-    """Predict each validation image whole (padded to the model's factor) and pool the pixels."""
+def iter_predictions(
+    model, dataset, config: TrainConfig, device: torch.device
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(index, predicted labels, target)`` of each image, predicted whole (padded to the
+    model's factor) in eval mode; the model's mode is restored at the end."""
     was_training = model.training
     model.eval()
-    n = config.n_classes
-    cm = torch.zeros(n * n, dtype=torch.int64)
     mean = torch.tensor(config.norm_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.norm_std, device=device).view(1, 3, 1, 1)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        image = item["image"][None].to(device).float() / 255
-        target = item["mask"].to(device).long()
-        logits = model((image - mean) / std, pad=True)
-        pred = logits.argmax(1)[0]
+    try:
+        for i in range(len(dataset)):
+            item = dataset[i]
+            image = item["image"][None].to(device).float() / 255
+            target = item["mask"].to(device).long()
+            with torch.no_grad():
+                logits = model((image - mean) / std, pad=True)
+            yield i, logits.argmax(1)[0], target
+    finally:
+        model.train(was_training)
+
+
+def validate(model, dataset, config: TrainConfig, device: torch.device) -> ValScores:
+    """Predict each validation image whole and pool the pixels of all of them."""
+    n = config.n_classes
+    cm = torch.zeros(n * n, dtype=torch.int64)
+    for _, pred, target in iter_predictions(model, dataset, config, device):
         keep = target != config.loss.ignore_index
         idx = target[keep] * n + pred[keep]
         cm += torch.bincount(idx.cpu(), minlength=n * n)
-    model.train(was_training)
     return scores_from_confusion(cm.view(n, n).numpy())
