@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from test_trainer import make_blobs
 
+from napari_msunet.training.label_noise import LabelNoise
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -103,3 +105,21 @@ def test_suite_runs_skips_finished_runs_and_reports(tmp_path):
     assert "| constant: all foreground | — |" in text
     assert "Paired difference from **CE**" in text
     assert "| partial |" in text
+
+
+def test_every_shipped_experiment_file_builds_its_runs():
+    suite = _suite()
+    for path in sorted((ROOT / "examples" / "experiments").glob("*.yaml")):
+        exp = suite.load_experiment(path)
+        keys = set()
+        for arm in exp["arms"]:
+            for seed in exp["seeds"]:
+                config = suite.arm_config(exp, arm, seed)
+                keys.add(suite.run_key(exp, arm, config))
+            noise = suite.noise_of(exp, arm)
+            if arm["labels"] == "noisy":
+                settings = {k: tuple(v) if isinstance(v, list) else v
+                            for k, v in noise.items() if k != "seed"}  # fmt: skip
+                LabelNoise(**settings)  # valid settings
+        assert len(keys) == len(exp["arms"]) * len(exp["seeds"]), path.name
+        assert exp.get("reference", exp["arms"][0]["name"]) in {a["name"] for a in exp["arms"]}
