@@ -42,6 +42,7 @@ def _openslide_level(path, level):
 def test_a_dicom_wsi_opens_lazily_with_its_scale_and_pixels(dicom, tissue):
     with open_slide(dicom) as slide:
         assert slide.format == "openslide-dicom"
+        assert slide.name == "case"  # the series' folder, not "level0.dcm"
         assert slide.mpp == pytest.approx(0.5)
         assert slide.shape == tissue.shape[:2]
         assert slide.level_count >= 3
@@ -87,12 +88,15 @@ def test_where_tifffile_reads_the_file_it_stays_the_reader_and_both_agree(tmp_pa
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_msunet_predicts_a_dicom_wsi(dicom, tmp_path):
-    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", str(dicom)]
+def test_msunet_predicts_dicom_series_into_folders_named_after_them(dicom, tissue, tmp_path):
+    other = write_dicom_wsi(tmp_path / "second", tissue[:512, :768], mpp=0.5)
+    cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", str(dicom), str(other)]
     cmd += ["--out", str(tmp_path / "pred"), "--device", "cpu"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "pred" / "prediction.json").is_file()
+    # every series' files are called level0.dcm: the folders keep the slides apart
+    assert (tmp_path / "pred" / "case" / "prediction.json").is_file()
+    assert (tmp_path / "pred" / "second" / "prediction.json").is_file()
     info = subprocess.run(
         [sys.executable, "-m", "napari_msunet.cli", "info", str(dicom)],
         capture_output=True,

@@ -89,7 +89,7 @@ def slide_layer(slide: Slide) -> LayerData:
     """A multiscale RGB Image layer, scaled in µm when the slide states its µm/px."""
     scale, units = _scale(slide)
     kwargs: dict[str, Any] = {
-        "name": slide.path.name,
+        "name": slide.name,
         "multiscale": True,
         "rgb": True,
         "contrast_limits": [0, 255],

@@ -43,7 +43,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def stem(path: Path) -> str:
+    """A slide's name for its output folder: the file name without its extension, or for a
+    DICOM WSI (a folder of ``.dcm`` files, one per level) the folder's name."""
     name = path.name
+    if name.lower().endswith(".dcm"):
+        return path.resolve().parent.name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

@@ -81,6 +81,12 @@ class Slide:
     _sources: tuple[Any, ...] = field(default=(), repr=False)
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
+    @property
+    def name(self) -> str:
+        """What to call the slide: its file name, or for a DICOM WSI (a folder of files, one
+        per level) the folder's name."""
+        return self.path.parent.name if self.format == "openslide-dicom" else self.path.name
+
     # -- geometry -------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
