@@ -14,7 +14,10 @@
 #   1. the CUDA tests (pytest -m gpu)             ~1 min
 #   2. bench_inference.py --device cuda            ~2 min, alone on the card
 #   2b. the same on a 32768² slide (issue 14: end to end <= 1.5x model-only)  ~3 min
-#   3. the EBHI experiments with the paper preset  until the deadline, 7 processes sharing it
+#   3. Experiment III (issue 18: converged budget, new noise arms, per-image scores), seeds
+#      $EXP_SEEDS (default 0 1), until the deadline, 7 processes sharing the card. Finished
+#      runs come back in experiments.tar.gz; put their runs/ into .gpudata/exp to carry them
+#      to the next session, which then trains only what is missing.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -45,20 +48,19 @@ python3 scripts/gpu_pack_ebhi.py unpack .gpudata/ebhi /tmp/ebhi
 mkdir -p /tmp/exp
 # the very split and corrupted masks of the CPU runs (made here by --prepare-only)
 cp -r .gpudata/exp/. /tmp/exp/
-python3 examples/ebhi_experiments.py --data /tmp/ebhi --out /tmp/exp --prepare-only \
-    examples/experiments/exp1_architectures.yaml examples/experiments/exp2_noisy_labels.yaml
+EXPS="examples/experiments/exp3_converged_noise.yaml"
+python3 examples/ebhi_experiments.py --data /tmp/ebhi --out /tmp/exp --prepare-only $EXPS
 LEFT=$((BUDGET - ($(date +%s) - T0) - 25))
 echo "experiments get ${LEFT} s"
 for i in 0 1 2 3 4 5 6; do
     OMP_NUM_THREADS=2 timeout $LEFT python3 examples/ebhi_experiments.py --data /tmp/ebhi \
-        --out /tmp/exp --device cuda --preset paper --shard $i/7 \
-        examples/experiments/exp1_architectures.yaml examples/experiments/exp2_noisy_labels.yaml \
+        --out /tmp/exp --device cuda --seeds ${EXP_SEEDS:-0 1} --shard $i/7 $EXPS \
         >"/tmp/exp/shard$i.log" 2>&1 &
     sleep 1
 done
 wait
 cat /tmp/exp/shard*.log > "$OUT/experiments.log"
 tail -30 "$OUT/experiments.log"
-(cd /tmp/exp && tar czf "$OUT/experiments_paper.tar.gz" split.csv runs/*/result.json runs/*/history.jsonl noisy-masks-*/report.json 2>/dev/null)
+(cd /tmp/exp && tar czf "$OUT/experiments.tar.gz" split.csv runs/*/result.json runs/*/history.jsonl noisy-masks-*/report.json 2>/dev/null)
 ls -la "$OUT"
 echo "total $(( $(date +%s) - T0 )) s"
