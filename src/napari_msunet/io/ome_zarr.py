@@ -71,6 +71,9 @@ async def _others_finished(timeout: float) -> None:
     others = [t for t in asyncio.all_tasks() if t is not me]
     if others:
         await asyncio.wait(others, timeout=timeout)
+    for task in others:  # their errors are the one already reported: mark them read
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 def settle_zarr_io(timeout: float = 10.0) -> None:
