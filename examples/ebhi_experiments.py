@@ -287,18 +287,41 @@ def table(exp, results: list[dict]) -> str:
     lines = [
         f"**{exp.get('title', exp['name'])}**",
         "",
-        "| arm | labels | seeds | Dice (final) | IoU (final) | Dice (best epoch) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| arm | labels | seeds | Dice (final) | IoU (final) | Dice (best epoch) "
+        "| last 3 epochs' range | settled |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in exp["arms"]:
         rs = [r for r in results if r["arm"] == arm["name"]]
         seeds = ", ".join(str(r["seed"]) for r in rs) or "none yet"
+        spread, settled = settling(rs)
         lines.append(
             f"| {arm['name']} | {arm['labels']} | {seeds} | "
             f"{_mean_sd([r['final_dice'] for r in rs])} | {_mean_sd([r['final_iou'] for r in rs])} "
-            f"| {_mean_sd([r['best_dice'] for r in rs])} |"
+            f"| {_mean_sd([r['best_dice'] for r in rs])} | {spread} | {settled} |"
         )
+    lines += [
+        "",
+        "Last 3 epochs' range: the largest minus the smallest validation Dice of the last three "
+        "epochs, mean over seeds; settled: that range is within the seed-to-seed standard "
+        "deviation of the final Dice (the curves have flattened at this budget).",
+    ]
     return "\n".join(lines)
+
+
+def settling(rs: list[dict]) -> tuple[str, str]:
+    """How much each run's validation Dice still moves over its last three epochs (mean of
+    max - min over seeds), and whether that is within the seeds' spread of the final Dice."""
+    tails = [[h["foreground_dice"] for h in r["history"][-3:]] for r in rs]
+    tails = [t for t in tails if len(t) == 3]
+    if not tails:
+        return "—", "—"
+    moving = float(np.mean([max(t) - min(t) for t in tails]))
+    finals = [r["final_dice"] for r in rs if r.get("final_dice") is not None]
+    if len(finals) < 2:
+        return f"{moving:.3f}", "—"
+    sd = float(np.std(finals, ddof=1))
+    return f"{moving:.3f}", ("yes" if moving <= sd else "no") + f" (sd {sd:.3f})"
 
 
 SCORES = {
@@ -324,8 +347,8 @@ def _cells(rs: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def image_table(exp, results: list[dict], truths: list[np.ndarray]) -> str:
     """Per-image and object scores of each arm (mean over seeds x images, bootstrap 95 % CI
-    resampling images), the constant predictions' scores, and every arm's paired difference
-    from the reference arm (the experiment's ``reference``, else its first arm)."""
+    resampling seeds and images), the constant predictions' scores, and every arm's paired
+    difference from the reference arm (the experiment's ``reference``, else its first arm)."""
     head = "| arm | seeds | " + " | ".join(SCORES.values()) + " |"
     title = f"**{exp.get('title', exp['name'])}: image and object scores of the final model**"
     lines = [title, "", head, "|" + " --- |" * (2 + len(SCORES))]
@@ -333,11 +356,11 @@ def image_table(exp, results: list[dict], truths: list[np.ndarray]) -> str:
         rs = [r for r in results if r["arm"] == arm["name"] and r.get("per_image")]
         cells = []
         for m in SCORES:
-            v, _, img = _cells(rs, m)
+            v, seed, img = _cells(rs, m)
             if not v.size:
                 cells.append("—")
                 continue
-            ci = paired_bootstrap(np.zeros_like(v), v, groups=img, n_resamples=2000)
+            ci = paired_bootstrap(np.zeros_like(v), v, groups=img, runs=seed, n_resamples=2000)
             cells.append(f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
         seeds = ", ".join(str(r["seed"]) for r in rs) or "none scored"
         lines.append(f"| {arm['name']} | {seeds} | " + " | ".join(cells) + " |")
@@ -351,8 +374,8 @@ def image_table(exp, results: list[dict], truths: list[np.ndarray]) -> str:
         return "\n".join(lines)
     lines += [
         "",
-        f"Paired difference from **{ref_name}** (same seeds and images; mean [95 % CI], "
-        "* = the interval excludes 0):",
+        f"Paired difference from **{ref_name}** (same seeds and images; mean [95 % CI] "
+        "resampling seeds and images, * = the interval excludes 0):",
         "",
         "| arm | " + " | ".join(SCORES.values()) + " |",
         "|" + " --- |" * (1 + len(SCORES)),
@@ -367,15 +390,15 @@ def image_table(exp, results: list[dict], truths: list[np.ndarray]) -> str:
             b_v, b_s, b_i = _cells(rs, m)
             key_b = {(s, i): v for v, s, i in zip(b_v, b_s, b_i, strict=True)}
             pairs = [
-                (v, key_b[(s, i)], i)
+                (v, key_b[(s, i)], s, i)
                 for v, s, i in zip(a_v, a_s, a_i, strict=True)
                 if (s, i) in key_b
             ]
             if not pairs:
                 cells.append("—")
                 continue
-            a, b, g = (np.asarray(x) for x in zip(*pairs, strict=True))
-            cells.append(paired_bootstrap(a, b, groups=g, n_resamples=2000).text())
+            a, b, seed, g = (np.asarray(x) for x in zip(*pairs, strict=True))
+            cells.append(paired_bootstrap(a, b, groups=g, runs=seed, n_resamples=2000).text())
         lines.append(f"| {arm['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -90,3 +90,28 @@ def test_paired_bootstrap_finds_a_consistent_gain_and_not_noise():
     pairs, grouped = paired_bootstrap(a, b), paired_bootstrap(a, b, groups=groups)
     assert grouped.high - grouped.low > pairs.high - pairs.low
     assert "*" in better.text()
+
+
+def test_crossed_bootstrap_counts_the_seed_to_seed_spread():
+    # 5 seeds x 100 images: B beats A on every image of seeds 0-3, loses on seed 4 (a run
+    # that went wrong). Resampling only images sees a sure gain; resampling the seeds too
+    # sees that a new run could land on the bad side.
+    rng = np.random.default_rng(2)
+    seeds, images = np.meshgrid(np.arange(5), np.arange(100), indexing="ij")
+    a = rng.uniform(0.6, 0.9, seeds.shape)
+    gain = np.where(seeds == 4, -0.06, 0.03) + rng.normal(0, 0.01, seeds.shape)
+    b = a + gain
+    by_image = paired_bootstrap(a, b, groups=images)
+    crossed = paired_bootstrap(a, b, groups=images, runs=seeds)
+    assert by_image.significant
+    assert by_image.low > 0
+    assert crossed.mean == pytest.approx(by_image.mean)
+    assert not crossed.significant
+    # a gain the same in every seed stays significant under the crossed resampling
+    steady = paired_bootstrap(
+        a, a + 0.03 + rng.normal(0, 0.01, seeds.shape), groups=images, runs=seeds
+    )
+    assert steady.significant
+    assert 0.025 < steady.low < steady.high < 0.035
+    with pytest.raises(ValueError, match="needs groups"):
+        paired_bootstrap(a, b, runs=seeds)

@@ -105,6 +105,24 @@ def test_suite_runs_skips_finished_runs_and_reports(tmp_path):
     assert "| constant: all foreground | — |" in text
     assert "Paired difference from **CE**" in text
     assert "| partial |" in text
+    assert "resampling seeds and images" in text
+    assert "| — | — |" in text  # 2 epochs: too few to say whether the curves settled
+
+
+def test_settling_compares_the_last_epochs_with_the_seed_spread():
+    suite = _suite()
+
+    def run(dices):
+        return {"final_dice": dices[-1], "history": [{"foreground_dice": d} for d in dices]}
+
+    flat = [run([0.5, 0.80, 0.81, 0.80]), run([0.6, 0.86, 0.85, 0.86])]
+    moving, settled = suite.settling(flat)
+    assert moving == "0.010"  # ranges 0.01 and 0.01
+    assert settled.startswith("yes (sd 0.042)")
+    swinging = [run([0.5, 0.70, 0.85, 0.80]), run([0.6, 0.84, 0.80, 0.82])]
+    moving, settled = suite.settling(swinging)
+    assert moving == "0.095"  # ranges 0.15 and 0.04
+    assert settled.startswith("no (sd 0.014)")
 
 
 def test_every_shipped_experiment_file_builds_its_runs():

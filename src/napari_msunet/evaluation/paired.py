@@ -5,7 +5,9 @@ is whether method B beats method A on the same data, not whether their means dif
 the spread of all runs. :func:`paired_bootstrap` resamples the pairs (images, or
 seed x image cells) with replacement and gives the mean difference B - A with its
 percentile confidence interval; the difference is called significant when the interval
-excludes 0.
+excludes 0. With ``groups`` (images) and ``runs`` (seeds) both given, it resamples seeds and
+images independently (a crossed design), so the interval holds for a new training run on new
+images, not only for the seeds that happened to be drawn.
 """
 
 from __future__ import annotations
@@ -47,12 +49,18 @@ def paired_bootstrap(
     level: float = 0.95,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    runs: np.ndarray | None = None,
 ) -> PairedDifference:
     """Bootstrap CI of the mean of ``b - a`` over paired observations (NaN pairs dropped).
 
     ``groups`` (one label per pair, e.g. the image) resamples whole groups instead of pairs,
     for observations that are not independent (the same image under several seeds).
+    ``runs`` (one label per pair, e.g. the seed; needs ``groups``) also resamples the runs,
+    independently of the groups: each resample's mean is over the cells of the drawn runs
+    and the drawn groups, so training randomness widens the interval as much as it should.
     """
+    if runs is not None and groups is None:
+        raise ValueError("runs= needs groups= (the runs are crossed with the groups)")
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
     if a.shape != b.shape:
         raise ValueError(f"paired scores must have one shape, got {a.shape} and {b.shape}")
@@ -61,7 +69,11 @@ def paired_bootstrap(
     if diff.size == 0:
         raise ValueError("no pair with both scores")
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if runs is not None:
+        means = _crossed_means(
+            diff, np.asarray(runs).ravel()[keep], np.asarray(groups).ravel()[keep], rng, n_resamples
+        )
+    elif groups is None:
         picks = rng.integers(0, diff.size, (n_resamples, diff.size))
         means = diff[picks].mean(axis=1)
     else:
@@ -74,3 +86,26 @@ def paired_bootstrap(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return PairedDifference(float(diff.mean()), float(low), float(high), int(diff.size), level)
+
+
+def _crossed_means(diff, runs, groups, rng, n_resamples: int) -> np.ndarray:
+    """Bootstrap means of ``diff`` resampling runs and groups independently.
+
+    With ``S[r, g]`` the sum and ``C[r, g]`` the count of the cells of run r and group g, and
+    ``u``, ``v`` how often each run and group was drawn, a resample's mean is
+    ``u S v / u C v``: every drawn run paired with every drawn group.
+    """
+    _, r = np.unique(runs, return_inverse=True)
+    _, g = np.unique(groups, return_inverse=True)
+    n_r, n_g = r.max() + 1, g.max() + 1
+    sums = np.zeros((n_r, n_g))
+    counts = np.zeros((n_r, n_g))
+    np.add.at(sums, (r, g), diff)
+    np.add.at(counts, (r, g), 1.0)
+    u = np.stack([np.bincount(p, minlength=n_r) for p in rng.integers(0, n_r, (n_resamples, n_r))])
+    v = np.stack([np.bincount(p, minlength=n_g) for p in rng.integers(0, n_g, (n_resamples, n_g))])
+    num = np.einsum("br,rg,bg->b", u, sums, v)
+    den = np.einsum("br,rg,bg->b", u, counts, v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = num / den
+    return means[np.isfinite(means)]
