@@ -115,14 +115,15 @@ def test_an_unreadable_slide_fails_alone_and_is_named(slides, cluster, tmp_path)
     assert "broken.svs" in run.stdout
 
 
-def _started(slides, out, address):
-    """``msunet predict --scheduler`` running, once the first slide's stores exist."""
+def _started(slides, out, address, until="*/*.partial"):
+    """``msunet predict --scheduler`` running, once a file matching ``until`` exists (by
+    default the first slide's stores)."""
     cmd = [sys.executable, "-m", "napari_msunet.cli", "predict", *map(str, slides)]
     cmd += ["--model", str(bundled_model_path()), "--out", str(out), "--device", "cpu"]
     cmd += ["--scheduler", address]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list(out.glob("*/*.partial")) and time.monotonic() < deadline:
+    while not any(p.stat().st_size for p in out.glob(until)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return run
 
@@ -193,11 +194,18 @@ def test_ctrl_c_stops_the_slides_running_on_the_workers(cluster, tmp_path):
         for k, n in enumerate(("p", "q"))
     ]
     out = tmp_path / "stopped"
-    run = _started(big, out, cluster.address)
+    # once a tile is done (on a busy machine the stores can exist long before), so that the
+    # rerun below has tiles to resume
+    run = _started(big, out, cluster.address, until="*/labels.ome.zarr.partial/msunet-done.jsonl")
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode != 0
+    assert run.returncode == 130, stdout + stderr
     assert "interrupted" in stderr, stdout + stderr
+    # the table and the report still say what became of each slide
+    assert "of 2 slides in" in stdout, stdout
+    assert "stopped" in stdout, stdout
+    stopped_rows = list(csv.DictReader((out / "cohort-report.csv").open()))
+    assert "stopped" in {r["status"] for r in stopped_rows}
     # the workers stop the slides they run, not only the client: their folders' locks go
     # within a batch or two, and no slide runs on to its end
     deadline = time.monotonic() + 60

@@ -33,6 +33,7 @@ def drive(
     desc: str,
     *,
     on_record: Callable[[Progress], str | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> R:
     """Run ``gen`` under a tqdm bar and return its return value.
 
@@ -45,6 +46,10 @@ def drive(
     on_record
         Called with every record; a string it returns is printed above the bar (a validation
         score at the end of an epoch, say).
+    stop
+        The generator's own stop request. When given, the first Ctrl-C sets it and the
+        generator is driven on to its end, so what it returns (a cohort's table of done and
+        stopped slides) still reaches the caller, who sees ``stop.is_set()``.
     """
     from tqdm import tqdm
 
@@ -55,7 +60,9 @@ def drive(
             while True:
                 rec = next(gen)
                 if interrupted.is_set():
-                    raise KeyboardInterrupt
+                    if stop is None:
+                        raise KeyboardInterrupt
+                    stop.set()
                 if bar is None or rec.stage != stage:
                     if bar is not None:
                         bar.close()

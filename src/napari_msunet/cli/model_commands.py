@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +85,19 @@ def _predict_cohort(args: argparse.Namespace, folders: list[Path], config: Any) 
     """``msunet predict ... --scheduler ADDRESS`` or ``--workers N``."""
     from napari_msunet.distributed import iter_predict_cohort, write_cohort_report
 
+    stop = threading.Event()  # Ctrl-C: the cohort stops its slides and still reports them
     gen = iter_predict_cohort(
         args.slides, folders, args.model, config, scheduler=args.scheduler,
         workers=args.workers, mpp=args.mpp, overwrite=args.overwrite, restart=args.restart,
-        ship_model=args.ship_model, split=args.split,
+        ship_model=args.ship_model, split=args.split, stop=stop,
     )  # fmt: skip
     where = args.scheduler or f"{args.workers} local workers"
-    result = drive(gen, f"predict {len(args.slides)} slides on {where}")
+    result = drive(gen, f"predict {len(args.slides)} slides on {where}", stop=stop)
     print(result.table())
     report = write_cohort_report(Path(args.out) / "cohort-report.csv", result)
     print(f"cohort report: {report}")
+    if stop.is_set():
+        raise KeyboardInterrupt  # after the table: "interrupted", exit status 130
     return 0 if all(o.status in ("done", "skipped") for o in result.outcomes) else 1
 
 
