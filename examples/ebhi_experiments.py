@@ -45,7 +45,7 @@ from PIL import Image
 
 from napari_msunet._atomic import atomic_write_bytes
 from napari_msunet.evaluation.image_scores import constant_baselines, score_image
-from napari_msunet.evaluation.paired import paired_bootstrap
+from napari_msunet.evaluation.paired import paired_bootstrap, paired_t
 from napari_msunet.models.checkpoint import load_model
 from napari_msunet.training.augment import context_size
 from napari_msunet.training.config import TrainConfig
@@ -306,7 +306,34 @@ def table(exp, results: list[dict]) -> str:
         "epochs, mean over seeds; settled: that range is within the seed-to-seed standard "
         "deviation of the final Dice (the curves have flattened at this budget).",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _pooled_differences(exp, results))
+
+
+def _pooled_differences(exp, results: list[dict]) -> list[str]:
+    """Each arm's final pooled Dice and IoU minus the reference arm's, paired by seed."""
+    ref_name = exp.get("reference", exp["arms"][0]["name"])
+    ref = {r["seed"]: r for r in results if r["arm"] == ref_name}
+    rows = []
+    for arm in exp["arms"]:
+        rs = [r for r in results if r["arm"] == arm["name"] and r["seed"] in ref]
+        if arm["name"] == ref_name or len(rs) < 2:
+            continue
+        cells = [
+            paired_t([ref[r["seed"]][k] for r in rs], [r[k] for r in rs]).text()
+            for k in ("final_dice", "final_iou")
+        ]
+        rows.append(f"| {arm['name']} | {len(rs)} | {cells[0]} | {cells[1]} |")
+    if not rows:
+        return []
+    return [
+        "",
+        f"Final pooled scores minus **{ref_name}**'s, paired by seed (mean [95 % t interval "
+        "over the seeds], * = the interval excludes 0):",
+        "",
+        "| arm | seeds | Dice | IoU |",
+        "| --- | --- | --- | --- |",
+        *rows,
+    ]
 
 
 def settling(rs: list[dict]) -> tuple[str, str]:

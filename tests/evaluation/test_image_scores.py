@@ -13,7 +13,7 @@ from napari_msunet.evaluation.image_scores import (
     object_scores,
     score_image,
 )
-from napari_msunet.evaluation.paired import paired_bootstrap
+from napari_msunet.evaluation.paired import paired_bootstrap, paired_t
 
 
 def _boxes(shape, *boxes):
@@ -115,3 +115,18 @@ def test_crossed_bootstrap_counts_the_seed_to_seed_spread():
     assert 0.025 < steady.low < steady.high < 0.035
     with pytest.raises(ValueError, match="needs groups"):
         paired_bootstrap(a, b, runs=seeds)
+
+
+def test_paired_t_interval_of_five_seeds():
+    a = np.array([0.80, 0.82, 0.84, 0.81, 0.83])
+    d = np.array([0.01, 0.03, 0.02, 0.00, 0.04])
+    ci = paired_t(a, a + d)
+    # mean 0.02, sd 0.0158, t(0.975, 4) = 2.7764: half-width 0.0196
+    assert ci.mean == pytest.approx(0.02)
+    assert ci.low == pytest.approx(0.02 - 2.7764 * np.std(d, ddof=1) / np.sqrt(5), abs=1e-4)
+    assert ci.significant
+    # wider than the percentile bootstrap of the same five pairs, which cannot see past them
+    boot = paired_bootstrap(a, a + d)
+    assert ci.high - ci.low > boot.high - boot.low
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_t(a[:1], a[:1])

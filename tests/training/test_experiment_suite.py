@@ -106,6 +106,7 @@ def test_suite_runs_skips_finished_runs_and_reports(tmp_path):
     assert "Paired difference from **CE**" in text
     assert "| partial |" in text
     assert "resampling seeds and images" in text
+    assert "minus **CE**'s, paired by seed" in text
     assert "| — | — |" in text  # 2 epochs: too few to say whether the curves settled
 
 
