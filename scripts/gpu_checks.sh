@@ -14,8 +14,9 @@
 #   1. the CUDA tests (pytest -m gpu)             ~1 min
 #   2. bench_inference.py --device cuda            ~2 min, alone on the card
 #   2b. the same on a 32768² slide (issue 14: end to end <= 1.5x model-only)  ~3 min
-#   3. Experiment III (issue 18: converged budget, new noise arms, per-image scores), seeds
-#      $EXP_SEEDS (default 0 1), until the deadline, 7 processes sharing the card. Finished
+#   3. Experiments III and I at the converged budget (issue 18: 20 x 200 steps, cosine, new
+#      noise arms, per-image scores; lite widths like the CPU-budget runs in docs/results.md),
+#      seeds $EXP_SEEDS (default 0 1), until the deadline, 7 processes sharing the card. Finished
 #      runs come back in experiments.tar.gz; put their runs/ into .gpudata/exp to carry them
 #      to the next session, which then trains only what is missing.
 set -u
@@ -43,12 +44,12 @@ timeout 240 python3 benchmarks/bench_inference.py --workdir /tmp/bench --device 
     --size 32768 --compression zlib --rss-sizes --margin-scan 0 --repeat 1 \
     2>&1 | tee "$OUT/bench_inference_cuda_32k.txt" | tail -40
 
-# 3. EBHI experiments, paper preset, 7 processes sharing the card until the deadline
+# 3. EBHI experiments at the converged budget, 7 processes sharing the card until the deadline
 python3 scripts/gpu_pack_ebhi.py unpack .gpudata/ebhi /tmp/ebhi
 mkdir -p /tmp/exp
 # the very split and corrupted masks of the CPU runs (made here by --prepare-only)
 cp -r .gpudata/exp/. /tmp/exp/
-EXPS="examples/experiments/exp3_converged_noise.yaml"
+EXPS="examples/experiments/exp3_converged_noise.yaml examples/experiments/exp1_converged.yaml"
 python3 examples/ebhi_experiments.py --data /tmp/ebhi --out /tmp/exp --prepare-only $EXPS
 LEFT=$((BUDGET - ($(date +%s) - T0) - 25))
 echo "experiments get ${LEFT} s"
