@@ -61,11 +61,7 @@ def paired_bootstrap(
     """
     if runs is not None and groups is None:
         raise ValueError("runs= needs groups= (the runs are crossed with the groups)")
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores must have one shape, got {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    diff = (b - a)[keep]
+    diff, keep = _differences(a, b)
     if diff.size == 0:
         raise ValueError("no pair with both scores")
     rng = np.random.default_rng(seed)
@@ -86,6 +82,15 @@ def paired_bootstrap(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return PairedDifference(float(diff.mean()), float(low), float(high), int(diff.size), level)
+
+
+def _differences(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``b - a`` over the pairs where both are finite, and which pairs those are."""
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores must have one shape, got {a.shape} and {b.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    return (b - a)[keep], keep
 
 
 def _crossed_means(diff, runs, groups, rng, n_resamples: int) -> np.ndarray:
@@ -120,10 +125,7 @@ def paired_t(a: np.ndarray, b: np.ndarray, *, level: float = 0.95) -> PairedDiff
     """
     from scipy import stats
 
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores must have one shape, got {a.shape} and {b.shape}")
-    diff = (b - a)[np.isfinite(a) & np.isfinite(b)]
+    diff, _ = _differences(a, b)
     if diff.size < 2:
         raise ValueError("a t interval needs at least 2 pairs")
     half = stats.t.ppf((1 + level) / 2, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size)
